@@ -1,0 +1,3 @@
+from soulray.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The `soulray` command: import, synth, regenerate, inspect, export, gc.
+
+User mistakes (SoulrayError, including one raised inside a Ray task) print one clear message and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.errors import SoulrayError
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, default: Path | None = DEMO_CONFIG) -> None:
+    parser.add_argument("--config", default=str(default) if default else None,
+                        help=f"job config (YAML); default: {default}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set storage.root=s3://bucket/prefix (repeatable)")
+
+
+def regenerate_main(args: argparse.Namespace) -> int:
+    from soulray.regenerate import run, summary
+
+    config = load_config(RegenerateConfig, args.config, args.overrides)
+    print(summary(run(config)))
+    return 0
+
+
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("version", nargs="?", default="latest",
+                        help="'latest', a version id, or a version path (…/<dataset>/versions/<id>)")
+    parser.add_argument("--root", default=None, help="store root (local folder or s3://bucket/prefix)")
+    parser.add_argument("--dataset", default=None, help="dataset name under the root")
+    parser.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+
+
+def _s3(args: argparse.Namespace) -> S3Config:
+    return S3Config(endpoint_url=args.s3_endpoint)
+
+
+def _open(args: argparse.Namespace, verify: bool = False):
+    from soulray.store import open_version
+
+    if (args.root is None) != (args.dataset is None):
+        raise SoulrayError("give both --root and --dataset, or a version path")
+    return open_version(args.version, root=args.root, dataset=args.dataset, s3=_s3(args), verify=verify)
+
+
+def inspect_main(args: argparse.Namespace) -> int:
+    version = _open(args, verify=args.verify)
+    manifest = version.manifest
+    if args.json:
+        print(manifest.to_json().decode())
+        return 0
+    counts = manifest.counts
+    print(f"{manifest.dataset} {manifest.version}  (job {manifest.job}, {manifest.created_at})")
+    print(f"  parent {manifest.parent_version}  code {manifest.code_version}  config {manifest.config_hash[:12]}")
+    print(f"  rows   {counts['input_rows']} in = {counts['output_rows']} out + {counts['rejected_rows']} rejected")
+    for stage, reasons in counts.get("by_stage", {}).items():
+        print(f"  reject {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
+    print(f"  shards {len(manifest.data)} data ({sum(s.bytes for s in manifest.data)} bytes), "
+          f"{len(manifest.rejects)} rejects")
+    print("  topics " + ", ".join(f"{topic or '(none)'} {count}" for topic, count in manifest.topics.items()))
+    for item in manifest.inputs:
+        print(f"  input  {item.uri} ({item.rows} rows, {item.bytes} bytes)")
+    if args.verify:
+        print("  checksums verified")
+    return 0
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from soulray.store.export import export_jsonl
+
+    rows = export_jsonl(_open(args), args.output)
+    print(f"wrote {rows} rows to {args.output}")
+    return 0
+
+
+def gc_main(args: argparse.Namespace) -> int:
+    from soulray.store import VersionStore
+
+    store = VersionStore(args.root, args.dataset, s3=_s3(args))
+    candidates = store.gc(min_age_s=args.min_age_s, delete=args.delete)
+    for candidate in candidates:
+        print(f"{'deleted' if args.delete else 'orphan '} {candidate.key} ({candidate.size} bytes, {candidate.why})")
+    print(f"{len(candidates)} orphaned files{'' if args.delete else ' (dry run: add --delete to remove)'}")
+    return 0
+
+
+def import_main(args: argparse.Namespace) -> int:
+    from soulray.sources.importers import import_corpus
+
+    table = import_corpus(args.format, args.source, args.output, qa=args.qa)
+    print(f"wrote {table.num_rows} rows ({', '.join(table.column_names)}) to {args.output}")
+    return 0
+
+
+def synth_main(args: argparse.Namespace) -> int:
+    from soulray.sources.synthetic import write_synthetic
+
+    rows = write_synthetic(args.output, args.rows, seed=args.seed, near_duplicate_rate=args.near_duplicate_rate)
+    print(f"wrote {rows} synthetic Q&A rows to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="soulray", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    regenerate = commands.add_parser("regenerate", help="run the regenerate job (sources → published version)")
+    add_config_arguments(regenerate)
+    regenerate.set_defaults(func=regenerate_main)
+
+    importer = commands.add_parser("import", help="convert PsyQA / SMILECHAT / SoulChatCorpus JSON to Parquet")
+    importer.add_argument("format", choices=["psyqa", "smilechat", "soulchatcorpus"])
+    importer.add_argument("source", help="JSON file (PsyQA, SoulChatCorpus) or folder of JSON files (SMILECHAT)")
+    importer.add_argument("output", help="Parquet file to write")
+    importer.add_argument("--qa", action="store_true",
+                          help="dialogue formats: extract each dialogue's first exchange as a Q&A table")
+    importer.set_defaults(func=import_main)
+
+    synth = commands.add_parser("synth", help="write deterministic synthetic PsyQA-shaped Q&A for scale tests")
+    synth.add_argument("output", help="Parquet file to write")
+    synth.add_argument("--rows", type=int, default=10_000, help="answers to generate")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    synth.add_argument("--near-duplicate-rate", type=float, default=0.1, help="share of near-duplicate answers")
+    synth.set_defaults(func=synth_main)
+
+    inspect = commands.add_parser("inspect", help="print a published version's summary")
+    _store_arguments(inspect)
+    inspect.add_argument("--verify", action="store_true", help="check every shard's SHA-256")
+    inspect.add_argument("--json", action="store_true", help="print the whole manifest")
+    inspect.set_defaults(func=inspect_main)
+
+    export = commands.add_parser("export", help="write a version as SoulChatCorpus-style JSONL (messages)")
+    _store_arguments(export)
+    export.add_argument("--output", required=True, help="JSONL file to write")
+    export.set_defaults(func=export_main)
+
+    gc = commands.add_parser("gc", help="list (or --delete) shards no committed manifest names")
+    gc.add_argument("--root", required=True, help="store root")
+    gc.add_argument("--dataset", required=True, help="dataset name")
+    gc.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+    gc.add_argument("--min-age-s", type=float, default=3600.0,
+                    help="leave files younger than this alone (a run may still be writing them)")
+    gc.add_argument("--delete", action="store_true", help="delete what is listed")
+    gc.set_defaults(func=gc_main)
+    return parser
+
+
+def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return func(args)
+    except Exception as exc:  # noqa: BLE001 - user errors may arrive wrapped by Ray
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"soulray: error: {user_error}", file=sys.stderr)
+        return 2
+
+
+def find_user_error(exc: BaseException) -> SoulrayError | None:
+    """The SoulrayError behind `exc`, looking through Ray's task-error wrappers."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, SoulrayError):
+            return current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+    return None
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return run_cli(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

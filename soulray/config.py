@@ -1,0 +1,183 @@
+"""Typed job configuration: a YAML file plus `--set key.path=value` overrides.
+
+Every job has one pydantic model. Unknown keys, wrong types and missing required values are errors that
+name the key and the file. A config never holds a secret: only the *name* of an environment variable
+(or a file path) that the worker resolves itself, so configs can be logged, hashed and stored in
+manifests as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from soulray.errors import ConfigError
+
+EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+DatasetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+# Shapes of real credentials (OpenAI-style keys, AWS access key ids, AWS secret keys): a config value
+# that looks like one is refused, so a pasted secret never reaches a manifest or a log.
+_SECRET_SHAPES = re.compile(
+    r"^(sk-[A-Za-z0-9_-]{16,}|(AKIA|ASIA)[A-Z0-9]{16}|(?=.*[a-z])(?=.*[A-Z])(?=.*[0-9])[A-Za-z0-9/+]{40})$"
+)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3Config(StrictModel):
+    """How to reach S3 or an S3-compatible endpoint. Credentials come from the standard AWS chain
+    (instance role, ~/.aws, AWS_* env vars) unless the names of other env vars are given here."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 for MinIO/moto")
+    region: str | None = None
+    access_key_id_env: EnvVarName | None = None
+    secret_access_key_env: EnvVarName | None = None
+    session_token_env: EnvVarName | None = None
+    profile: str | None = Field(None, description="a profile of the shared AWS credentials file")
+
+
+class ColumnMap(StrictModel):
+    """Source column names. `question` and `answer` (long) / `answers` (wide) are required in the
+    file; the others are used when present, and are errors only when named explicitly but missing."""
+
+    question_id: str = "question_id"
+    answer_id: str = "answer_id"
+    question: str = "question"
+    description: str = "description"
+    answer: str = "answer"
+    answers: str = "answers"
+    topic: str = "topic"
+
+
+class SourceSpec(StrictModel):
+    path: str = Field(description="a Parquet file or folder of Parquet files, local or s3://")
+    layout: Literal["long", "wide"] = Field(
+        "long", description="long: one row per answer; wide: one row per question with a list of answers"
+    )
+    columns: ColumnMap = ColumnMap()
+    default_topic: str = ""
+
+
+class StorageConfig(StrictModel):
+    root: str = Field("output", description="a local folder or s3://bucket/prefix")
+    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                description="version id to publish (default: UTC time + run id)")
+    rows_per_shard: int = Field(50_000, ge=1, description="rows handed to one shard writer")
+    max_shard_mb: int = Field(256, ge=1, description="split a writer's rows into shards under this size")
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="None: start a local Ray; 'auto' or ray://… to join")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray (default: max(4, cores))")
+
+
+class RegenerateConfig(StrictModel):
+    dataset: DatasetName = "soulchat"
+    sources: list[SourceSpec] = Field(min_length=1)
+    storage: StorageConfig = StorageConfig()
+    s3: S3Config = S3Config()
+    ray: RayConfig = RayConfig()
+    limit: int | None = Field(None, ge=1, description="read at most this many rewrite units (smoke runs)")
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def load_config(model: type[ModelT], path: str | Path | None, overrides: list[str] = ()) -> ModelT:
+    """Read `path` (YAML), apply `key.path=value` overrides, validate against `model`."""
+    origin = str(path) if path else "<defaults>"
+    if overrides:
+        origin += " with --set " + " ".join(overrides)
+    raw: dict[str, Any] = {}
+    if path:
+        raw = _read_yaml(Path(path))
+    for override in overrides:
+        _apply_override(raw, override)
+    _refuse_secrets(raw, origin)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def config_hash(config: BaseModel) -> str:
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    parts = key.strip().split(".")
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {override!r}: {'.'.join(parts[:index + 1])} is not an index of the list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {override!r}: {'.'.join(parts[:index + 1])} is not a section")
+
+
+def _refuse_secrets(node: Any, origin: str, where: str = "") -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_secrets(value, origin, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _refuse_secrets(value, origin, f"{where}.{index}")
+    elif isinstance(node, str) and _SECRET_SHAPES.match(node):
+        raise ConfigError(
+            f"{origin}: {where}: this looks like a secret value. Configs hold only references: "
+            "put the secret in an environment variable and give its name (e.g. access_key_id_env)."
+        )
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = f"{error['msg']} (got {error.get('input')!r})"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

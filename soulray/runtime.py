@@ -1,0 +1,34 @@
+"""Starting or joining Ray, sized so a 2-core machine cannot deadlock."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from soulray.config import RayConfig
+
+NAMESPACE = "soulray"
+log = logging.getLogger(__name__)
+
+
+def init_ray(config: RayConfig) -> None:
+    """Join the cluster at `config.address` (or $RAY_ADDRESS, as `ray job submit` sets), else start a
+    local Ray that declares max(4, cores) logical CPUs: with only 2, an actor pool can take every CPU
+    and starve the read tasks (DESIGN.md, pitfalls)."""
+    import ray
+    from ray.data import DataContext
+
+    # Set before any Dataset is created: a Dataset copies the context when it is built.
+    DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+        log.info("joined Ray cluster at %s", address)
+        return
+    num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
+    ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True,
+             configure_logging=False)
+    log.info("started a local Ray with %d logical CPUs", num_cpus)

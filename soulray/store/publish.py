@@ -1,0 +1,64 @@
+"""Publishing a version: shards written by Ray Data in parallel, then one manifest, committed last."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from soulray import __version__
+from soulray.errors import StoreError
+from soulray.schema import REJECT
+from soulray.store.manifest import InputFile, Manifest, Shard, describe_schema
+from soulray.store.shards import ShardTarget, write_batch
+from soulray.store.versions import VersionStore, utc_now
+
+if TYPE_CHECKING:
+    import ray.data
+
+
+def write_shards(dataset: ray.data.Dataset, target: ShardTarget, *, rows_per_shard: int) -> list[dict[str, Any]]:
+    """Run the pipeline `dataset` to completion, writing its rows as shards; returns shard facts."""
+    facts = dataset.map_batches(
+        write_batch, fn_kwargs={"target": target}, batch_size=rows_per_shard, batch_format="pyarrow",
+    )
+    return facts.take_all()
+
+
+def build_manifest(*, store: VersionStore, version: str, run_id: str, parent_version: str | None, job: str,
+                   config: dict[str, Any], config_hash: str, inputs: list[InputFile], input_rows: int,
+                   data_schema: pa.Schema, shard_facts: list[dict[str, Any]],
+                   timings_s: dict[str, float] | None = None) -> Manifest:
+    """Assemble the manifest and check the accounting invariant: inputs = published + rejected."""
+    data = [_shard(fact) for fact in shard_facts if fact["kind"] == "data"]
+    rejects = [_shard(fact) for fact in shard_facts if fact["kind"] == "rejects"]
+    topics: Counter[str] = Counter()
+    by_stage: dict[str, Counter[str]] = {}
+    for fact in shard_facts:
+        for key, count in json.loads(fact["counts"]).items():
+            if fact["kind"] == "data":
+                topics[key] += count
+            else:
+                stage, _, reason = key.partition("/")
+                by_stage.setdefault(stage, Counter())[reason] += count
+    output_rows = sum(shard.rows for shard in data)
+    rejected_rows = sum(shard.rows for shard in rejects)
+    if output_rows + rejected_rows != input_rows:
+        raise StoreError(f"accounting mismatch, refusing to publish: {input_rows} input rows but "
+                         f"{output_rows} published + {rejected_rows} rejected")
+    return Manifest(
+        dataset=store.dataset, version=version, run_id=run_id, created_at=utc_now(),
+        parent_version=parent_version, code_version=f"soulray {__version__}", job=job,
+        config_hash=config_hash, config=config, inputs=inputs,
+        data_schema=describe_schema(data_schema), reject_schema=describe_schema(REJECT),
+        data=sorted(data, key=lambda shard: shard.path), rejects=sorted(rejects, key=lambda shard: shard.path),
+        counts={"input_rows": input_rows, "output_rows": output_rows, "rejected_rows": rejected_rows,
+                "by_stage": {stage: dict(sorted(reasons.items())) for stage, reasons in sorted(by_stage.items())}},
+        topics=dict(topics.most_common()), timings_s=timings_s or {},
+    )
+
+
+def _shard(fact: dict[str, Any]) -> Shard:
+    return Shard(path=fact["path"], rows=fact["rows"], bytes=fact["bytes"], sha256=fact["sha256"])

@@ -1,0 +1,109 @@
+"""Writing shards: one Parquet file per batch, named by its own checksum, with the facts the manifest
+needs (rows, bytes, SHA-256, counts) returned to the driver.
+
+A batch of pipeline rows (WORKING_* schemas) is split here: unmarked rows go to `data/`, rows carrying
+a reject mark go to `rejects/`. Shard names are `part-<run_id>-<sha256[:16]>.parquet`: deterministic for
+the same rows and run, and never shared between two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from soulray.config import S3Config
+from soulray.fs import resolve
+from soulray.schema import REJECT
+
+SHARD_INFO = pa.schema(
+    [
+        ("kind", pa.string()),  # data | rejects
+        ("path", pa.string()),  # relative to the version folder
+        ("rows", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("counts", pa.string()),  # JSON: {"stage/reason": n} for rejects, {"topic": n} for data
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardTarget:
+    """Where one run writes its shards. Holds no secret: workers resolve S3 credentials themselves."""
+
+    version_uri: str
+    run_id: str
+    data_schema: pa.Schema
+    s3: S3Config = S3Config()
+    max_shard_bytes: int = 256 * 1024 * 1024
+    compression_level: int = 3
+
+
+def write_batch(batch: pa.Table, target: ShardTarget) -> pa.Table:
+    """Split `batch` into kept and rejected rows and write each as shards; returns SHARD_INFO rows."""
+    if "reject_reason" in batch.column_names:
+        marked = pc.is_valid(batch["reject_reason"])
+        kept, rejected = batch.filter(pc.invert(marked)), batch.filter(marked)
+    else:
+        kept, rejected = batch, batch.slice(0, 0)
+    infos = []
+    if kept.num_rows:
+        infos += _write_pieces(kept.select(target.data_schema.names).cast(target.data_schema), "data", target)
+    if rejected.num_rows:
+        rejects = pa.table({
+            "record_id": rejected["record_id"],
+            "stage": rejected["reject_stage"],
+            "reason": rejected["reject_reason"],
+            "detail": rejected["reject_detail"],
+            "source_file": rejected["source_file"],
+            "source_row": rejected["source_row"],
+        }).cast(REJECT)
+        infos += _write_pieces(rejects, "rejects", target)
+    return pa.Table.from_pylist(infos, schema=SHARD_INFO)
+
+
+def _write_pieces(table: pa.Table, kind: str, target: ShardTarget) -> list[dict[str, object]]:
+    """Write `table` in as many shards as keep each under max_shard_bytes (estimated uncompressed)."""
+    rows_per_piece = max(1, int(table.num_rows * target.max_shard_bytes / max(table.nbytes, 1)))
+    return [write_shard(table.slice(start, rows_per_piece), kind, target)
+            for start in range(0, table.num_rows, rows_per_piece)]
+
+
+def write_shard(table: pa.Table, kind: str, target: ShardTarget) -> dict[str, object]:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", compression_level=target.compression_level)
+    content = sink.getvalue()
+    digest = hashlib.sha256(content).hexdigest()
+    relative = f"{kind}/part-{target.run_id}-{digest[:16]}.parquet"
+    location = resolve(f"{target.version_uri}/{relative}", target.s3)
+    if not location.is_s3:
+        location.filesystem.create_dir(location.path.rsplit("/", 1)[0], recursive=True)
+    with location.filesystem.open_output_stream(location.path) as out:
+        out.write(content)
+    return {"kind": kind, "path": relative, "rows": table.num_rows, "bytes": content.size,
+            "sha256": digest, "counts": json.dumps(_counts(table, kind), ensure_ascii=False)}
+
+
+def _counts(table: pa.Table, kind: str) -> dict[str, int]:
+    if kind == "rejects":
+        keys = pc.binary_join_element_wise(table["stage"], table["reason"], "/")
+    elif "topic" in table.column_names:
+        keys = table["topic"]
+    else:
+        return {}
+    return dict(Counter(keys.to_pylist()))
+
+
+def sha256_of(uri: str, s3: S3Config) -> str:
+    location = resolve(uri, s3)
+    digest = hashlib.sha256()
+    with location.filesystem.open_input_stream(location.path) as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
