@@ -96,7 +96,8 @@ def load_config(model: type[ModelT], path: str | Path | None, overrides: list[st
     """Read `path` (YAML), apply `key.path=value` overrides, validate against `model`."""
     origin = str(path) if path else "<defaults>"
     if overrides:
-        origin += " with --set " + " ".join(overrides)
+        # keys only: an override's value may be exactly the secret we are about to refuse
+        origin += " with --set " + ", ".join(override.partition("=")[0] for override in overrides)
     raw: dict[str, Any] = {}
     if path:
         raw = _read_yaml(Path(path))
@@ -178,6 +179,11 @@ def _describe(exc: ValidationError, origin: str) -> str:
         elif error["type"] == "missing":
             message = "required key is missing"
         else:
-            message = f"{error['msg']} (got {error.get('input')!r})"
+            message = f"{error['msg']} (got {_shorten(error.get('input'))})"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+def _shorten(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

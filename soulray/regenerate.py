@@ -17,7 +17,15 @@ from soulray.config import RegenerateConfig, config_hash
 from soulray.runtime import init_ray
 from soulray.schema import UNIT
 from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
-from soulray.store import InputFile, Manifest, ShardTarget, VersionStore, build_manifest, new_version_id, write_shards
+from soulray.store import (
+    InputFile,
+    Manifest,
+    ShardTarget,
+    VersionStore,
+    build_manifest,
+    new_version_id,
+    write_shards,
+)
 
 log = logging.getLogger(__name__)
 

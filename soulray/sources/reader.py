@@ -184,7 +184,7 @@ def _rows(table: pa.Table, columns: dict[str, str], layout: str) -> list[dict[st
             if layout == "wide" or field != "answers"}
     if layout == "long":
         data.pop("answers", None)
-    return [dict(zip(data, values)) for values in zip(*data.values())] if data else []
+    return [dict(zip(data, values, strict=False)) for values in zip(*data.values(), strict=False)] if data else []
 
 
 def _as_python(column: pa.ChunkedArray) -> list[object]:

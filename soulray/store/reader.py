@@ -39,7 +39,7 @@ class Version:
     def verify(self, kind: str | None = None) -> None:
         """Raise StoreError naming the first shard whose bytes do not match the manifest."""
         for each in ([kind] if kind else ["data", "rejects"]):
-            for shard, uri in zip(self._shards(each), self.uris(each)):
+            for shard, uri in zip(self._shards(each), self.uris(each), strict=False):
                 _check(uri, shard, self.store.s3)
 
     def to_arrow_dataset(self, kind: str = "data") -> pads.Dataset:
@@ -61,7 +61,7 @@ class Version:
         import ray.data
 
         items = [{"uri": uri, "rows": shard.rows, "bytes": shard.bytes, "sha256": shard.sha256}
-                 for shard, uri in zip(self._shards(kind), self.uris(kind))]
+                 for shard, uri in zip(self._shards(kind), self.uris(kind), strict=False)]
         if not items:
             return ray.data.from_arrow(self._empty(kind))
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(

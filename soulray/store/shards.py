@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -18,8 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from soulray.config import S3Config
-from soulray.fs import resolve
+from soulray.errors import StoreError
+from soulray.fs import Location, resolve
 from soulray.schema import REJECT
+
+log = logging.getLogger(__name__)
 
 SHARD_INFO = pa.schema(
     [
@@ -84,10 +90,32 @@ def write_shard(table: pa.Table, kind: str, target: ShardTarget) -> dict[str, ob
     location = resolve(f"{target.version_uri}/{relative}", target.s3)
     if not location.is_s3:
         location.filesystem.create_dir(location.path.rsplit("/", 1)[0], recursive=True)
-    with location.filesystem.open_output_stream(location.path) as out:
-        out.write(content)
+    _upload(location, content)
     return {"kind": kind, "path": relative, "rows": table.num_rows, "bytes": content.size,
             "sha256": digest, "counts": json.dumps(_counts(table, kind), ensure_ascii=False)}
+
+
+def _upload(location: Location, content: pa.Buffer, attempts: int = 6) -> None:
+    """Write `content` whole, retrying transient failures. pyarrow's S3 client does not retry every
+    5xx (an InternalError during UploadPart ends the write), and a rewrite of the same bytes under the
+    same name is harmless, so the whole object is retried here with jittered exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            with location.filesystem.open_output_stream(location.path) as out:
+                out.write(content)
+            return
+        except OSError as exc:
+            if attempt == attempts - 1 or not _transient(exc):
+                raise StoreError(f"{location.uri}: shard upload failed: {exc}") from None
+            delay = min(8.0, 0.1 * 2**attempt) * (0.5 + random.random())
+            log.warning("shard upload to %s failed (%s); retrying in %.1fs", location.uri, exc, delay)
+            time.sleep(delay)
+
+
+def _transient(exc: OSError) -> bool:
+    message = str(exc).upper()
+    permanent = ("ACCESS_DENIED", "NO_SUCH_BUCKET", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "FORBIDDEN")
+    return not any(marker in message for marker in permanent)
 
 
 def _counts(table: pa.Table, kind: str) -> dict[str, int]:

@@ -1,0 +1,85 @@
+"""Shared fixtures: one local Ray for the session, a real S3 protocol server (moto) on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from soulray.config import RayConfig, S3Config
+
+# Test S3 credentials, set before Ray starts so its workers inherit them the way cluster nodes get
+# theirs from node setup. The secret is planted: tests grep outputs and logs for it.
+PLANTED_SECRET = "plantedSECRET0123456789abcdefSOULRAYxyz9"
+os.environ.setdefault("SOULRAY_TEST_S3_KEY_ID", "testing-key-id")
+os.environ.setdefault("SOULRAY_TEST_S3_SECRET", PLANTED_SECRET)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEMO_QA = Path(__file__).parent.parent / "soulray" / "data" / "demo" / "qa.parquet"
+SHARED_SAMPLE = Path(__file__).parent.parent.parent / "shared" / "data" / "smilechat-sample"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    from soulray.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=4))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A moto S3 server on loopback (real HTTP; Ray workers reach it too)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_config(s3_endpoint) -> S3Config:
+    return S3Config(endpoint_url=s3_endpoint, region="us-east-1", access_key_id_env="SOULRAY_TEST_S3_KEY_ID",
+                    secret_access_key_env="SOULRAY_TEST_S3_SECRET")
+
+
+@pytest.fixture
+def s3_bucket(s3_config, request) -> str:
+    """A fresh bucket per test, returned as its s3:// root."""
+    from soulray.fs import boto3_client
+
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    name = f"{name}-{int(time.time() * 1000) % 100000}"
+    boto3_client(s3_config).create_bucket(Bucket=name)
+    return f"s3://{name}"

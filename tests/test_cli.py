@@ -1,0 +1,72 @@
+"""The `soulray` command as a user meets it: clear one-line errors, working subcommands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from soulray.cli import main
+
+
+def soulray(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "soulray", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("setup, overrides, expected", [
+    (None, ["sources.0.path=/no/such/file.parquet"], "/no/such/file.parquet: source path does not exist"),
+    ("corrupt", [], "corrupt.parquet: not a readable Parquet file"),
+    ("wrong_column", [], "missing column 'answer'"),
+    (None, ["storage.rows_per_shard=lots"], "storage.rows_per_shard"),
+    (None, ["sources.0.colums.answer=x"], "sources.0.colums: unknown key"),
+])
+def test_user_mistakes_give_one_clear_line(tmp_path, setup, overrides, expected):
+    if setup == "corrupt":
+        (tmp_path / "corrupt.parquet").write_bytes(b"PAR1garbage")
+        overrides = [f"sources.0.path={tmp_path / 'corrupt.parquet'}"]
+    elif setup == "wrong_column":
+        pq.write_table(pa.table({"question": ["问"], "reply": ["答"]}), tmp_path / "w.parquet")
+        overrides = [f"sources.0.path={tmp_path / 'w.parquet'}"]
+    args = ["regenerate", "--set", f"storage.root={tmp_path / 'out'}"]
+    for override in overrides:
+        args += ["--set", override]
+    result = soulray(*args)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_import_synth_inspect_export_gc(ray_local, tmp_path, capsys):
+    psyqa = [{"question": "睡不着", "description": "", "keywords": "情绪",
+              "answers": [{"answer_text": "抱抱你", "has_label": False, "labels_sequence": None}], "questionID": 1}]
+    (tmp_path / "psyqa.json").write_text(json.dumps(psyqa, ensure_ascii=False), encoding="utf-8")
+    assert main(["import", "psyqa", str(tmp_path / "psyqa.json"), str(tmp_path / "psyqa.parquet")]) == 0
+    assert main(["synth", str(tmp_path / "syn.parquet"), "--rows", "500", "--seed", "3"]) == 0
+    assert pq.read_table(tmp_path / "syn.parquet").num_rows == 500
+
+    root = tmp_path / "store"
+    assert main(["regenerate", "--set", f"storage.root={root}", "--set", f"sources.0.path={tmp_path / 'syn.parquet'}",
+                 "--set", "dataset=syn"]) == 0
+    out = capsys.readouterr().out
+    assert "500 in = 500 out + 0 rejected" in out
+
+    assert main(["inspect", "--root", str(root), "--dataset", "syn", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "checksums verified" in out and "500 in" in out
+    assert main(["export", "--root", str(root), "--dataset", "syn", "--output", str(tmp_path / "x.jsonl")]) == 0
+    lines = (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    assert len(lines) == 500 and [m["role"] for m in first["messages"]] == ["user", "assistant"]
+    assert isinstance(first["id"], int) and first["topic"]
+
+    assert main(["gc", "--root", str(root), "--dataset", "syn", "--min-age-s", "0"]) == 0
+    assert "0 orphaned files" in capsys.readouterr().out
+
+
+def test_inspect_missing_version_is_an_error(tmp_path, capsys):
+    assert main(["inspect", "--root", str(tmp_path), "--dataset", "nothing"]) == 2
+    assert "no published version yet" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+
+from soulray.cli import DEMO_CONFIG
+from soulray.config import RegenerateConfig, config_hash, load_config
+from soulray.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_demo_config_loads():
+    config = load_config(RegenerateConfig, DEMO_CONFIG)
+    assert config.sources[0].path == "builtin:demo/qa.parquet"
+    assert config.storage.root == "output"
+
+
+def test_overrides_apply_with_types(tmp_path):
+    config = load_config(RegenerateConfig, DEMO_CONFIG,
+                         ["storage.root=s3://bucket/x", "storage.rows_per_shard=7", "sources.0.layout=wide",
+                          "ray.num_cpus=8"])
+    assert config.storage.root == "s3://bucket/x"
+    assert config.storage.rows_per_shard == 7
+    assert config.sources[0].layout == "wide"
+    assert config.ray.num_cpus == 8
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "sources: [{path: a.parquet}]\nstorage: {rot: out}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(RegenerateConfig, path)
+    assert "storage.rot: unknown key" in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = write(tmp_path, "sources: [{path: a.parquet}]\nstorage: {rows_per_shard: many}\n")
+    with pytest.raises(ConfigError, match=r"storage\.rows_per_shard: .*many"):
+        load_config(RegenerateConfig, path)
+
+
+def test_missing_required_names_key(tmp_path):
+    with pytest.raises(ConfigError, match="sources: required key is missing"):
+        load_config(RegenerateConfig, write(tmp_path, "dataset: x\n"))
+
+
+def test_bad_literal_in_list_names_index(tmp_path):
+    path = write(tmp_path, "sources: [{path: a.parquet, layout: diagonal}]\n")
+    with pytest.raises(ConfigError, match=r"sources\.0\.layout"):
+        load_config(RegenerateConfig, path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(RegenerateConfig, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(RegenerateConfig, write(tmp_path, "sources: [\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(RegenerateConfig, write(tmp_path, "- a\n- b\n"))
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(RegenerateConfig, DEMO_CONFIG, ["storage.root"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(RegenerateConfig, DEMO_CONFIG, ["sources.5.path=x"])
+
+
+@pytest.mark.parametrize("secret", ["sk-proj-abcdefghijklmnop1234", "AKIAIOSFODNN7EXAMPLE",
+                                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"])
+def test_secret_values_are_refused_without_echoing_them(tmp_path, secret):
+    path = write(tmp_path, f"sources: [{{path: a.parquet}}]\ns3: {{access_key_id_env: {secret}}}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(RegenerateConfig, path)
+    assert "looks like a secret" in str(error.value)
+    assert secret not in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        load_config(RegenerateConfig, DEMO_CONFIG, [f"s3.access_key_id_env={secret}"])
+    assert secret not in str(error.value)
+
+
+def test_env_var_names_are_accepted_and_hash_is_stable():
+    config = load_config(RegenerateConfig, DEMO_CONFIG, ["s3.access_key_id_env=MY_KEY_ID"])
+    assert config.s3.access_key_id_env == "MY_KEY_ID"
+    assert config_hash(config) == config_hash(load_config(RegenerateConfig, DEMO_CONFIG,
+                                                          ["s3.access_key_id_env=MY_KEY_ID"]))
+    assert config_hash(config) != config_hash(load_config(RegenerateConfig, DEMO_CONFIG))
