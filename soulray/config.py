@@ -80,12 +80,79 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray (default: max(4, cores))")
 
 
+class ApiKey(StrictModel):
+    """One API key, by name, with its limits. The secret itself is read on each worker from
+    `api_key_env` or `api_key_file`; a key with neither sends a placeholder (local servers)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    api_key_env: EnvVarName | None = None
+    api_key_file: str | None = None
+    base_url: str | None = Field(None, description="this key's endpoint, if not rewrite.base_url")
+    models: list[str] | None = Field(None, description="models this key may call (default: all)")
+    rpm: int = Field(500, ge=1, description="requests per minute")
+    tpm: int = Field(200_000, ge=1, description="tokens per minute")
+    max_concurrent: int = Field(64, ge=1, description="requests in flight at once")
+    budget_usd: float | None = Field(None, ge=0)
+
+
+class ModelShare(StrictModel):
+    name: str
+    share: float = Field(1.0, gt=0, description="relative share of rows routed to this model")
+
+
+class Price(StrictModel):
+    prompt_per_1k: float = Field(ge=0)
+    completion_per_1k: float = Field(ge=0)
+
+
+# USD per 1,000 tokens, list prices at the time of writing; override in config for your contract.
+DEFAULT_PRICES = {
+    "gpt-3.5-turbo": Price(prompt_per_1k=0.0005, completion_per_1k=0.0015),
+    "gpt-4": Price(prompt_per_1k=0.03, completion_per_1k=0.06),
+    "gpt-4o-mini": Price(prompt_per_1k=0.00015, completion_per_1k=0.0006),
+    "deepseek-chat": Price(prompt_per_1k=0.00027, completion_per_1k=0.0011),
+}
+
+
+class LocalServerConfig(StrictModel):
+    """The embedded offline rewriter used when rewrite.base_url is 'local' (demo, tests)."""
+
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    rpm: int = Field(100_000, ge=1)
+    tpm: int = Field(100_000_000, ge=1)
+
+
+class RewriteConfig(StrictModel):
+    enabled: bool = True
+    prompt: str = Field("soulchat-v1", description="a builtin prompt version or a template file")
+    base_url: str = Field("local", description="'local' (embedded offline server) or an OpenAI-compatible /v1 URL")
+    models: list[ModelShare] = Field(default_factory=lambda: [ModelShare(name="gpt-3.5-turbo")], min_length=1)
+    keys: list[ApiKey] = Field(default_factory=lambda: [ApiKey(name="local", rpm=100_000, tpm=100_000_000,
+                                                               max_concurrent=256)], min_length=1)
+    prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int = Field(2048, ge=16)
+    min_turns: int = Field(8, ge=2, description="utterances, user and counselor together")
+    max_turns: int = Field(20, ge=2)
+    max_reasks: int = Field(2, ge=0, description="re-ask a malformed completion (new seed) this many times")
+    max_retries: int = Field(6, ge=0, description="retries of 408/409/429/5xx/timeouts per call")
+    timeout_s: float = Field(120.0, gt=0, description="hard deadline per call")
+    budget_usd: float | None = Field(None, ge=0, description="stop issuing calls before spending more")
+    actors: int = Field(2, ge=1)
+    actor_num_cpus: float = Field(0.25, gt=0, description="I/O-bound: a fraction of a CPU (DESIGN.md)")
+    concurrency_per_actor: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)
+    local_server: LocalServerConfig = LocalServerConfig()
+
+
 class RegenerateConfig(StrictModel):
     dataset: DatasetName = "soulchat"
     sources: list[SourceSpec] = Field(min_length=1)
     storage: StorageConfig = StorageConfig()
     s3: S3Config = S3Config()
     ray: RayConfig = RayConfig()
+    rewrite: RewriteConfig = RewriteConfig()
     limit: int | None = Field(None, ge=1, description="read at most this many rewrite units (smoke runs)")
 
 

@@ -1,8 +1,8 @@
-"""The regenerate job, top to bottom: sources → rewrite units → (later stages) → a published version.
+"""The regenerate job, top to bottom: sources → rewrite units → dialogues → a published version.
 
-Stages that exist today: normalise (read + map columns + validate text). The rewrite, filter and dedup
-stages slot in between `normalise` and `publish`, on the same pipeline Dataset, each marking the rows
-it drops instead of removing them, so the writer accounts for every row.
+Stages today: normalise (read + map columns + validate text) and rewrite (LLM, quotas, cache, parse).
+Filter and dedup stages slot in on the same pipeline Dataset; each marks the rows it drops instead of
+removing them, so the writer accounts for every row.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import dataclasses
 import logging
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from soulray.config import RegenerateConfig, config_hash
+from soulray.rewrite.session import RewriteSession
 from soulray.runtime import init_ray
-from soulray.schema import UNIT
+from soulray.schema import DIALOGUE, UNIT
 from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
 from soulray.store import (
     InputFile,
@@ -55,18 +57,25 @@ def run(config: RegenerateConfig) -> RunResult:
         pipeline = pipeline.limit(config.limit)
         input_rows = min(input_rows, config.limit)
 
-    target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=UNIT, s3=config.s3,
-                         max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
-    phase = time.perf_counter()
-    shard_facts = write_shards(pipeline, target, rows_per_shard=config.storage.rows_per_shard)
-    timings["pipeline_s"] = time.perf_counter() - phase
+    data_schema, usage = UNIT, {}
+    with ExitStack() as cleanup:
+        if config.rewrite.enabled:
+            rewrite = cleanup.enter_context(RewriteSession(config.rewrite, run_id=run_id, store=store, s3=config.s3))
+            pipeline, data_schema = rewrite.apply(pipeline), DIALOGUE
+        target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=data_schema,
+                             s3=config.s3, max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
+        phase = time.perf_counter()
+        shard_facts = write_shards(pipeline, target, rows_per_shard=config.storage.rows_per_shard)
+        timings["pipeline_s"] = time.perf_counter() - phase
+        if config.rewrite.enabled:
+            usage = rewrite.usage()
 
     manifest = build_manifest(
         store=store, version=version, run_id=run_id, parent_version=parent, job="regenerate",
         config=config.model_dump(mode="json"), config_hash=config_hash(config),
         inputs=[InputFile(**item) for plan in plans for item in plan.inputs], input_rows=input_rows,
-        data_schema=UNIT, shard_facts=shard_facts,
-        timings_s={**timings, "total_s": time.perf_counter() - started},
+        data_schema=data_schema, shard_facts=shard_facts,
+        timings_s={**timings, "total_s": time.perf_counter() - started}, usage=usage,
     )
     store.commit(manifest)
     return RunResult(manifest=manifest, version_uri=store.version_uri(version))
@@ -76,21 +85,22 @@ def _normalise(plans: list[SourcePlan], config: RegenerateConfig):
     import ray.data
 
     fragments = [dataclasses.asdict(fragment) for plan in plans for fragment in plan.fragments]
+    # Blocks of a few rewrite batches each, so a large row group still spreads over every rewrite actor.
+    block_rows = config.rewrite.batch_size * 4 if config.rewrite.enabled else 50_000
     return ray.data.from_items(fragments, override_num_blocks=len(fragments)).map_batches(
-        _normalise_batch, fn_kwargs={"config": config}, batch_size=1, batch_format="pyarrow",
+        _normalise_batch, fn_kwargs={"config": config, "block_rows": block_rows}, batch_size=1,
+        batch_format="pyarrow",
     )
 
 
-def _normalise_batch(batch, *, config: RegenerateConfig):
-    import pyarrow as pa
-
+def _normalise_batch(batch, *, config: RegenerateConfig, block_rows: int):
     from soulray.sources.reader import Fragment
 
-    tables = []
     for item in batch.to_pylist():
         fragment = Fragment(**item)
-        tables.append(normalise_fragment(fragment, config.sources[fragment.source_index], s3=config.s3))
-    return pa.concat_tables(tables)
+        table = normalise_fragment(fragment, config.sources[fragment.source_index], s3=config.s3)
+        for start in range(0, table.num_rows, block_rows):
+            yield table.slice(start, block_rows)
 
 
 def summary(result: RunResult) -> str:
@@ -106,6 +116,12 @@ def summary(result: RunResult) -> str:
             lines.append(f"  reject  {stage}/{reason}: {count}")
     top = ", ".join(f"{topic or '(none)'} {count}" for topic, count in list(manifest.topics.items())[:6])
     lines.append(f"  topics  {top}")
+    for key, stats in manifest.usage.get("keys", {}).items():
+        lines.append(f"  key     {key}: {stats['requests']:.0f} calls ({stats['ok']:.0f} ok, {stats['rate_limited']:.0f} "
+                     f"rate-limited, {stats['errors']:.0f} errors), {stats['prompt_tokens']:.0f}+"
+                     f"{stats['completion_tokens']:.0f} tokens, ${stats['cost_usd']:.4f}")
+    if manifest.usage:
+        lines.append(f"  spend   ${manifest.cost_usd:.4f} this run; tokens {manifest.tokens}")
     lines.append(f"  shards  {len(manifest.data)} data, {len(manifest.rejects)} rejects; "
                  f"{manifest.timings_s.get('total_s', 0):.1f}s")
     return "\n".join(lines)

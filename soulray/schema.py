@@ -110,3 +110,4 @@ def empty_table(schema: pa.Schema) -> pa.Table:
 # table, so every input row ends up somewhere by construction.
 REJECT_MARK = [("reject_stage", pa.string()), ("reject_reason", pa.string()), ("reject_detail", pa.string())]
 WORKING_UNIT = pa.schema(list(UNIT) + [pa.field(name, dtype) for name, dtype in REJECT_MARK])
+WORKING_DIALOGUE = pa.schema(list(DIALOGUE) + [pa.field(name, dtype) for name, dtype in REJECT_MARK])

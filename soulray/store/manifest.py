@@ -52,6 +52,7 @@ class Manifest(BaseModel):
     cost_usd: float = 0.0
     topics: dict[str, int] = Field(default_factory=dict)
     timings_s: dict[str, float] = Field(default_factory=dict)
+    usage: dict[str, Any] = Field(default_factory=dict)  # calls, tokens and spend this run, per API key
 
     def to_json(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, indent=2).encode("utf-8")

@@ -30,7 +30,7 @@ def write_shards(dataset: ray.data.Dataset, target: ShardTarget, *, rows_per_sha
 def build_manifest(*, store: VersionStore, version: str, run_id: str, parent_version: str | None, job: str,
                    config: dict[str, Any], config_hash: str, inputs: list[InputFile], input_rows: int,
                    data_schema: pa.Schema, shard_facts: list[dict[str, Any]],
-                   timings_s: dict[str, float] | None = None) -> Manifest:
+                   timings_s: dict[str, float] | None = None, usage: dict[str, Any] | None = None) -> Manifest:
     """Assemble the manifest and check the accounting invariant: inputs = published + rejected."""
     data = [_shard(fact) for fact in shard_facts if fact["kind"] == "data"]
     rejects = [_shard(fact) for fact in shard_facts if fact["kind"] == "rejects"]
@@ -56,7 +56,8 @@ def build_manifest(*, store: VersionStore, version: str, run_id: str, parent_ver
         data=sorted(data, key=lambda shard: shard.path), rejects=sorted(rejects, key=lambda shard: shard.path),
         counts={"input_rows": input_rows, "output_rows": output_rows, "rejected_rows": rejected_rows,
                 "by_stage": {stage: dict(sorted(reasons.items())) for stage, reasons in sorted(by_stage.items())}},
-        topics=dict(topics.most_common()), timings_s=timings_s or {},
+        topics=dict(topics.most_common()), timings_s=timings_s or {}, usage=usage or {},
+        tokens=(usage or {}).get("tokens", {}), cost_usd=(usage or {}).get("cost_usd", 0.0),
     )
 
 

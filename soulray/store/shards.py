@@ -93,12 +93,12 @@ def write_shard(table: pa.Table, kind: str, target: ShardTarget) -> dict[str, ob
     location = resolve(f"{target.version_uri}/{relative}", target.s3)
     if not location.is_s3:
         location.filesystem.create_dir(location.path.rsplit("/", 1)[0], recursive=True)
-    _upload(location, content)
+    upload(location, content)
     return {"kind": kind, "path": relative, "rows": table.num_rows, "bytes": content.size,
             "sha256": digest, "counts": json.dumps(_counts(table, kind), ensure_ascii=False)}
 
 
-def _upload(location: Location, content: pa.Buffer, attempts: int = 6) -> None:
+def upload(location: Location, content: pa.Buffer, attempts: int = 6) -> None:
     """Write `content` whole, retrying transient failures. pyarrow's S3 client does not retry every
     5xx (an InternalError during UploadPart ends the write), and a rewrite of the same bytes under the
     same name is harmless, so the whole object is retried here with jittered exponential backoff."""

@@ -1,0 +1,1 @@
+"""The rewrite stage: single-turn Q&A → multi-turn empathetic dialogue through an OpenAI-compatible API."""

@@ -1,0 +1,316 @@
+"""`soulray serve-llm`: a local OpenAI-compatible server for dry runs, demos and tests. NOT a model.
+
+It implements `/v1/chat/completions` and `/v1/models` well enough for the real `openai` client, and
+"rewrites" deterministically without any model: it reads the source block of the prompt, splits the
+answer into sentences and lays them out as a multi-turn dialogue in the prompt's role labels. What it
+simulates faithfully is the behaviour of real APIs that soulray must cope with: per-key requests- and
+tokens-per-minute limits (429 + Retry-After + x-ratelimit-* headers), latency, 5xx errors, timeouts,
+malformed, truncated and refused completions, and keys without quota (`insufficient_quota`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from soulray.rewrite.prompts import CLOSE, OPEN
+from soulray.rewrite.tokens import count_message_tokens, count_tokens
+
+
+@dataclass
+class KeyLimits:
+    rpm: int = 10_000
+    tpm: int = 10_000_000
+    insufficient_quota: bool = False
+
+
+@dataclass
+class Faults:
+    """Probabilities per request (drawn from a seeded RNG, in arrival order)."""
+
+    error_5xx: float = 0.0
+    timeout: float = 0.0
+    malformed: float = 0.0
+    truncated: float = 0.0
+    refusal: float = 0.0
+    hang_s: float = 30.0  # how long a "timeout" request hangs before answering 504
+
+
+@dataclass
+class KeyStats:
+    requests: int = 0
+    completed: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    log: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens) of every served request
+
+    def max_in_window(self, window_s: float = 60.0) -> tuple[int, int]:
+        """The most requests and tokens served inside any window of `window_s` (for quota checks)."""
+        best_requests = best_tokens = 0
+        start, tokens = 0, 0
+        for end, (moment, used) in enumerate(self.log):
+            tokens += used
+            while self.log[start][0] <= moment - window_s:
+                tokens -= self.log[start][1]
+                start += 1
+            best_requests, best_tokens = max(best_requests, end - start + 1), max(best_tokens, tokens)
+        return best_requests, best_tokens
+
+
+@dataclass
+class ServerConfig:
+    keys: dict[str, KeyLimits] = field(default_factory=dict)  # api key value → limits; empty: any key, default limits
+    default_limits: KeyLimits = field(default_factory=KeyLimits)
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+    models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4", "gpt-4o-mini", "deepseek-chat")
+
+
+class _Window:
+    """Requests and tokens admitted in the last 60 s for one key."""
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[float, int]] = deque()
+
+    def trim(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now - 60.0:
+            self.events.popleft()
+
+    def admit(self, now: float, tokens: int, limits: KeyLimits) -> float:
+        """0 if admitted (and recorded), else seconds until it would be."""
+        self.trim(now)
+        used = sum(t for _, t in self.events)
+        if len(self.events) >= limits.rpm:
+            return self.events[0][0] + 60.0 - now
+        if used + tokens > limits.tpm:
+            freed, wait = used + tokens - limits.tpm, 0.0
+            for moment, spent in self.events:
+                freed -= spent
+                wait = moment + 60.0 - now
+                if freed <= 0:
+                    break
+            return max(wait, 0.001)
+        self.events.append((now, tokens))
+        return 0.0
+
+
+class LocalLLMServer:
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.stats: dict[str, KeyStats] = {}
+        self._windows: dict[str, _Window] = {}
+        self._rng = random.Random(self.config.seed)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/stats", self._stats)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": model, "object": "model", "created": 0, "owned_by": "soulray-local"} for model in self.config.models]})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats_summary())
+
+    def stats_summary(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {_key_label(key): {"requests": s.requests, "completed": s.completed, "rate_limited": s.rate_limited,
+                                      "errors": s.errors, "prompt_tokens": s.prompt_tokens,
+                                      "completion_tokens": s.completion_tokens} for key, s in self.stats.items()}
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        limits = self.config.keys.get(key) if self.config.keys else self.config.default_limits
+        if limits is None:
+            return _error(401, "invalid_api_key", "Incorrect API key provided.")
+        try:
+            body = await request.json()
+            messages, model = body["messages"], body.get("model", "gpt-3.5-turbo")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return _error(400, "invalid_request_error", "Expected a JSON body with messages.")
+        with self._lock:
+            stats = self.stats.setdefault(key, KeyStats())
+            stats.requests += 1
+            fault = self._draw_fault()
+        if limits.insufficient_quota:
+            with self._lock:
+                stats.errors += 1
+            return _error(429, "insufficient_quota", "You exceeded your current quota, please check your plan.")
+        prompt = messages[-1]["content"] if messages else ""
+        completion, finish = self._rewrite(prompt, body.get("seed"), fault)
+        prompt_tokens, completion_tokens = count_message_tokens(messages), count_tokens(completion)
+        with self._lock:
+            window = self._windows.setdefault(key, _Window())
+            now = time.monotonic()
+            wait = window.admit(now, prompt_tokens + completion_tokens, limits)
+            headers = _ratelimit_headers(window, limits, now)
+            if wait:
+                stats.rate_limited += 1
+        if wait:
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            headers["retry-after-ms"] = str(int(wait * 1000))
+            return _error(429, "rate_limit_exceeded", "Rate limit reached.", headers)
+        low, high = self.config.latency_ms
+        if high > 0:
+            await asyncio.sleep(self._uniform(low, high) / 1000)
+        if fault == "error_5xx":
+            with self._lock:
+                stats.errors += 1
+            return _error(503, "server_error", "The server is overloaded (injected).", headers)
+        if fault == "timeout":
+            await asyncio.sleep(self.config.faults.hang_s)
+            return _error(504, "timeout", "Gateway timeout (injected).", headers)
+        with self._lock:
+            stats.completed += 1
+            stats.prompt_tokens += prompt_tokens
+            stats.completion_tokens += completion_tokens
+            stats.log.append((time.monotonic(), prompt_tokens + completion_tokens))
+        return web.json_response({
+            "id": "chatcmpl-" + hashlib.sha256(f"{prompt}{body.get('seed')}".encode()).hexdigest()[:24],
+            "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }, headers=headers)
+
+    def _draw_fault(self) -> str | None:
+        faults = self.config.faults
+        draw = self._rng.random()
+        for name in ("error_5xx", "timeout", "malformed", "truncated", "refusal"):
+            draw -= getattr(faults, name)
+            if draw < 0:
+                return name
+        return None
+
+    def _uniform(self, low: float, high: float) -> float:
+        with self._lock:
+            return self._rng.uniform(low, high)
+
+    def _rewrite(self, prompt: str, seed: object, fault: str | None) -> tuple[str, str]:
+        if fault == "refusal":
+            return "抱歉，我无法完成这个请求。", "stop"
+        dialogue = offline_rewrite(prompt, seed)
+        if fault == "malformed":
+            return re.sub(r"^[^：:\n]{1,6}[：:]", "", dialogue, flags=re.MULTILINE), "stop"
+        if fault == "truncated":
+            return dialogue[: len(dialogue) // 2], "length"
+        return dialogue, "stop"
+
+    # -- running ----------------------------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve in a background thread; returns the base URL (…/v1)."""
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, host, port)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True, name="soulray-llm-server")
+        self._thread.start()
+        ready.wait(30)
+        return f"http://{host}:{self.port}/v1"
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+_SENTENCE = re.compile(r"(?<=[。！？!?；;…])")
+_EMPATHY = ["我能感受到你现在的不容易。", "谢谢你愿意把这些说出来。", "听起来这件事让你很困扰。", "你的感受是可以理解的。",
+            "我在这里，愿意听你慢慢说。", "这确实需要很大的勇气。"]
+_FOLLOW_UPS = ["嗯，可是我还是会担心。", "你说得对，但我不知道该从哪里开始。", "我试过，但好像没什么用。",
+               "听你这么说，我好受了一些。", "那我应该怎么面对这种感觉呢？", "我有时候觉得只有我一个人这样。",
+               "谢谢你，我会试着去做。", "可是身边的人好像都不理解我。"]
+
+
+def offline_rewrite(prompt: str, seed: object = None) -> str:
+    """A deterministic, model-free 'rewrite': the source answer's sentences laid out as 8-20 utterances
+    in the prompt's own role labels, alternating with follow-up questions. For plumbing, not quality."""
+    block = prompt.split(OPEN, 1)[-1].split(CLOSE, 1)[0].strip()
+    user_label, assistant_label, question, answer = _split_block(block)
+    rng = random.Random(hashlib.sha256(f"{block}|{seed}".encode()).digest())
+    sentences = [s.strip() for s in _SENTENCE.split(answer) if s.strip()] or [rng.choice(_EMPATHY)]
+    exchanges = max(4, min(10, math.ceil(len(sentences) / 2)))
+    per_turn = max(1, math.ceil(len(sentences) / exchanges))
+    first = re.sub(r"\s+", " ", question).strip()[:200] or "我最近心情很不好。"
+    utterances = [f"{user_label}：{first}"]
+    for index in range(exchanges):
+        chunk = "".join(sentences[index * per_turn:(index + 1) * per_turn]) or rng.choice(_EMPATHY)
+        utterances.append(f"{assistant_label}：{rng.choice(_EMPATHY)}{chunk}")
+        if index < exchanges - 1:
+            utterances.append(f"{user_label}：{rng.choice(_FOLLOW_UPS)}")
+    return "\n".join(utterances)
+
+
+_LABELLED = re.compile(r"^([^：:\n]{1,8})[：:](.*)$")
+
+
+def _split_block(block: str) -> tuple[str, str, str, str]:
+    """(user label, assistant label, question, answer) of a source block: the first labelled line opens
+    the question, the next line with a different label opens the answer; other lines continue either."""
+    lines = block.splitlines()
+    first = _LABELLED.match(lines[0]) if lines else None
+    user_label = first[1].strip() if first else "用户"
+    question, answer, assistant_label, in_answer = [first[2] if first else block], [], "心理咨询师", False
+    for line in lines[1:]:
+        match = _LABELLED.match(line)
+        if not in_answer and match and match[1].strip() != user_label:
+            assistant_label, in_answer = match[1].strip(), True
+            answer.append(match[2])
+        else:
+            (answer if in_answer else question).append(line)
+    return user_label, assistant_label, "\n".join(question), "".join(answer)
+
+
+def _key_label(key: str) -> str:
+    """Stats are reported per key without the key itself: its last 4 characters only."""
+    return f"…{key[-4:]}" if key else "(none)"
+
+
+def _ratelimit_headers(window: _Window, limits: KeyLimits, now: float) -> dict[str, str]:
+    window.trim(now)
+    used = sum(t for _, t in window.events)
+    reset = (window.events[0][0] + 60.0 - now) if window.events else 0.0
+    return {"x-ratelimit-limit-requests": str(limits.rpm), "x-ratelimit-limit-tokens": str(limits.tpm),
+            "x-ratelimit-remaining-requests": str(max(0, limits.rpm - len(window.events))),
+            "x-ratelimit-remaining-tokens": str(max(0, limits.tpm - used)),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s", "x-ratelimit-reset-tokens": f"{reset:.3f}s"}
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    kind = "insufficient_quota" if code == "insufficient_quota" else (
+        "requests" if status == 429 else "server_error" if status >= 500 else "invalid_request_error")
+    return web.json_response({"error": {"message": message, "type": kind, "code": code, "param": None}},
+                             status=status, headers=headers or {})

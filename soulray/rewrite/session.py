@@ -1,0 +1,73 @@
+"""What the driver sets up around the rewrite stage for one run: the endpoint (the embedded local
+server when base_url is 'local'), the named quota broker, the cache location; torn down after."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from soulray.config import RewriteConfig, S3Config
+from soulray.rewrite.broker import KeyLimits, start_broker
+from soulray.rewrite.prompts import load_template
+from soulray.rewrite.stage import Rewriter, RewriteRun
+from soulray.runtime import NAMESPACE
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from soulray.store import VersionStore
+
+log = logging.getLogger(__name__)
+
+
+class RewriteSession:
+    def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config) -> None:
+        self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
+        self.server = None
+        self.broker = None
+        load_template(config.prompt)  # fail on a bad prompt before anything starts
+
+    def __enter__(self) -> RewriteSession:
+        base_url = self.config.base_url
+        if base_url == "local":
+            from soulray.rewrite.server import KeyLimits as ServerLimits
+            from soulray.rewrite.server import LocalLLMServer, ServerConfig
+
+            local = self.config.local_server
+            self.server = LocalLLMServer(ServerConfig(default_limits=ServerLimits(rpm=local.rpm, tpm=local.tpm),
+                                                      latency_ms=tuple(local.latency_ms)))
+            base_url = self.server.start()
+            log.info("rewrite: using the embedded offline rewriter at %s (not a model: for demos and tests)", base_url)
+        keys = [KeyLimits(name=k.name, rpm=k.rpm, tpm=k.tpm, max_concurrent=k.max_concurrent, budget_usd=k.budget_usd,
+                          models=tuple(k.models) if k.models else None) for k in self.config.keys]
+        broker_name = f"soulray-quota-broker-{self.run_id}"
+        self.broker = start_broker(broker_name, keys, self.config.budget_usd, NAMESPACE)
+        self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3)
+        return self
+
+    def apply(self, pipeline: ray.data.Dataset) -> ray.data.Dataset:
+        import ray.data
+
+        config = self.config
+        return pipeline.map_batches(
+            Rewriter, fn_constructor_kwargs={"config": config, "run": self.run}, batch_size=config.batch_size,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_cpus=config.actor_num_cpus,
+        )
+
+    def usage(self) -> dict[str, Any]:
+        import ray
+
+        snapshot = ray.get(self.broker.snapshot.remote())
+        total = snapshot.pop("_total")
+        tokens = {"prompt": int(sum(k["prompt_tokens"] for k in snapshot.values())),
+                  "completion": int(sum(k["completion_tokens"] for k in snapshot.values()))}
+        return {"keys": snapshot, "tokens": tokens, "cost_usd": total["spent_usd"], "budget_usd": total["budget_usd"]}
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        if self.broker is not None:
+            ray.kill(self.broker)
+        if self.server is not None:
+            self.server.stop()

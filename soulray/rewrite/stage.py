@@ -1,0 +1,259 @@
+"""The rewrite stage: a Ray Data actor pool of async callables, each calling an OpenAI-compatible API
+through the `openai` client, under reservations from the cluster-wide quota broker, with the response
+cache in front. Every row comes back exactly once: as a dialogue, or marked with a reject reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from soulray.config import ApiKey, RewriteConfig, S3Config
+from soulray.errors import ConfigError
+from soulray.rewrite.broker import Reservation
+from soulray.rewrite.cache import ResponseCache, call_key
+from soulray.rewrite.parse import parse_completion
+from soulray.rewrite.prompts import load_template
+from soulray.rewrite.tokens import count_message_tokens
+from soulray.runtime import NAMESPACE
+from soulray.schema import WORKING_DIALOGUE, dialogue_id
+
+log = logging.getLogger(__name__)
+STAGE = "rewrite"
+PARSE_STAGE = "parse"
+_NO_SECRET = "soulray-local-no-secret"
+
+
+@dataclass(frozen=True)
+class RewriteRun:
+    """What the driver set up for this run: where the broker and the cache are, the endpoint."""
+
+    broker_name: str
+    cache_uri: str
+    base_url: str
+    s3: S3Config
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    key: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    detail: str
+
+
+def route_model(record_id: str, config: RewriteConfig) -> str:
+    """Deterministic model mix (e.g. 99% gpt-3.5-turbo / 1% gpt-4): a rerun routes a row the same way."""
+    point = int(record_id[16:24], 16) / 0x1_0000_0000 * sum(m.share for m in config.models)
+    for model in config.models:
+        point -= model.share
+        if point < 0:
+            return model.name
+    return config.models[-1].name
+
+
+def resolve_api_key(key: ApiKey) -> str:
+    """The secret for `key`, read on this worker. Never logged, never returned to the driver."""
+    if key.api_key_env:
+        value = os.environ.get(key.api_key_env)
+        if not value:
+            raise ConfigError(f"rewrite.keys[{key.name}].api_key_env: {key.api_key_env} is not set on this node")
+        return value
+    if key.api_key_file:
+        path = Path(key.api_key_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"rewrite.keys[{key.name}].api_key_file: {path} does not exist on this node")
+        return path.read_text().strip()
+    return _NO_SECRET
+
+
+class Rewriter:
+    """The async callable class run by `map_batches` in an actor pool."""
+
+    def __init__(self, *, config: RewriteConfig, run: RewriteRun) -> None:
+        import openai
+        import ray
+
+        self.config, self.run = config, run
+        self.template = load_template(config.prompt)
+        self.decoding = {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
+        self.clients = {key.name: openai.AsyncOpenAI(api_key=resolve_api_key(key), base_url=key.base_url or run.base_url,
+                                                     max_retries=0, timeout=config.timeout_s)
+                        for key in config.keys}
+        self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
+        self.cache = ResponseCache(run.cache_uri, self.template.version, s3=run.s3)
+        self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
+        self.stopped: str | None = None
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
+        self.cache.flush()
+        return pa.Table.from_pylist(rows, schema=WORKING_DIALOGUE)
+
+    async def _row(self, unit: dict[str, Any]) -> dict[str, Any]:
+        row = _dialogue_row(unit, self.template.version)
+        if unit["reject_reason"]:
+            return row
+        model = route_model(unit["record_id"], self.config)
+        row["model"] = model
+        messages = self.template.render(unit["question"], unit["description"], unit["answer"])
+        parsed = None
+        async with self.semaphore:
+            for attempt in range(self.config.max_reasks + 1):
+                result = await self._complete(unit, model, messages, attempt)
+                row["attempts"] = attempt + 1
+                if isinstance(result, Failure):
+                    return _reject(row, STAGE, result.reason, result.detail)
+                row["api_key_name"] = result.key
+                row["prompt_tokens"] += result.prompt_tokens
+                row["completion_tokens"] += result.completion_tokens
+                row["cost_usd"] += result.cost_usd
+                parsed = parse_completion(result.text, result.finish_reason, min_turns=self.config.min_turns,
+                                          max_turns=self.config.max_turns)
+                if parsed.ok:
+                    row["messages"] = parsed.messages
+                    return row
+        return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
+
+    async def _complete(self, unit: dict[str, Any], model: str, messages: list[dict[str, str]],
+                        attempt: int) -> Completion | Failure:
+        key = call_key(unit["record_id"], self.template.version, model, self.decoding, attempt)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return Completion(cached["completion"], cached["finish_reason"], cached["prompt_tokens"],
+                              cached["completion_tokens"], cached["cost_usd"], cached["api_key_name"], cached=True)
+        result = await self._call(model, messages, seed=int(key[:8], 16), source_chars=len(unit["answer"]))
+        if isinstance(result, Completion):
+            self.cache.put({"call_key": key, "record_id": unit["record_id"], "model": model,
+                            "api_key_name": result.key, "completion": result.text,
+                            "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
+                            "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd})
+        return result
+
+    async def _call(self, model: str, messages: list[dict[str, str]], *, seed: int,
+                    source_chars: int) -> Completion | Failure:
+
+        prompt_tokens = count_message_tokens(messages)
+        # a rewrite is about as long as its source answer plus the dialogue around it
+        estimated = prompt_tokens + min(self.config.max_tokens, 2 * source_chars + 200)
+        estimated_cost = self._cost(model, prompt_tokens, estimated - prompt_tokens)
+        retries = 0
+        while True:
+            if self.stopped:
+                return Failure("not_called", self.stopped)
+            reservation: Reservation = await self.broker.reserve.remote(model, estimated, estimated_cost)
+            if reservation.stop:
+                self.stopped = reservation.stop
+                return Failure("budget_exhausted" if reservation.stop.startswith("budget") else "no_usable_key",
+                               reservation.stop)
+            if reservation.id is None:
+                await asyncio.sleep(reservation.wait_s)
+                continue
+            await asyncio.sleep(reservation.wait_s)
+            outcome, result = await self._attempt(reservation, model, messages, seed)
+            await self.broker.settle.remote(reservation.id, **outcome)
+            if result is not None:
+                return result
+            if outcome["status"] == "insufficient_quota":
+                continue  # that key is now disabled; the broker hands out another
+            retries += 1
+            if retries > self.config.max_retries:
+                return Failure("retries_exhausted", f"{self.config.max_retries} retries: last {outcome['status']}")
+            if outcome["status"] != "rate_limited":  # 429s wait through the broker's cooldown instead
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** (retries - 1)) * random.uniform(0.5, 1.5))
+
+    async def _attempt(self, reservation: Reservation, model: str, messages: list[dict[str, str]],
+                       seed: int) -> tuple[dict[str, Any], Completion | Failure | None]:
+        """One HTTP call. Returns the settlement for the broker and a result, or None to retry."""
+        import openai
+
+        client = self.clients[reservation.key]
+        kwargs = {k: v for k, v in self.decoding.items() if v is not None}
+        try:
+            raw = await asyncio.wait_for(
+                client.chat.completions.with_raw_response.create(model=model, messages=messages, seed=seed, **kwargs),
+                timeout=self.config.timeout_s)
+            response = raw.parse()
+        except openai.RateLimitError as exc:
+            if _error_code(exc) == "insufficient_quota":
+                return {"status": "insufficient_quota"}, None
+            return {"status": "rate_limited", "retry_after_s": _retry_after(exc.response.headers)}, None
+        except (asyncio.TimeoutError, openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError):
+            return {"status": "error"}, None
+        except openai.APIStatusError as exc:
+            if exc.status_code in (408, 409):
+                return {"status": "error"}, None
+            return {"status": "error"}, Failure(f"http_{exc.status_code}", str(exc.message)[:200])
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        cost = self._cost(model, prompt_tokens, completion_tokens)
+        choice = response.choices[0] if response.choices else None
+        outcome = {"status": "ok", "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                   "cost_usd": cost, **_remaining(raw.headers)}
+        if choice is None:
+            return outcome, Completion("", "stop", prompt_tokens, completion_tokens, cost, reservation.key, False)
+        return outcome, Completion(choice.message.content or "", choice.finish_reason or "stop", prompt_tokens,
+                                   completion_tokens, cost, reservation.key, cached=False)
+
+    def _cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        price = self.config.prices.get(model)
+        if price is None:
+            return 0.0
+        return prompt_tokens / 1000 * price.prompt_per_1k + completion_tokens / 1000 * price.completion_per_1k
+
+
+def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:
+    return {"id": dialogue_id(unit["record_id"]), "record_id": unit["record_id"], "question_id": unit["question_id"],
+            "topic": unit["topic"], "messages": None, "prompt_version": prompt_version, "model": None,
+            "api_key_name": None, "attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+            "source_file": unit["source_file"], "source_row": unit["source_row"],
+            "reject_stage": unit["reject_stage"], "reject_reason": unit["reject_reason"],
+            "reject_detail": unit["reject_detail"]}
+
+
+def _reject(row: dict[str, Any], stage: str, reason: str | None, detail: str | None) -> dict[str, Any]:
+    return {**row, "reject_stage": stage, "reject_reason": reason or "unknown", "reject_detail": detail}
+
+
+def _error_code(exc: Exception) -> str | None:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        return body.get("code") or (body.get("error") or {}).get("code")
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name) if headers is not None else None
+        try:
+            return float(value) * scale if value is not None else None
+        except ValueError:
+            continue
+    return None
+
+
+def _remaining(headers: Any) -> dict[str, int]:
+    found = {}
+    for header, field in (("x-ratelimit-remaining-requests", "remaining_requests"),
+                          ("x-ratelimit-remaining-tokens", "remaining_tokens")):
+        value = headers.get(header)
+        if value is not None and value.isdigit():
+            found[field] = int(value)
+    return found
