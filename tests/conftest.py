@@ -19,6 +19,13 @@ PLANTED_SECRET = "plantedSECRET0123456789abcdefSOULRAYxyz9"
 os.environ.setdefault("SOULRAY_TEST_S3_KEY_ID", "testing-key-id")
 os.environ.setdefault("SOULRAY_TEST_S3_SECRET", PLANTED_SECRET)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# API keys for the local LLM server, by env var name as a real config names them; also planted.
+PLANTED_API_KEY = "sk-soulray-planted-key-0123456789abcdef"
+TEST_API_KEYS = {"SOULRAY_TEST_KEY_A": PLANTED_API_KEY, "SOULRAY_TEST_KEY_B": "sk-soulray-test-key-bbbbbbbbbbbb",
+                 "SOULRAY_TEST_KEY_C": "sk-soulray-test-key-cccccccccccc",
+                 "SOULRAY_TEST_KEY_BROKE": "sk-soulray-test-key-no-quota-left"}
+for _name, _value in TEST_API_KEYS.items():
+    os.environ.setdefault(_name, _value)
 
 DEMO_QA = Path(__file__).parent.parent / "soulray" / "data" / "demo" / "qa.parquet"
 SHARED_SAMPLE = Path(__file__).parent.parent.parent / "shared" / "data" / "smilechat-sample"

@@ -4,9 +4,9 @@ Callers ask for a reservation before each call (`reserve`: which key, and how lo
 sleep locally, call, then `settle` with what really happened (tokens used, 429 + Retry-After, the
 server's x-ratelimit-* headers, insufficient_quota). Keys travel by name only.
 
-Pacing is a token bucket per key for requests and for tokens. A grant is made when the bucket is not
-in debt and the cost is subtracted at once, so later callers see the debt and are told to wait longer:
-load spreads over time without the broker ever blocking. Against a server counting a sliding 60 s
+Pacing is a token bucket per key for requests and for tokens. A grant says when the bucket will cover
+the cost and subtracts it at once, so later callers see the debt and are told to wait longer: load
+spreads over time without the broker ever blocking. Against a server counting a sliding 60 s
 window, a bucket of capacity C refilled at (limit - C)/60 per second can never exceed the limit in
 any window, so C is kept small (1% of the limit) and utilisation stays ≥ 99% of the binding limit.
 """
@@ -44,8 +44,10 @@ class _Bucket:
         self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
         self.updated = now
 
-    def wait(self) -> float:
-        return max(0.0, -self.level / self.rate)
+    def wait(self, cost: float) -> float:
+        """Seconds until `cost` may be taken: until the level covers it (or the whole capacity, for a
+        cost larger than the bucket, which then runs into debt that later callers wait out)."""
+        return max(0.0, (min(cost, self.capacity) - self.level) / self.rate)
 
 
 @dataclass
@@ -107,7 +109,7 @@ class QuotaLedger:
                 continue
             state.requests.refill(now)
             state.tokens.refill(now)
-            wait = max(state.requests.wait(), state.tokens.wait(), state.cooldown_until - now, 0.0)
+            wait = max(state.requests.wait(1), state.tokens.wait(estimated_tokens), state.cooldown_until - now, 0.0)
             headroom = state.requests.level / state.requests.capacity + state.tokens.level / state.tokens.capacity
             candidates.append((wait, -headroom, limits.name, state))
         if not candidates:

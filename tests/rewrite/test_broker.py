@@ -1,0 +1,113 @@
+"""The quota ledger, with time passed in: pacing, Retry-After, key rotation, quotas, budgets."""
+
+from soulray.rewrite.broker import KeyLimits, QuotaLedger
+
+
+def keys(*limits: tuple[str, int, int]) -> list[KeyLimits]:
+    return [KeyLimits(name=name, rpm=rpm, tpm=tpm, max_concurrent=100) for name, rpm, tpm in limits]
+
+
+def drive(ledger: QuotaLedger, seconds: float, tokens: int = 100, model: str = "m") -> dict[str, list[float]]:
+    """Greedy callers: reserve as fast as allowed (a call starts at now + wait) and settle at once."""
+    starts: dict[str, list[float]] = {}
+    now = 0.0
+    while now < seconds:
+        grant = ledger.reserve(model, tokens, 0.0, now=now)
+        start = now + grant.wait_s
+        if start >= seconds:
+            ledger.settle(grant.id, status="ok", prompt_tokens=tokens, now=start)
+            break
+        starts.setdefault(grant.key, []).append(start)
+        ledger.settle(grant.id, status="ok", prompt_tokens=tokens, now=start)
+        now = start
+    return starts
+
+
+def max_in_window(times: list[float], window: float = 60.0) -> int:
+    best, left = 0, 0
+    for right, moment in enumerate(times):
+        while times[left] <= moment - window:
+            left += 1
+        best = max(best, right - left + 1)
+    return best
+
+
+def test_requests_per_minute_never_exceeded_and_nearly_used():
+    ledger = QuotaLedger(keys(("a", 600, 10**9)), now=0.0)
+    starts = drive(ledger, 180.0)["a"]
+    assert max_in_window(starts) <= 600
+    assert len(starts) >= 0.97 * 600 * 3
+
+
+def test_tokens_per_minute_bind_when_tighter():
+    ledger = QuotaLedger(keys(("a", 10_000, 60_000)), now=0.0)
+    starts = drive(ledger, 120.0, tokens=1_000)["a"]
+    assert max_in_window(starts) * 1_000 <= 60_000 + 1_000  # at most one request's estimate over
+    assert len(starts) >= 0.95 * 60 * 2
+
+
+def test_load_spreads_over_keys_by_headroom():
+    ledger = QuotaLedger(keys(("small", 60, 10**9), ("big", 600, 10**9), ("mid", 300, 10**9)), now=0.0)
+    starts = drive(ledger, 120.0)
+    counts = {name: len(times) for name, times in starts.items()}
+    for name, rpm in (("small", 60), ("big", 600), ("mid", 300)):
+        assert max_in_window(starts[name]) <= rpm
+        assert counts[name] >= 0.95 * rpm * 2  # each key used to its own limit: aggregate ≈ 960/min
+
+
+def test_retry_after_cools_the_key_and_repeated_429s_cool_longer():
+    ledger = QuotaLedger(keys(("a", 6000, 10**9), ("b", 6000, 10**9)), now=0.0)
+    first = ledger.reserve("m", 10, 0.0, now=0.0)
+    ledger.settle(first.id, status="rate_limited", retry_after_s=5.0, now=0.0)
+    other = ledger.reserve("m", 10, 0.0, now=0.1)
+    assert other.key != first.key and other.wait_s == 0.0  # rotated to the other key
+    ledger.settle(other.id, status="rate_limited", retry_after_s=5.0, now=0.1)
+    ledger.settle(ledger.reserve("m", 10, 0.0, now=0.2).id, status="rate_limited", retry_after_s=5.0, now=0.2)
+    grant = ledger.reserve("m", 10, 0.0, now=0.3)
+    assert grant.wait_s >= 4.5  # everything is cooling down: told to wait, not refused
+
+
+def test_insufficient_quota_disables_only_that_key():
+    ledger = QuotaLedger(keys(("broke", 6000, 10**9), ("ok", 60, 10**9)), now=0.0)
+    grant = ledger.reserve("m", 10, 0.0, now=0.0)
+    assert grant.key == "broke"  # most headroom first
+    ledger.settle(grant.id, status="insufficient_quota", now=0.0)
+    for step in range(5):
+        grant = ledger.reserve("m", 10, 0.0, now=float(step))
+        assert grant.key == "ok"
+        ledger.settle(grant.id, status="ok", now=float(step))
+    assert ledger.snapshot()["broke"]["disabled"].startswith("insufficient_quota")
+    only_broke = QuotaLedger(keys(("broke", 6000, 10**9)), now=0.0)
+    only_broke.settle(only_broke.reserve("m", 1, 0, now=0).id, status="insufficient_quota", now=0)
+    assert "no usable key" in only_broke.reserve("m", 1, 0, now=1).stop
+
+
+def test_budget_stops_before_it_would_be_exceeded():
+    ledger = QuotaLedger(keys(("a", 6000, 10**9)), budget_usd=1.0, now=0.0)
+    spent = 0.0
+    while True:
+        grant = ledger.reserve("m", 10, 0.3, now=0.0)
+        if grant.stop:
+            break
+        ledger.settle(grant.id, status="ok", cost_usd=0.3, now=0.0)
+        spent += 0.3
+    assert spent <= 1.0 and spent > 0.6 and grant.stop.startswith("budget")
+
+
+def test_concurrency_limit_and_model_routing():
+    ledger = QuotaLedger([KeyLimits(name="a", rpm=6000, tpm=10**9, max_concurrent=2, models=("gpt-4",)),
+                          KeyLimits(name="b", rpm=6000, tpm=10**9, max_concurrent=2)], now=0.0)
+    grants = [ledger.reserve("gpt-3.5-turbo", 1, 0, now=0.0) for _ in range(2)]
+    assert {g.key for g in grants} == {"b"}
+    busy = ledger.reserve("gpt-3.5-turbo", 1, 0, now=0.0)
+    assert busy.id is None and busy.wait_s > 0 and busy.stop is None  # at the limit: come back soon
+    ledger.settle(grants[0].id, status="ok", now=0.1)
+    assert ledger.reserve("gpt-3.5-turbo", 1, 0, now=0.1).key == "b"
+    assert ledger.reserve("gpt-4", 1, 0, now=0.1).key == "a"
+
+
+def test_server_headers_lower_our_headroom():
+    ledger = QuotaLedger(keys(("a", 600, 10**9)), now=0.0)
+    grant = ledger.reserve("m", 10, 0.0, now=0.0)
+    ledger.settle(grant.id, status="ok", remaining_requests=0, now=0.0)
+    assert ledger.reserve("m", 10, 0.0, now=0.0).wait_s > 0.5  # the server says its window is full

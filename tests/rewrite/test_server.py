@@ -1,0 +1,104 @@
+"""The local OpenAI-compatible server, spoken to by the real `openai` client over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from soulray.rewrite.parse import parse_completion
+from soulray.rewrite.prompts import load_template
+from soulray.rewrite.server import Faults, KeyLimits, LocalLLMServer, ServerConfig
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def start(**kwargs) -> tuple[LocalLLMServer, str]:
+        server = LocalLLMServer(ServerConfig(**kwargs))
+        servers.append(server)
+        return server, server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def prompt(text: str = "最近总是失眠，怎么办？") -> list[dict[str, str]]:
+    return load_template("soulchat-v1").render(text, "", "失眠很折磨人。试着规律作息。睡前少看手机。也可以做放松练习。")
+
+
+def test_models_and_a_parseable_rewrite(server_factory):
+    _, url = server_factory()
+    client = openai.OpenAI(base_url=url, api_key="anything", max_retries=0)
+    assert "gpt-3.5-turbo" in [m.id for m in client.models.list().data]
+    response = client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt(), seed=1)
+    parsed = parse_completion(response.choices[0].message.content, response.choices[0].finish_reason)
+    assert parsed.ok and parsed.messages[0]["content"].startswith("最近总是失眠")
+    assert response.usage.prompt_tokens > 100 and response.usage.completion_tokens > 20
+    again = client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt(), seed=1)
+    assert again.choices[0].message.content == response.choices[0].message.content  # deterministic
+
+
+def test_rpm_limit_gives_429_with_retry_after_and_headers(server_factory):
+    server, url = server_factory(keys={"k1": KeyLimits(rpm=3)})
+    client = openai.OpenAI(base_url=url, api_key="k1", max_retries=0)
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-3.5-turbo", messages=prompt())
+        assert int(raw.headers["x-ratelimit-limit-requests"]) == 3
+    with pytest.raises(openai.RateLimitError) as error:
+        client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt())
+    assert int(error.value.response.headers["retry-after"]) >= 1
+    assert error.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    stats = list(server.stats_summary().values())[0]
+    assert (stats["requests"], stats["completed"], stats["rate_limited"]) == (4, 3, 1)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url, api_key="unknown", max_retries=0).chat.completions.create(
+            model="gpt-3.5-turbo", messages=prompt())
+
+
+def test_tpm_limit(server_factory):
+    _, url = server_factory(keys={"k": KeyLimits(tpm=600)})
+    client = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        for _ in range(5):
+            client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt())
+
+
+def test_insufficient_quota_key(server_factory):
+    _, url = server_factory(keys={"broke": KeyLimits(insufficient_quota=True)})
+    with pytest.raises(openai.RateLimitError) as error:
+        openai.OpenAI(base_url=url, api_key="broke", max_retries=0).chat.completions.create(
+            model="gpt-3.5-turbo", messages=prompt())
+    assert error.value.body["code"] == "insufficient_quota"
+
+
+@pytest.mark.parametrize("fault, check", [
+    ("error_5xx", lambda outcome: isinstance(outcome, openai.InternalServerError)),
+    ("timeout", lambda outcome: isinstance(outcome, openai.APITimeoutError)),
+    ("malformed", lambda outcome: parse_completion(outcome.choices[0].message.content).reason == "no_role_prefix"),
+    ("truncated", lambda outcome: outcome.choices[0].finish_reason == "length"),
+    ("refusal", lambda outcome: parse_completion(outcome.choices[0].message.content).reason == "refusal"),
+])
+def test_injected_faults(server_factory, fault, check):
+    _, url = server_factory(faults=Faults(**{fault: 1.0}, hang_s=2.0))
+    client = openai.OpenAI(base_url=url, api_key="k", max_retries=0, timeout=0.5)
+    try:
+        outcome = client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt())
+    except openai.APIError as exc:
+        outcome = exc
+    assert check(outcome), outcome
+
+
+def test_latency_and_concurrency(server_factory):
+    server, url = server_factory(latency_ms=(200, 300))
+    client = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
+
+    async def many() -> None:
+        await asyncio.gather(*(client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt(str(i)))
+                               for i in range(20)))
+
+    asyncio.run(many())
+    assert list(server.stats_summary().values())[0]["completed"] == 20

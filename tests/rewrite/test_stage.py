@@ -1,0 +1,139 @@
+"""The rewrite stage inside the regenerate job, on a real local Ray, against the local server over HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from soulray.cli import DEMO_CONFIG
+from soulray.config import RegenerateConfig, load_config
+from soulray.regenerate import run
+from soulray.rewrite.server import Faults, KeyLimits, LocalLLMServer, ServerConfig
+from soulray.store import open_version
+from tests.conftest import PLANTED_API_KEY, TEST_API_KEYS
+
+
+@pytest.fixture
+def llm():
+    servers = []
+
+    def start(**kwargs) -> tuple[LocalLLMServer, str]:
+        server = LocalLLMServer(ServerConfig(**kwargs))
+        servers.append(server)
+        return server, server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def job(root: Path, url: str, keys: list[dict], *overrides: str, limit: int = 40) -> RegenerateConfig:
+    return load_config(RegenerateConfig, DEMO_CONFIG, [
+        f"storage.root={root}", f"rewrite.base_url={url}", f"rewrite.keys={json.dumps(keys)}", f"limit={limit}",
+        "rewrite.actors=2", "rewrite.batch_size=8", *overrides])
+
+
+def key(env: str, **limits) -> dict:
+    return {"name": env.removeprefix("SOULRAY_TEST_").lower(), "api_key_env": env, **limits}
+
+
+def server_keys(**limits: KeyLimits) -> dict[str, KeyLimits]:
+    return {TEST_API_KEYS[env]: value for env, value in limits.items()}
+
+
+def stats_by_env(server: LocalLLMServer) -> dict[str, dict[str, int]]:
+    by_label = server.stats_summary()
+    return {env: by_label[f"…{value[-4:]}"] for env, value in TEST_API_KEYS.items() if f"…{value[-4:]}" in by_label}
+
+
+def test_quotas_per_key_are_respected_and_shared(ray_local, llm, tmp_path):
+    limits = {"SOULRAY_TEST_KEY_A": KeyLimits(rpm=120), "SOULRAY_TEST_KEY_B": KeyLimits(rpm=60),
+              "SOULRAY_TEST_KEY_C": KeyLimits(rpm=30, tpm=15_000)}
+    server, url = llm(keys=server_keys(**limits))
+    keys = [key(env, rpm=value.rpm, tpm=value.tpm) for env, value in limits.items()]
+    result = run(job(tmp_path, url, keys, limit=45))
+    assert result.manifest.counts["output_rows"] + result.manifest.counts["rejected_rows"] == 45
+    stats = stats_by_env(server)
+    assert sum(s["completed"] for s in stats.values()) >= 45  # every row called (re-asks may add some)
+    assert all(stats[env]["completed"] > 0 for env in limits)  # load spread over every key
+    for env, value in limits.items():  # the server's own log of what it served, per key
+        served = server.stats[TEST_API_KEYS[env]]
+        requests, tokens = served.max_in_window(60.0)
+        assert requests <= value.rpm and tokens <= value.tpm
+        # paced, not bursted: any 10 s holds at most a sixth of the minute's quota (+ the 1% burst, + 1)
+        requests_10s, _ = served.max_in_window(10.0)
+        assert requests_10s <= value.rpm / 6 + max(1, value.rpm * 0.01) + 1, (env, requests_10s)
+    total = sum(s["requests"] for s in stats.values())
+    assert sum(s["rate_limited"] for s in stats.values()) <= max(1, 0.01 * total)
+    usage = result.manifest.usage["keys"]
+    assert sum(k["ok"] for k in usage.values()) == sum(s["completed"] for s in stats.values())
+    assert result.manifest.cost_usd > 0 and result.manifest.tokens["prompt"] > 0
+
+
+def test_faults_end_as_output_or_reject_and_rerun_pays_nothing(ray_local, llm, tmp_path):
+    faults = Faults(error_5xx=0.1, timeout=0.05, malformed=0.1, truncated=0.05, refusal=0.03, hang_s=3.0)
+    server, url = llm(faults=faults, keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits(),
+                                                      SOULRAY_TEST_KEY_BROKE=KeyLimits(insufficient_quota=True)))
+    keys = [key("SOULRAY_TEST_KEY_BROKE", rpm=100_000), key("SOULRAY_TEST_KEY_A", rpm=3000)]
+    config = job(tmp_path, url, keys, "rewrite.timeout_s=1", "rewrite.max_reasks=2", limit=60)
+    result = run(config)
+    counts = result.manifest.counts
+    assert counts["input_rows"] == 60 == counts["output_rows"] + counts["rejected_rows"]
+    known = {"truncated", "no_role_prefix", "refusal", "retries_exhausted"}
+    for stage, reasons in counts["by_stage"].items():
+        assert stage in ("rewrite", "parse") and set(reasons) <= known, counts
+    version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
+    data = version.to_table().to_pylist()
+    assert max(row["attempts"] for row in data) > 1  # malformed completions were re-asked
+    assert all(row["messages"][0]["role"] == "user" and row["messages"][-1]["role"] == "assistant" for row in data)
+    assert result.manifest.usage["keys"]["key_broke"]["disabled"].startswith("insufficient_quota")
+    first_calls = sum(s["requests"] for s in stats_by_env(server).values())
+
+    rerun = run(config)  # same sources, prompt, models: every completed call comes from the cache
+    unfinished = sum(1 for r in version.to_table("rejects").to_pylist() if r["reason"] == "retries_exhausted")
+    new_calls = sum(s["requests"] for s in stats_by_env(server).values()) - first_calls
+    assert new_calls <= unfinished * (config.rewrite.max_retries + 1) * (config.rewrite.max_reasks + 1)
+    assert rerun.manifest.counts["output_rows"] == counts["output_rows"]
+
+
+def test_cache_hits_mean_zero_calls_and_prompt_change_repays(ray_local, llm, tmp_path):
+    server, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits()))
+    keys = [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)]
+    run(job(tmp_path, url, keys, limit=30))
+    calls = stats_by_env(server)["SOULRAY_TEST_KEY_A"]["requests"]
+    assert calls >= 30
+    second = run(job(tmp_path, url, keys, limit=30))
+    assert stats_by_env(server)["SOULRAY_TEST_KEY_A"]["requests"] == calls  # the server saw nothing new
+    assert second.manifest.usage["keys"]["key_a"]["requests"] == 0 and second.manifest.cost_usd == 0
+    run(job(tmp_path, url, keys, "rewrite.prompt=smile-v1", limit=30))
+    assert stats_by_env(server)["SOULRAY_TEST_KEY_A"]["requests"] >= calls + 30
+    assert set(open_version("latest", root=str(tmp_path), dataset="smilechat-demo").to_table()["prompt_version"]
+               .to_pylist()) == {"smile-v1"}
+
+
+def test_budget_stop_rejects_the_rest_with_a_reason(ray_local, llm, tmp_path):
+    _, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits()))
+    keys = [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)]
+    result = run(job(tmp_path, url, keys, "rewrite.budget_usd=0.005", "rewrite.models=[{name: gpt-4}]", limit=40))
+    reasons = Counter({reason: n for stage in result.manifest.counts["by_stage"].values() for reason, n in stage.items()})
+    assert reasons["budget_exhausted"] + reasons["not_called"] > 0
+    assert result.manifest.cost_usd <= 0.005
+    assert result.manifest.counts["input_rows"] == 40
+
+
+def test_api_keys_never_reach_outputs_or_logs(ray_local, llm, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    _, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits()))
+    result = run(job(tmp_path, url, [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)], limit=10))
+    texts = [result.manifest.to_json().decode(), caplog.text, *capsys.readouterr()]
+    texts += [path.read_text(errors="replace") for path in Path(tmp_path).rglob("*.json")]
+    texts += [path.read_bytes().decode("latin-1") for path in Path(tmp_path).rglob("*.parquet")]
+    ray_logs = Path("/tmp/ray/session_latest/logs")
+    if ray_logs.exists():
+        texts += [path.read_text(errors="replace") for path in ray_logs.rglob("*") if path.is_file()
+                  and path.stat().st_size < 50_000_000]
+    assert not [text[:80] for text in texts if PLANTED_API_KEY in text]
