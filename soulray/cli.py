@@ -1,4 +1,4 @@
-"""The `soulray` command: import, synth, regenerate, inspect, export, gc.
+"""The `soulray` command: import, synth, regenerate, serve-llm, inspect, export, gc.
 
 User mistakes (SoulrayError, including one raised inside a Ray task) print one clear message and exit
 with status 2; anything else is a bug and keeps its traceback.
@@ -110,6 +110,22 @@ def synth_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_llm_main(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from soulray.rewrite.server import Faults, KeyLimits, LocalLLMServer, ServerConfig
+
+    faults = Faults(error_5xx=args.fault_5xx, timeout=args.fault_timeout, malformed=args.fault_malformed,
+                    truncated=args.fault_truncated, refusal=args.fault_refusal)
+    server = LocalLLMServer(ServerConfig(default_limits=KeyLimits(rpm=args.rpm, tpm=args.tpm),
+                                         latency_ms=(args.latency_ms[0], args.latency_ms[1]), faults=faults,
+                                         seed=args.seed))
+    print(f"soulray offline rewriter (not a model) at http://{args.host}:{args.port}/v1 — "
+          f"per-key limits {args.rpm} rpm / {args.tpm} tpm; stats at /stats", flush=True)
+    web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log=None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soulray", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -144,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arguments(export)
     export.add_argument("--output", required=True, help="JSONL file to write")
     export.set_defaults(func=export_main)
+
+    serve = commands.add_parser("serve-llm", help="run the offline OpenAI-compatible rewriter (demos, dry runs, tests)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--rpm", type=int, default=10_000, help="requests per minute allowed per API key")
+    serve.add_argument("--tpm", type=int, default=10_000_000, help="tokens per minute allowed per API key")
+    serve.add_argument("--latency-ms", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"),
+                       help="uniform latency range per request")
+    serve.add_argument("--seed", type=int, default=0, help="seed for latency and fault draws")
+    for fault, text in (("5xx", "503 errors"), ("timeout", "requests that hang 30 s"),
+                        ("malformed", "completions without role labels"), ("truncated", "finish_reason=length"),
+                        ("refusal", "refusals")):
+        serve.add_argument(f"--fault-{fault}", type=float, default=0.0, help=f"share of requests answered with {text}")
+    serve.set_defaults(func=serve_llm_main)
 
     gc = commands.add_parser("gc", help="list (or --delete) shards no committed manifest names")
     gc.add_argument("--root", required=True, help="store root")

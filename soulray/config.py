@@ -124,6 +124,7 @@ class LocalServerConfig(StrictModel):
 
 class RewriteConfig(StrictModel):
     enabled: bool = True
+    dry_run: bool = Field(False, description="estimate tokens and cost of the rewrite; call nothing, publish nothing")
     prompt: str = Field("soulchat-v1", description="a builtin prompt version or a template file")
     base_url: str = Field("local", description="'local' (embedded offline server) or an OpenAI-compatible /v1 URL")
     models: list[ModelShare] = Field(default_factory=lambda: [ModelShare(name="gpt-3.5-turbo")], min_length=1)

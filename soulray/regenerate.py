@@ -14,8 +14,9 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from soulray.config import RegenerateConfig, config_hash
+from soulray.config import RegenerateConfig, RewriteConfig, config_hash
 from soulray.rewrite.session import RewriteSession
+from soulray.rewrite.stage import estimate_batch
 from soulray.runtime import init_ray
 from soulray.schema import DIALOGUE, UNIT
 from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
@@ -38,7 +39,13 @@ class RunResult:
     version_uri: str
 
 
-def run(config: RegenerateConfig) -> RunResult:
+@dataclass(frozen=True)
+class DryRun:
+    estimate: dict[str, dict[str, float]]  # per model: rows, prompt_tokens, completion_tokens, cost_usd
+    input_rows: int
+
+
+def run(config: RegenerateConfig) -> RunResult | DryRun:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     run_id = uuid.uuid4().hex[:12]
@@ -56,6 +63,9 @@ def run(config: RegenerateConfig) -> RunResult:
     if config.limit is not None:
         pipeline = pipeline.limit(config.limit)
         input_rows = min(input_rows, config.limit)
+
+    if config.rewrite.enabled and config.rewrite.dry_run:
+        return DryRun(estimate=estimate(pipeline, config.rewrite), input_rows=input_rows)
 
     data_schema, usage = UNIT, {}
     with ExitStack() as cleanup:
@@ -85,8 +95,12 @@ def _normalise(plans: list[SourcePlan], config: RegenerateConfig):
     import ray.data
 
     fragments = [dataclasses.asdict(fragment) for plan in plans for fragment in plan.fragments]
-    # Blocks of a few rewrite batches each, so a large row group still spreads over every rewrite actor.
+    # Blocks of a few rewrite batches each, so a large row group still spreads over every rewrite actor:
+    # a task's output tables are merged up to target_max_block_size, so that is capped as well (it is
+    # copied into each Dataset when the Dataset is created, hence set here, before from_items).
     block_rows = config.rewrite.batch_size * 4 if config.rewrite.enabled else 50_000
+    if config.rewrite.enabled:
+        ray.data.DataContext.get_current().target_max_block_size = 1024 * 1024
     return ray.data.from_items(fragments, override_num_blocks=len(fragments)).map_batches(
         _normalise_batch, fn_kwargs={"config": config, "block_rows": block_rows}, batch_size=1,
         batch_format="pyarrow",
@@ -103,8 +117,26 @@ def _normalise_batch(batch, *, config: RegenerateConfig, block_rows: int):
             yield table.slice(start, block_rows)
 
 
-def summary(result: RunResult) -> str:
+def estimate(pipeline, config: RewriteConfig) -> dict[str, dict[str, float]]:
+    """Tokens and cost the rewrite would take, per model, from the real prompts of every row."""
+    totals: dict[str, dict[str, float]] = {}
+    for row in pipeline.map_batches(estimate_batch, fn_kwargs={"config": config}, batch_format="pyarrow").take_all():
+        model = totals.setdefault(row["model"], {"rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        for field in model:
+            model[field] += row[field]
+    return totals
+
+
+def summary(result: RunResult | DryRun) -> str:
     """What a person wants to see at the end of a run."""
+    if isinstance(result, DryRun):
+        lines = [f"dry run: {result.input_rows} input rows; nothing was called or published"]
+        for model, totals in result.estimate.items():
+            lines.append(f"  {model}: {totals['rows']:.0f} rows, ~{totals['prompt_tokens']:.0f} prompt + "
+                         f"~{totals['completion_tokens']:.0f} completion tokens, ~${totals['cost_usd']:.2f}")
+        lines.append(f"  total ~${sum(t['cost_usd'] for t in result.estimate.values()):.2f} "
+                     "(estimates; re-asks of malformed completions come on top)")
+        return "\n".join(lines)
     manifest, counts = result.manifest, result.manifest.counts
     lines = [
         f"published {manifest.dataset} version {manifest.version}",

@@ -60,7 +60,7 @@ def test_import_synth_inspect_export_gc(ray_local, tmp_path, capsys):
     assert main(["export", "--root", str(root), "--dataset", "syn", "--output", str(tmp_path / "x.jsonl")]) == 0
     lines = (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()
     first = json.loads(lines[0])
-    assert len(lines) == 500 and [m["role"] for m in first["messages"]] == ["user", "assistant"]
+    assert len(lines) == 500 and first["messages"][0]["role"] == "user" and len(first["messages"]) >= 8
     assert isinstance(first["id"], int) and first["topic"]
 
     assert main(["gc", "--root", str(root), "--dataset", "syn", "--min-age-s", "0"]) == 0

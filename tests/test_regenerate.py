@@ -13,6 +13,7 @@ import pytest
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
 from soulray.regenerate import run, summary
+from soulray.schema import record_id
 from soulray.store import open_version
 from tests.conftest import PLANTED_SECRET
 
@@ -29,8 +30,12 @@ def test_demo_job_publishes_every_row(ray_local, tmp_path):
     version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo", verify=True)
     data = version.to_table()
     source = pq.read_table(DEMO_CONFIG.parent.parent / "data" / "demo" / "qa.parquet")
-    assert sorted(data["answer_id"].to_pylist()) == sorted(source["answer_id"].to_pylist())
+    expected = {record_id(q, "", a) for q, a in zip(source["question"].to_pylist(), source["answer"].to_pylist())}
+    assert set(data["record_id"].to_pylist()) == expected
     assert pc.count_distinct(data["record_id"]).as_py() == 300  # the demo has no exact duplicates
+    first = data.slice(0, 1).to_pylist()[0]
+    assert first["messages"][0]["role"] == "user" and first["messages"][-1]["role"] == "assistant"
+    assert first["prompt_version"] == "soulchat-v1" and first["model"] == "gpt-3.5-turbo"
     assert manifest.inputs[0].rows == 300 and manifest.config["dataset"] == "smilechat-demo"
     text = summary(result)
     assert "300 in = 300 out + 0 rejected" in text and result.version_uri in text
@@ -43,6 +48,13 @@ def test_demo_job_publishes_every_row(ray_local, tmp_path):
     assert sorted(version.to_table()["record_id"].to_pylist()) == \
         sorted(open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo").to_table()["record_id"]
                .to_pylist())
+
+
+def test_units_only_when_rewrite_is_off(ray_local, tmp_path):
+    result = run(config_for(tmp_path / "out", "rewrite.enabled=false", "limit=20"))
+    data = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo").to_table()
+    assert data.num_rows == 20 and "answer" in data.column_names and "messages" not in data.column_names
+    assert result.manifest.usage == {}
 
 
 def test_bad_rows_become_rejects_and_nothing_is_lost(ray_local, tmp_path):

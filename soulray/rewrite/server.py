@@ -138,7 +138,9 @@ class LocalLLMServer:
         with self._lock:
             return {_key_label(key): {"requests": s.requests, "completed": s.completed, "rate_limited": s.rate_limited,
                                       "errors": s.errors, "prompt_tokens": s.prompt_tokens,
-                                      "completion_tokens": s.completion_tokens} for key, s in self.stats.items()}
+                                      "completion_tokens": s.completion_tokens,
+                                      "busiest_minute": dict(zip(("requests", "tokens"), s.max_in_window(60.0), strict=True))}
+                    for key, s in self.stats.items()}
 
     async def _chat(self, request: web.Request) -> web.Response:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -99,7 +99,7 @@ class Rewriter:
         self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
         self.cache = ResponseCache(run.cache_uri, self.template.version, s3=run.s3)
         self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
-        self.stopped: str | None = None
+        self.stopped: Failure | None = None  # once the broker says stop, no row of this actor calls again
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
@@ -149,25 +149,26 @@ class Rewriter:
     async def _call(self, model: str, messages: list[dict[str, str]], *, seed: int,
                     source_chars: int) -> Completion | Failure:
 
-        prompt_tokens = count_message_tokens(messages)
-        # a rewrite is about as long as its source answer plus the dialogue around it
-        estimated = prompt_tokens + min(self.config.max_tokens, 2 * source_chars + 200)
-        estimated_cost = self._cost(model, prompt_tokens, estimated - prompt_tokens)
+        prompt_tokens, completion_tokens = estimate_tokens(messages, source_chars, self.config.max_tokens)
+        estimated = prompt_tokens + completion_tokens
+        estimated_cost = cost_of(self.config, model, prompt_tokens, completion_tokens)
         retries = 0
         while True:
             if self.stopped:
-                return Failure("not_called", self.stopped)
+                return self.stopped
             reservation: Reservation = await self.broker.reserve.remote(model, estimated, estimated_cost)
             if reservation.stop:
-                self.stopped = reservation.stop
-                return Failure("budget_exhausted" if reservation.stop.startswith("budget") else "no_usable_key",
-                               reservation.stop)
+                reason = "budget_exhausted" if reservation.stop.startswith("budget") else "no_usable_key"
+                self.stopped = Failure(reason, reservation.stop)
+                log.warning("rewrite stopped issuing calls: %s; remaining rows are rejected as %s",
+                            reservation.stop, reason)
+                return self.stopped
             if reservation.id is None:
                 await asyncio.sleep(reservation.wait_s)
                 continue
             await asyncio.sleep(reservation.wait_s)
             outcome, result = await self._attempt(reservation, model, messages, seed)
-            await self.broker.settle.remote(reservation.id, **outcome)
+            self.broker.settle.remote(reservation.id, **outcome)  # fire and forget: nothing waits on it
             if result is not None:
                 return result
             if outcome["status"] == "insufficient_quota":
@@ -203,7 +204,7 @@ class Rewriter:
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0
-        cost = self._cost(model, prompt_tokens, completion_tokens)
+        cost = cost_of(self.config, model, prompt_tokens, completion_tokens)
         choice = response.choices[0] if response.choices else None
         outcome = {"status": "ok", "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                    "cost_usd": cost, **_remaining(raw.headers)}
@@ -212,11 +213,42 @@ class Rewriter:
         return outcome, Completion(choice.message.content or "", choice.finish_reason or "stop", prompt_tokens,
                                    completion_tokens, cost, reservation.key, cached=False)
 
-    def _cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        price = self.config.prices.get(model)
-        if price is None:
-            return 0.0
-        return prompt_tokens / 1000 * price.prompt_per_1k + completion_tokens / 1000 * price.completion_per_1k
+
+
+def estimate_tokens(messages: list[dict[str, str]], source_chars: int, max_tokens: int) -> tuple[int, int]:
+    """(prompt, completion) tokens expected before a call: a rewrite is about as long as its source
+    answer plus the dialogue around it (2 tokens a source character + 200 of framing), at most max_tokens."""
+    return count_message_tokens(messages), min(max_tokens, 2 * source_chars + 200)
+
+
+def cost_of(config: RewriteConfig, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    price = config.prices.get(model)
+    if price is None:
+        return 0.0
+    return prompt_tokens / 1000 * price.prompt_per_1k + completion_tokens / 1000 * price.completion_per_1k
+
+
+def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
+    """Dry run: what rewriting these rows would cost, per model, without calling anything."""
+    template = load_template(config.prompt)
+    totals: dict[str, list[float]] = {}
+    for unit in batch.to_pylist():
+        if unit["reject_reason"]:
+            continue
+        model = route_model(unit["record_id"], config)
+        messages = template.render(unit["question"], unit["description"], unit["answer"])
+        prompt, completion = estimate_tokens(messages, len(unit["answer"]), config.max_tokens)
+        row = totals.setdefault(model, [0, 0, 0, 0.0])
+        row[0] += 1
+        row[1] += prompt
+        row[2] += completion
+        row[3] += cost_of(config, model, prompt, completion)
+    return pa.table({"model": list(totals), "rows": [int(v[0]) for v in totals.values()],
+                     "prompt_tokens": [int(v[1]) for v in totals.values()],
+                     "completion_tokens": [int(v[2]) for v in totals.values()],
+                     "cost_usd": [float(v[3]) for v in totals.values()]},
+                    schema=pa.schema([("model", pa.string()), ("rows", pa.int64()), ("prompt_tokens", pa.int64()),
+                                      ("completion_tokens", pa.int64()), ("cost_usd", pa.float64())]))
 
 
 def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:
