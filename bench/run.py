@@ -57,16 +57,20 @@ def synthetic_units(rows: int, workdir: Path) -> pa.Table:
 
 def bench_store_write(units: pa.Table, root: str, s3: S3Config, rows_per_shard: int, repeats: int) -> dict:
     """A whole version (shards + checksums + manifest + latest) vs bare write_to_dataset of the same
-    rows, with the same compression and rows per file, to the same place."""
+    rows, with the same compression and rows per file, to the same place. write_to_dataset uses a
+    thread per core; the shard writers here run on a thread per core too (in a job they are Ray tasks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     data = units.select(UNIT.names)
 
     def soulray_publish() -> None:
         store = VersionStore(root, "bench", s3=s3)
         run_id = uuid.uuid4().hex[:12]
         target = ShardTarget(version_uri=store.version_uri(run_id), run_id=run_id, data_schema=UNIT, s3=s3)
-        facts = []
-        for start in range(0, units.num_rows, rows_per_shard):
-            facts += write_batch(units.slice(start, rows_per_shard), target).to_pylist()
+        slices = [units.slice(start, rows_per_shard) for start in range(0, units.num_rows, rows_per_shard)]
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            facts = [fact for table in pool.map(lambda piece: write_batch(piece, target), slices)
+                     for fact in table.to_pylist()]
         store.commit(build_manifest(store=store, version=run_id, run_id=run_id, parent_version=None, job="bench",
                                     config={}, config_hash="-", inputs=[], input_rows=units.num_rows,
                                     data_schema=UNIT, shard_facts=facts))
@@ -93,10 +97,10 @@ def bench_rewrite_quota(workdir: Path, seconds: float) -> dict:
     in the busiest minute, per key, as a share of what the key's binding limit allows."""
     from soulray.config import RegenerateConfig, load_config
     from soulray.regenerate import run
-    from soulray.rewrite.server import KeyLimits, LocalLLMServer, ServerConfig
+    from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
 
-    limits = {"BENCH_KEY_A": KeyLimits(rpm=600), "BENCH_KEY_B": KeyLimits(rpm=300),
-              "BENCH_KEY_C": KeyLimits(rpm=10_000, tpm=150_000)}
+    limits = {"BENCH_KEY_A": SimulatedKey(rpm=600), "BENCH_KEY_B": SimulatedKey(rpm=300),
+              "BENCH_KEY_C": SimulatedKey(rpm=10_000, tpm=150_000)}
     server = LocalLLMServer(ServerConfig(keys={os.environ[n]: v for n, v in limits.items()}, latency_ms=(200, 800)))
     url = server.start()
     # enough rows to keep every key busy for `seconds`: ~1,050 requests a minute in all

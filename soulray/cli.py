@@ -113,11 +113,11 @@ def synth_main(args: argparse.Namespace) -> int:
 def serve_llm_main(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from soulray.rewrite.server import Faults, KeyLimits, LocalLLMServer, ServerConfig
+    from soulray.rewrite.server import Faults, LocalLLMServer, ServerConfig, SimulatedKey
 
     faults = Faults(error_5xx=args.fault_5xx, timeout=args.fault_timeout, malformed=args.fault_malformed,
                     truncated=args.fault_truncated, refusal=args.fault_refusal)
-    server = LocalLLMServer(ServerConfig(default_limits=KeyLimits(rpm=args.rpm, tpm=args.tpm),
+    server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=args.rpm, tpm=args.tpm),
                                          latency_ms=(args.latency_ms[0], args.latency_ms[1]), faults=faults,
                                          seed=args.seed))
     print(f"soulray offline rewriter (not a model) at http://{args.host}:{args.port}/v1 — "

@@ -30,7 +30,8 @@ def test_demo_job_publishes_every_row(ray_local, tmp_path):
     version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo", verify=True)
     data = version.to_table()
     source = pq.read_table(DEMO_CONFIG.parent.parent / "data" / "demo" / "qa.parquet")
-    expected = {record_id(q, "", a) for q, a in zip(source["question"].to_pylist(), source["answer"].to_pylist())}
+    expected = {record_id(q, "", a) for q, a in zip(source["question"].to_pylist(), source["answer"].to_pylist(),
+                                                    strict=True)}
     assert set(data["record_id"].to_pylist()) == expected
     assert pc.count_distinct(data["record_id"]).as_py() == 300  # the demo has no exact duplicates
     first = data.slice(0, 1).to_pylist()[0]

@@ -28,7 +28,7 @@ from soulray.rewrite.tokens import count_message_tokens, count_tokens
 
 
 @dataclass
-class KeyLimits:
+class SimulatedKey:
     rpm: int = 10_000
     tpm: int = 10_000_000
     insufficient_quota: bool = False
@@ -54,7 +54,7 @@ class KeyStats:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    log: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens) of every served request
+    log: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens) of every admitted request
 
     def max_in_window(self, window_s: float = 60.0) -> tuple[int, int]:
         """The most requests and tokens served inside any window of `window_s` (for quota checks)."""
@@ -71,8 +71,8 @@ class KeyStats:
 
 @dataclass
 class ServerConfig:
-    keys: dict[str, KeyLimits] = field(default_factory=dict)  # api key value → limits; empty: any key, default limits
-    default_limits: KeyLimits = field(default_factory=KeyLimits)
+    keys: dict[str, SimulatedKey] = field(default_factory=dict)  # api key value → limits; empty: any key, default limits
+    default_limits: SimulatedKey = field(default_factory=SimulatedKey)
     latency_ms: tuple[float, float] = (0.0, 0.0)
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
@@ -89,7 +89,7 @@ class _Window:
         while self.events and self.events[0][0] <= now - 60.0:
             self.events.popleft()
 
-    def admit(self, now: float, tokens: int, limits: KeyLimits) -> float:
+    def admit(self, now: float, tokens: int, limits: SimulatedKey) -> float:
         """0 if admitted (and recorded), else seconds until it would be."""
         self.trim(now)
         used = sum(t for _, t in self.events)
@@ -170,6 +170,8 @@ class LocalLLMServer:
             headers = _ratelimit_headers(window, limits, now)
             if wait:
                 stats.rate_limited += 1
+            else:
+                stats.log.append((now, prompt_tokens + completion_tokens))  # admissions: what the limit counts
         if wait:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
             headers["retry-after-ms"] = str(int(wait * 1000))
@@ -188,7 +190,6 @@ class LocalLLMServer:
             stats.completed += 1
             stats.prompt_tokens += prompt_tokens
             stats.completion_tokens += completion_tokens
-            stats.log.append((time.monotonic(), prompt_tokens + completion_tokens))
         return web.json_response({
             "id": "chatcmpl-" + hashlib.sha256(f"{prompt}{body.get('seed')}".encode()).hexdigest()[:24],
             "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -301,7 +302,7 @@ def _key_label(key: str) -> str:
     return f"…{key[-4:]}" if key else "(none)"
 
 
-def _ratelimit_headers(window: _Window, limits: KeyLimits, now: float) -> dict[str, str]:
+def _ratelimit_headers(window: _Window, limits: SimulatedKey, now: float) -> dict[str, str]:
     window.trim(now)
     used = sum(t for _, t in window.events)
     reset = (window.events[0][0] + 60.0 - now) if window.events else 0.0

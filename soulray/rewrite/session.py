@@ -30,11 +30,10 @@ class RewriteSession:
     def __enter__(self) -> RewriteSession:
         base_url = self.config.base_url
         if base_url == "local":
-            from soulray.rewrite.server import KeyLimits as ServerLimits
-            from soulray.rewrite.server import LocalLLMServer, ServerConfig
+            from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
 
             local = self.config.local_server
-            self.server = LocalLLMServer(ServerConfig(default_limits=ServerLimits(rpm=local.rpm, tpm=local.tpm),
+            self.server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=local.rpm, tpm=local.tpm),
                                                       latency_ms=tuple(local.latency_ms)))
             base_url = self.server.start()
             log.info("rewrite: using the embedded offline rewriter at %s (not a model: for demos and tests)", base_url)

@@ -180,11 +180,9 @@ def _present_columns(spec: SourceSpec, schema: pa.Schema) -> dict[str, str]:
 
 def _rows(table: pa.Table, columns: dict[str, str], layout: str) -> list[dict[str, object]]:
     """Python rows with text kept as bytes where the file may hold invalid UTF-8."""
-    data = {field: _as_python(table.column(name)) for field, name in columns.items()
-            if layout == "wide" or field != "answers"}
-    if layout == "long":
-        data.pop("answers", None)
-    return [dict(zip(data, values, strict=False)) for values in zip(*data.values(), strict=False)] if data else []
+    wanted = {field: name for field, name in columns.items() if layout == "wide" or field != "answers"}
+    data = {field: _as_python(table.column(name)) for field, name in wanted.items()}
+    return [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)] if data else []
 
 
 def _as_python(column: pa.ChunkedArray) -> list[object]:

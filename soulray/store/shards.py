@@ -129,12 +129,3 @@ def _counts(table: pa.Table, kind: str) -> dict[str, int]:
     else:
         return {}
     return dict(Counter(keys.to_pylist()))
-
-
-def sha256_of(uri: str, s3: S3Config) -> str:
-    location = resolve(uri, s3)
-    digest = hashlib.sha256()
-    with location.filesystem.open_input_stream(location.path) as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -9,29 +9,15 @@ import pytest
 
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.server import Faults, KeyLimits, LocalLLMServer, ServerConfig
-
-
-@pytest.fixture
-def server_factory():
-    servers = []
-
-    def start(**kwargs) -> tuple[LocalLLMServer, str]:
-        server = LocalLLMServer(ServerConfig(**kwargs))
-        servers.append(server)
-        return server, server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
+from soulray.rewrite.server import Faults, SimulatedKey
 
 
 def prompt(text: str = "最近总是失眠，怎么办？") -> list[dict[str, str]]:
     return load_template("soulchat-v1").render(text, "", "失眠很折磨人。试着规律作息。睡前少看手机。也可以做放松练习。")
 
 
-def test_models_and_a_parseable_rewrite(server_factory):
-    _, url = server_factory()
+def test_models_and_a_parseable_rewrite(llm):
+    _, url = llm()
     client = openai.OpenAI(base_url=url, api_key="anything", max_retries=0)
     assert "gpt-3.5-turbo" in [m.id for m in client.models.list().data]
     response = client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt(), seed=1)
@@ -42,8 +28,8 @@ def test_models_and_a_parseable_rewrite(server_factory):
     assert again.choices[0].message.content == response.choices[0].message.content  # deterministic
 
 
-def test_rpm_limit_gives_429_with_retry_after_and_headers(server_factory):
-    server, url = server_factory(keys={"k1": KeyLimits(rpm=3)})
+def test_rpm_limit_gives_429_with_retry_after_and_headers(llm):
+    server, url = llm(keys={"k1": SimulatedKey(rpm=3)})
     client = openai.OpenAI(base_url=url, api_key="k1", max_retries=0)
     for _ in range(3):
         raw = client.chat.completions.with_raw_response.create(model="gpt-3.5-turbo", messages=prompt())
@@ -59,16 +45,16 @@ def test_rpm_limit_gives_429_with_retry_after_and_headers(server_factory):
             model="gpt-3.5-turbo", messages=prompt())
 
 
-def test_tpm_limit(server_factory):
-    _, url = server_factory(keys={"k": KeyLimits(tpm=600)})
+def test_tpm_limit(llm):
+    _, url = llm(keys={"k": SimulatedKey(tpm=600)})
     client = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
     with pytest.raises(openai.RateLimitError):
         for _ in range(5):
             client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt())
 
 
-def test_insufficient_quota_key(server_factory):
-    _, url = server_factory(keys={"broke": KeyLimits(insufficient_quota=True)})
+def test_insufficient_quota_key(llm):
+    _, url = llm(keys={"broke": SimulatedKey(insufficient_quota=True)})
     with pytest.raises(openai.RateLimitError) as error:
         openai.OpenAI(base_url=url, api_key="broke", max_retries=0).chat.completions.create(
             model="gpt-3.5-turbo", messages=prompt())
@@ -82,8 +68,8 @@ def test_insufficient_quota_key(server_factory):
     ("truncated", lambda outcome: outcome.choices[0].finish_reason == "length"),
     ("refusal", lambda outcome: parse_completion(outcome.choices[0].message.content).reason == "refusal"),
 ])
-def test_injected_faults(server_factory, fault, check):
-    _, url = server_factory(faults=Faults(**{fault: 1.0}, hang_s=2.0))
+def test_injected_faults(llm, fault, check):
+    _, url = llm(faults=Faults(**{fault: 1.0}, hang_s=2.0))
     client = openai.OpenAI(base_url=url, api_key="k", max_retries=0, timeout=0.5)
     try:
         outcome = client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt())
@@ -92,8 +78,8 @@ def test_injected_faults(server_factory, fault, check):
     assert check(outcome), outcome
 
 
-def test_latency_and_concurrency(server_factory):
-    server, url = server_factory(latency_ms=(200, 300))
+def test_latency_and_concurrency(llm):
+    server, url = llm(latency_ms=(200, 300))
     client = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
 
     async def many() -> None:

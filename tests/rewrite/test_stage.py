@@ -7,28 +7,12 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
 from soulray.regenerate import run
-from soulray.rewrite.server import Faults, KeyLimits, LocalLLMServer, ServerConfig
+from soulray.rewrite.server import Faults, LocalLLMServer, SimulatedKey
 from soulray.store import open_version
 from tests.conftest import PLANTED_API_KEY, TEST_API_KEYS
-
-
-@pytest.fixture
-def llm():
-    servers = []
-
-    def start(**kwargs) -> tuple[LocalLLMServer, str]:
-        server = LocalLLMServer(ServerConfig(**kwargs))
-        servers.append(server)
-        return server, server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def job(root: Path, url: str, keys: list[dict], *overrides: str, limit: int = 40) -> RegenerateConfig:
@@ -41,7 +25,7 @@ def key(env: str, **limits) -> dict:
     return {"name": env.removeprefix("SOULRAY_TEST_").lower(), "api_key_env": env, **limits}
 
 
-def server_keys(**limits: KeyLimits) -> dict[str, KeyLimits]:
+def server_keys(**limits: SimulatedKey) -> dict[str, SimulatedKey]:
     return {TEST_API_KEYS[env]: value for env, value in limits.items()}
 
 
@@ -51,8 +35,8 @@ def stats_by_env(server: LocalLLMServer) -> dict[str, dict[str, int]]:
 
 
 def test_quotas_per_key_are_respected_and_shared(ray_local, llm, tmp_path):
-    limits = {"SOULRAY_TEST_KEY_A": KeyLimits(rpm=120), "SOULRAY_TEST_KEY_B": KeyLimits(rpm=60),
-              "SOULRAY_TEST_KEY_C": KeyLimits(rpm=30, tpm=15_000)}
+    limits = {"SOULRAY_TEST_KEY_A": SimulatedKey(rpm=120), "SOULRAY_TEST_KEY_B": SimulatedKey(rpm=60),
+              "SOULRAY_TEST_KEY_C": SimulatedKey(rpm=30, tpm=15_000)}
     server, url = llm(keys=server_keys(**limits))
     keys = [key(env, rpm=value.rpm, tpm=value.tpm) for env, value in limits.items()]
     result = run(job(tmp_path, url, keys, limit=45))
@@ -76,8 +60,8 @@ def test_quotas_per_key_are_respected_and_shared(ray_local, llm, tmp_path):
 
 def test_faults_end_as_output_or_reject_and_rerun_pays_nothing(ray_local, llm, tmp_path):
     faults = Faults(error_5xx=0.1, timeout=0.05, malformed=0.1, truncated=0.05, refusal=0.03, hang_s=3.0)
-    server, url = llm(faults=faults, keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits(),
-                                                      SOULRAY_TEST_KEY_BROKE=KeyLimits(insufficient_quota=True)))
+    server, url = llm(faults=faults, keys=server_keys(SOULRAY_TEST_KEY_A=SimulatedKey(),
+                                                      SOULRAY_TEST_KEY_BROKE=SimulatedKey(insufficient_quota=True)))
     keys = [key("SOULRAY_TEST_KEY_BROKE", rpm=100_000), key("SOULRAY_TEST_KEY_A", rpm=3000)]
     config = job(tmp_path, url, keys, "rewrite.timeout_s=1", "rewrite.max_reasks=2", limit=60)
     result = run(config)
@@ -101,7 +85,7 @@ def test_faults_end_as_output_or_reject_and_rerun_pays_nothing(ray_local, llm, t
 
 
 def test_cache_hits_mean_zero_calls_and_prompt_change_repays(ray_local, llm, tmp_path):
-    server, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits()))
+    server, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=SimulatedKey()))
     keys = [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)]
     run(job(tmp_path, url, keys, limit=30))
     calls = stats_by_env(server)["SOULRAY_TEST_KEY_A"]["requests"]
@@ -116,7 +100,7 @@ def test_cache_hits_mean_zero_calls_and_prompt_change_repays(ray_local, llm, tmp
 
 
 def test_budget_stop_rejects_the_rest_with_a_reason(ray_local, llm, tmp_path):
-    _, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits()))
+    _, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=SimulatedKey()))
     keys = [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)]
     result = run(job(tmp_path, url, keys, "rewrite.budget_usd=0.005", "rewrite.models=[{name: gpt-4}]", limit=40))
     reasons = Counter({reason: n for stage in result.manifest.counts["by_stage"].values() for reason, n in stage.items()})
@@ -127,7 +111,7 @@ def test_budget_stop_rejects_the_rest_with_a_reason(ray_local, llm, tmp_path):
 
 def test_api_keys_never_reach_outputs_or_logs(ray_local, llm, tmp_path, caplog, capsys):
     caplog.set_level(logging.DEBUG)
-    _, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=KeyLimits()))
+    _, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=SimulatedKey()))
     result = run(job(tmp_path, url, [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)], limit=10))
     texts = [result.manifest.to_json().decode(), caplog.text, *capsys.readouterr()]
     texts += [path.read_text(errors="replace") for path in Path(tmp_path).rglob("*.json")]

@@ -151,3 +151,18 @@ def test_folder_of_files_with_lineage(tmp_path):
     before = plan.inputs[0]["fingerprint"]
     write(folder / "a.parquet", pa.table({"question": ["问一"], "answer": ["答一!"]}))
     assert plan_fragments(SourceSpec(path=str(folder))).inputs[0]["fingerprint"] != before
+
+
+def test_source_on_s3_reads_through_the_endpoint(s3_config, s3_bucket):
+    location = f"{s3_bucket}/sources/qa.parquet"
+    from soulray.fs import resolve
+
+    target = resolve(location, s3_config)
+    pq.write_table(pq.read_table(DEMO_QA), target.path, filesystem=target.filesystem)
+    spec = SourceSpec(path=f"{s3_bucket}/sources/")
+    plan = plan_fragments(spec, s3=s3_config)
+    assert plan.rows == 300 and plan.inputs[0]["uri"] == location
+    units = pa.concat_tables([normalise_fragment(f, spec, s3=s3_config) for f in plan.fragments])
+    assert units.num_rows == 300 and set(units["source_file"].to_pylist()) == {location}
+    with pytest.raises(SourceError, match="does not exist"):
+        plan_fragments(SourceSpec(path=f"{s3_bucket}/nothing-here.parquet"), s3=s3_config)
