@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -207,7 +208,12 @@ def find_user_error(exc: BaseException) -> SoulrayError | None:
             return current
         cause = getattr(current, "cause", None)
         current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
-    return None
+    # An actor that died in __init__ (ActorDiedError) keeps its cause only as text: recover it from there.
+    found = _USER_ERROR_TEXT.findall(str(exc))
+    return SoulrayError(found[-1].strip()) if found else None
+
+
+_USER_ERROR_TEXT = re.compile(r"soulray\.errors\.\w+: (.+)")
 
 
 def configure_logging(verbose: bool) -> None:

@@ -70,3 +70,12 @@ def test_import_synth_inspect_export_gc(ray_local, tmp_path, capsys):
 def test_inspect_missing_version_is_an_error(tmp_path, capsys):
     assert main(["inspect", "--root", str(tmp_path), "--dataset", "nothing"]) == 2
     assert "no published version yet" in capsys.readouterr().err
+
+
+def test_error_inside_a_ray_actor_constructor_reaches_the_user(tmp_path):
+    result = soulray("regenerate", "--set", f"storage.root={tmp_path}", "--set", "limit=5",
+                     "--set", "rewrite.keys=[{name: real, api_key_env: SOULRAY_NOT_SET_ANYWHERE}]")
+    assert result.returncode == 2
+    # (Ray forwards the worker's own traceback to the log as well; the driver's last word is this line)
+    assert ("soulray: error: rewrite.keys[real].api_key_env: SOULRAY_NOT_SET_ANYWHERE is not set on this node"
+            in result.stderr.splitlines())
