@@ -148,7 +148,6 @@ class Rewriter:
 
     async def _call(self, model: str, messages: list[dict[str, str]], *, seed: int,
                     source_chars: int) -> Completion | Failure:
-
         prompt_tokens, completion_tokens = estimate_tokens(messages, source_chars, self.config.max_tokens)
         estimated = prompt_tokens + completion_tokens
         estimated_cost = cost_of(self.config, model, prompt_tokens, completion_tokens)
