@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from soulray.config import RewriteConfig, S3Config
 from soulray.rewrite.broker import KeyLimits, start_broker
+from soulray.rewrite.cache import build_index
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.stage import Rewriter, RewriteRun
 from soulray.runtime import NAMESPACE
@@ -28,6 +29,8 @@ class RewriteSession:
         load_template(config.prompt)  # fail on a bad prompt before anything starts
 
     def __enter__(self) -> RewriteSession:
+        import ray
+
         base_url = self.config.base_url
         if base_url == "local":
             from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
@@ -41,7 +44,10 @@ class RewriteSession:
                           models=tuple(k.models) if k.models else None) for k in self.config.keys]
         broker_name = f"soulray-quota-broker-{self.run_id}"
         self.broker = start_broker(broker_name, keys, self.config.budget_usd, NAMESPACE)
-        self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3)
+        index = build_index(self.store.cache_uri(), load_template(self.config.prompt).version, s3=self.s3)
+        log.info("rewrite: %d cached responses for prompt %s", len(index), self.config.prompt)
+        self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
+                              cache_index=ray.put(index))
         return self
 
     def apply(self, pipeline: ray.data.Dataset) -> ray.data.Dataset:

@@ -39,6 +39,7 @@ class RewriteRun:
     cache_uri: str
     base_url: str
     s3: S3Config
+    cache_index: Any = None  # ObjectRef of the CacheIndex the driver built (None: the actor builds one)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class Rewriter:
                                                      max_retries=0, timeout=config.timeout_s)
                         for key in config.keys}
         self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
-        self.cache = ResponseCache(run.cache_uri, self.template.version, s3=run.s3)
+        index = ray.get(run.cache_index) if run.cache_index is not None else None
+        self.cache = ResponseCache(run.cache_uri, self.template.version, s3=run.s3, index=index)
         self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
         self.stopped: Failure | None = None  # once the broker says stop, no row of this actor calls again
 
