@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,20 +61,27 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory):
-    """A moto S3 server on loopback (real HTTP; Ray workers reach it too)."""
+@contextmanager
+def moto_server(log_path: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A moto S3 server on loopback (real HTTP; Ray workers reach it too); yields its endpoint."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=10)
+        if log_path:
+            out.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
