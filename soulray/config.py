@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from soulray.errors import ConfigError
 
@@ -80,6 +80,12 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray (default: max(4, cores))")
 
 
+class ModelLimits(StrictModel):
+    rpm: int = Field(ge=1, description="requests per minute for this model on this key")
+    tpm: int = Field(ge=1, description="tokens per minute for this model on this key")
+    max_concurrent: int | None = Field(None, ge=1, description="default: the key's max_concurrent")
+
+
 class ApiKey(StrictModel):
     """One API key, by name, with its limits. The secret itself is read on each worker from
     `api_key_env` or `api_key_file`; a key with neither sends a placeholder (local servers)."""
@@ -89,10 +95,22 @@ class ApiKey(StrictModel):
     api_key_file: str | None = None
     base_url: str | None = Field(None, description="this key's endpoint, if not rewrite.base_url")
     models: list[str] | None = Field(None, description="models this key may call (default: all)")
+    api_version: str | None = Field(None, description="Azure OpenAI: the api-version; base_url is then the resource "
+                                                      "endpoint and model names are deployment names")
     rpm: int = Field(500, ge=1, description="requests per minute")
     tpm: int = Field(200_000, ge=1, description="tokens per minute")
     max_concurrent: int = Field(64, ge=1, description="requests in flight at once")
+    model_limits: dict[str, ModelLimits] = Field(
+        default_factory=dict, description="per-model limits (OpenAI limits each model separately); models not "
+                                          "listed share the key-level rpm/tpm/max_concurrent")
     budget_usd: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _azure_needs_endpoint(self) -> ApiKey:
+        if self.api_version and not self.base_url:
+            raise ValueError(f"key {self.name}: api_version (Azure) needs base_url, the resource endpoint "
+                             "(https://<resource>.openai.azure.com)")
+        return self
 
 
 class ModelShare(StrictModel):

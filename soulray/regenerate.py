@@ -152,6 +152,9 @@ def summary(result: RunResult | DryRun) -> str:
         lines.append(f"  key     {key}: {stats['requests']:.0f} calls ({stats['ok']:.0f} ok, {stats['rate_limited']:.0f} "
                      f"rate-limited, {stats['errors']:.0f} errors), {stats['prompt_tokens']:.0f}+"
                      f"{stats['completion_tokens']:.0f} tokens, ${stats['cost_usd']:.4f}")
+    for model, stats in manifest.usage.get("models", {}).items():
+        lines.append(f"  model   {model}: {stats['requests']:.0f} calls, {stats['prompt_tokens']:.0f}+"
+                     f"{stats['completion_tokens']:.0f} tokens, ${stats['cost_usd']:.4f}")
     if manifest.usage:
         lines.append(f"  spend   ${manifest.cost_usd:.4f} this run; tokens {manifest.tokens}")
     lines.append(f"  shards  {len(manifest.data)} data, {len(manifest.rejects)} rejects; "

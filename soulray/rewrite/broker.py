@@ -4,7 +4,8 @@ Callers ask for a reservation before each call (`reserve`: which key, and how lo
 sleep locally, call, then `settle` with what really happened (tokens used, 429 + Retry-After, the
 server's x-ratelimit-* headers, insufficient_quota). Keys travel by name only.
 
-Pacing is a token bucket per key for requests and for tokens. A grant says when the bucket will cover
+Pacing is a token bucket for requests and one for tokens per lane: a key, or one model on a key
+when the config gives that model its own limits (OpenAI limits each model of a key separately). A grant says when the bucket will cover
 the cost and subtracts it at once, so later callers see the debt and are told to wait longer: load
 spreads over time without the broker ever blocking. Against a server counting a sliding 60 s
 window, a bucket of capacity C refilled at (limit - C)/60 per second can never exceed the limit in
@@ -16,6 +17,19 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LaneLimits:
+    """The limits one quota lane enforces: a whole key, or one model on a key."""
+
+    rpm: int
+    tpm: int
+    max_concurrent: int
+
+
+SHARED_LANE = "*"
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,15 @@ class KeyLimits:
     max_concurrent: int
     budget_usd: float | None = None
     models: tuple[str, ...] | None = None  # None: serves every model
+    # OpenAI limits each model of a key separately: a model listed here gets its own lane with these
+    # limits; every other model shares the key-level lane (rpm/tpm/max_concurrent above)
+    model_limits: tuple[tuple[str, LaneLimits], ...] = ()
+
+    def lane(self, model: str) -> tuple[str, LaneLimits]:
+        for name, limits in self.model_limits:
+            if name == model:
+                return name, limits
+        return SHARED_LANE, LaneLimits(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent)
 
 
 @dataclass
@@ -50,20 +73,46 @@ class _Bucket:
         return max(0.0, (min(cost, self.capacity) - self.level) / self.rate)
 
 
+def _new_stats() -> dict[str, float]:
+    return {"requests": 0, "ok": 0, "rate_limited": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
+            "cost_usd": 0.0}
+
+
 @dataclass
-class _KeyState:
-    limits: KeyLimits
+class _Lane:
+    """Pacing state of one lane: its buckets, calls in flight, and 429 cool-down."""
+
+    limits: LaneLimits
     requests: _Bucket
     tokens: _Bucket
     in_flight: int = 0
     cooldown_until: float = 0.0
     consecutive_429: int = 0
+
+    @classmethod
+    def for_limits(cls, limits: LaneLimits, now: float) -> _Lane:
+        return cls(limits, _Bucket.for_limit(limits.rpm, now), _Bucket.for_limit(limits.tpm, now))
+
+
+@dataclass
+class _KeyState:
+    limits: KeyLimits
+    lanes: dict[str, _Lane] = field(default_factory=dict)
     disabled: str | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
-    stats: dict[str, float] = field(default_factory=lambda: {
-        "requests": 0, "ok": 0, "rate_limited": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
-        "cost_usd": 0.0})
+    stats: dict[str, float] = field(default_factory=_new_stats)
+    model_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def lane(self, model: str, now: float) -> tuple[str, _Lane]:
+        name, limits = self.limits.lane(model)
+        if name not in self.lanes:
+            self.lanes[name] = _Lane.for_limits(limits, now)
+        return name, self.lanes[name]
+
+    def count(self, model: str, field_name: str, amount: float = 1) -> None:
+        self.stats[field_name] += amount
+        self.model_stats.setdefault(model, _new_stats())[field_name] += amount
 
 
 @dataclass(frozen=True)
@@ -80,12 +129,11 @@ class QuotaLedger:
     """The pure bookkeeping; `QuotaBroker` is its Ray actor. Time is passed in, for tests."""
 
     def __init__(self, keys: list[KeyLimits], *, budget_usd: float | None = None, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self.keys = {k.name: _KeyState(k, _Bucket.for_limit(k.rpm, now), _Bucket.for_limit(k.tpm, now)) for k in keys}
+        self.keys = {k.name: _KeyState(k) for k in keys}
         self.budget_usd = budget_usd
         self.spent_usd = 0.0
         self.reserved_usd = 0.0
-        self._open: dict[int, tuple[str, int, float]] = {}
+        self._open: dict[int, tuple[str, str, str, int, float]] = {}  # id → key, lane, model, tokens, cost
         self._ids = itertools.count(1)
 
     def reserve(self, model: str, estimated_tokens: int, estimated_cost: float, now: float | None = None) -> Reservation:
@@ -104,27 +152,28 @@ class QuotaLedger:
             if limits.budget_usd is not None and state.spent_usd + state.reserved_usd + estimated_cost > limits.budget_usd:
                 reasons.append(f"{limits.name}: key budget reached")
                 continue
-            if state.in_flight >= limits.max_concurrent:
+            lane_name, lane = state.lane(model, now)
+            if lane.in_flight >= lane.limits.max_concurrent:
                 busy = True
                 continue
-            state.requests.refill(now)
-            state.tokens.refill(now)
-            wait = max(state.requests.wait(1), state.tokens.wait(estimated_tokens), state.cooldown_until - now, 0.0)
-            headroom = state.requests.level / state.requests.capacity + state.tokens.level / state.tokens.capacity
-            candidates.append((wait, -headroom, limits.name, state))
+            lane.requests.refill(now)
+            lane.tokens.refill(now)
+            wait = max(lane.requests.wait(1), lane.tokens.wait(estimated_tokens), lane.cooldown_until - now, 0.0)
+            headroom = lane.requests.level / lane.requests.capacity + lane.tokens.level / lane.tokens.capacity
+            candidates.append((wait, -headroom, limits.name, state, lane_name, lane))
         if not candidates:
             if busy:
-                return Reservation(wait_s=0.05)  # every usable key is at its concurrency limit: ask again soon
+                return Reservation(wait_s=0.05)  # every usable lane is at its concurrency limit: ask again soon
             return Reservation(stop="no usable key for model " + model + (": " + "; ".join(reasons) if reasons else ""))
-        wait, _, name, state = min(candidates, key=lambda c: (c[0], c[1], c[2]))
-        state.requests.level -= 1
-        state.tokens.level -= estimated_tokens
-        state.in_flight += 1
+        wait, _, name, state, lane_name, lane = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+        lane.requests.level -= 1
+        lane.tokens.level -= estimated_tokens
+        lane.in_flight += 1
         state.reserved_usd += estimated_cost
         self.reserved_usd += estimated_cost
-        state.stats["requests"] += 1
+        state.count(model, "requests")
         reservation_id = next(self._ids)
-        self._open[reservation_id] = (name, estimated_tokens, estimated_cost)
+        self._open[reservation_id] = (name, lane_name, model, estimated_tokens, estimated_cost)
         return Reservation(id=reservation_id, key=name, wait_s=wait, estimated_tokens=estimated_tokens,
                            estimated_cost=estimated_cost)
 
@@ -133,44 +182,54 @@ class QuotaLedger:
                remaining_tokens: int | None = None, now: float | None = None) -> None:
         """status: ok | rate_limited | insufficient_quota | error (a failed call that may have cost nothing)."""
         now = time.monotonic() if now is None else now
-        name, estimated_tokens, estimated_cost = self._open.pop(reservation_id)
+        name, lane_name, model, estimated_tokens, estimated_cost = self._open.pop(reservation_id)
         state = self.keys[name]
-        state.in_flight -= 1
+        lane = state.lanes[lane_name]
+        lane.in_flight -= 1
         state.reserved_usd -= estimated_cost
         self.reserved_usd -= estimated_cost
         state.spent_usd += cost_usd
         self.spent_usd += cost_usd
-        state.tokens.refill(now)
+        lane.tokens.refill(now)
         used = prompt_tokens + completion_tokens
-        state.tokens.level += estimated_tokens - used  # refund the estimate, charge what was really used
-        state.stats["prompt_tokens"] += prompt_tokens
-        state.stats["completion_tokens"] += completion_tokens
-        state.stats["cost_usd"] += cost_usd
+        lane.tokens.level += estimated_tokens - used  # refund the estimate, charge what was really used
+        state.count(model, "prompt_tokens", prompt_tokens)
+        state.count(model, "completion_tokens", completion_tokens)
+        state.count(model, "cost_usd", cost_usd)
         if status == "ok":
-            state.stats["ok"] += 1
-            state.consecutive_429 = 0
+            state.count(model, "ok")
+            lane.consecutive_429 = 0
         elif status == "rate_limited":
-            state.stats["rate_limited"] += 1
-            state.consecutive_429 += 1
-            # honour Retry-After; without one back off 1, 2, 4 … 60 s; repeated 429s cool the key longer
-            pause = retry_after_s if retry_after_s is not None else min(60.0, 2.0 ** (state.consecutive_429 - 1))
-            state.cooldown_until = max(state.cooldown_until, now + pause * (1 + 0.5 * (state.consecutive_429 - 1)))
+            state.count(model, "rate_limited")
+            lane.consecutive_429 += 1
+            # honour Retry-After; without one back off 1, 2, 4 … 60 s; repeated 429s cool the lane longer
+            pause = retry_after_s if retry_after_s is not None else min(60.0, 2.0 ** (lane.consecutive_429 - 1))
+            lane.cooldown_until = max(lane.cooldown_until, now + pause * (1 + 0.5 * (lane.consecutive_429 - 1)))
         elif status == "insufficient_quota":
-            state.stats["errors"] += 1
+            state.count(model, "errors")
             state.disabled = "insufficient_quota (no credit left on this key)"
         else:
-            state.stats["errors"] += 1
+            state.count(model, "errors")
         # the server knows its own window: never believe we have more headroom than it says
-        state.requests.refill(now)
+        lane.requests.refill(now)
         if remaining_requests is not None:
-            state.requests.level = min(state.requests.level, remaining_requests - state.requests.capacity)
+            lane.requests.level = min(lane.requests.level, remaining_requests - lane.requests.capacity)
         if remaining_tokens is not None:
-            state.tokens.level = min(state.tokens.level, remaining_tokens - state.tokens.capacity)
+            lane.tokens.level = min(lane.tokens.level, remaining_tokens - lane.tokens.capacity)
 
-    def snapshot(self) -> dict[str, dict[str, object]]:
-        return {name: {**state.stats, "disabled": state.disabled, "in_flight": state.in_flight}
-                for name, state in self.keys.items()} | {
-            "_total": {"spent_usd": self.spent_usd, "budget_usd": self.budget_usd}}
+    def snapshot(self) -> dict[str, Any]:
+        """Calls, tokens and spend so far: per key (with a per-model breakdown), per model, in total."""
+        keys = {name: {**state.stats, "disabled": state.disabled,
+                       "in_flight": sum(lane.in_flight for lane in state.lanes.values()),
+                       "models": {model: dict(stats) for model, stats in state.model_stats.items()}}
+                for name, state in self.keys.items()}
+        models: dict[str, dict[str, float]] = {}
+        for state in self.keys.values():
+            for model, stats in state.model_stats.items():
+                total = models.setdefault(model, _new_stats())
+                for field_name, value in stats.items():
+                    total[field_name] += value
+        return {"keys": keys, "models": models, "spent_usd": self.spent_usd, "budget_usd": self.budget_usd}
 
 
 class QuotaBroker:
@@ -195,7 +254,7 @@ class QuotaBroker:
         for reservation_id, outcome in settlements:
             self.ledger.settle(reservation_id, **outcome)
 
-    async def snapshot(self) -> dict[str, dict[str, object]]:
+    async def snapshot(self) -> dict[str, Any]:
         return self.ledger.snapshot()
 
 

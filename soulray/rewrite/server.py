@@ -32,6 +32,11 @@ class SimulatedKey:
     rpm: int = 10_000
     tpm: int = 10_000_000
     insufficient_quota: bool = False
+    # models limited separately on this key, as OpenAI does (others share the limits above)
+    models: dict[str, SimulatedKey] = field(default_factory=dict)
+
+    def lane(self, model: str) -> tuple[str, SimulatedKey]:
+        return (model, self.models[model]) if model in self.models else ("*", self)
 
 
 @dataclass
@@ -54,16 +59,18 @@ class KeyStats:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    log: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens) of every admitted request
+    log: list[tuple[float, int, str]] = field(default_factory=list)  # (time, tokens, lane) of every admission
 
-    def max_in_window(self, window_s: float = 60.0) -> tuple[int, int]:
-        """The most requests and tokens served inside any window of `window_s` (for quota checks)."""
+    def max_in_window(self, window_s: float = 60.0, lane: str | None = None) -> tuple[int, int]:
+        """The most requests and tokens served inside any window of `window_s` (for quota checks), on
+        one lane (a separately limited model, or "*") or on the whole key."""
+        log = [(moment, used) for moment, used, name in self.log if lane is None or name == lane]
         best_requests = best_tokens = 0
         start, tokens = 0, 0
-        for end, (moment, used) in enumerate(self.log):
+        for end, (moment, used) in enumerate(log):
             tokens += used
-            while self.log[start][0] <= moment - window_s:
-                tokens -= self.log[start][1]
+            while log[start][0] <= moment - window_s:
+                tokens -= log[start][1]
                 start += 1
             best_requests, best_tokens = max(best_requests, end - start + 1), max(best_tokens, tokens)
         return best_requests, best_tokens
@@ -111,7 +118,7 @@ class LocalLLMServer:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.stats: dict[str, KeyStats] = {}
-        self._windows: dict[str, _Window] = {}
+        self._windows: dict[tuple[str, str], _Window] = {}  # (key, lane)
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -124,6 +131,7 @@ class LocalLLMServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure_chat)
         app.router.add_get("/stats", self._stats)
         return app
 
@@ -139,24 +147,38 @@ class LocalLLMServer:
             return {_key_label(key): {"requests": s.requests, "completed": s.completed, "rate_limited": s.rate_limited,
                                       "errors": s.errors, "prompt_tokens": s.prompt_tokens,
                                       "completion_tokens": s.completion_tokens,
-                                      "busiest_minute": dict(zip(("requests", "tokens"), s.max_in_window(60.0), strict=True))}
+                                      "busiest_minute": _busiest(s), "lanes": {
+                                          lane: _busiest(s, lane) for lane in sorted({name for _, _, name in s.log})}}
                     for key, s in self.stats.items()}
 
     async def _chat(self, request: web.Request) -> web.Response:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return await self._complete(request, key, model=None)
+
+    async def _azure_chat(self, request: web.Request) -> web.Response:
+        """Azure OpenAI's shape: the model is the deployment in the path, the key an `api-key` header, and
+        an api-version query parameter is required."""
+        if not request.query.get("api-version"):
+            return _error(404, "404", "Resource not found (missing api-version).")
+        return await self._complete(request, request.headers.get("api-key", "").strip(),
+                                    model=request.match_info["deployment"])
+
+    async def _complete(self, request: web.Request, key: str, *, model: str | None) -> web.Response:
         limits = self.config.keys.get(key) if self.config.keys else self.config.default_limits
         if limits is None:
             return _error(401, "invalid_api_key", "Incorrect API key provided.")
         try:
             body = await request.json()
-            messages, model = body["messages"], body.get("model", "gpt-3.5-turbo")
+            messages, model = body["messages"], model or body.get("model", "gpt-3.5-turbo")
         except (json.JSONDecodeError, KeyError, TypeError):
             return _error(400, "invalid_request_error", "Expected a JSON body with messages.")
+        no_credit = limits.insufficient_quota  # a key's credit is the key's, whatever the model
+        lane, limits = limits.lane(model)
         with self._lock:
             stats = self.stats.setdefault(key, KeyStats())
             stats.requests += 1
             fault = self._draw_fault()
-        if limits.insufficient_quota:
+        if no_credit:
             with self._lock:
                 stats.errors += 1
             return _error(429, "insufficient_quota", "You exceeded your current quota, please check your plan.")
@@ -164,14 +186,14 @@ class LocalLLMServer:
         completion, finish = self._rewrite(prompt, body.get("seed"), fault)
         prompt_tokens, completion_tokens = count_message_tokens(messages), count_tokens(completion)
         with self._lock:
-            window = self._windows.setdefault(key, _Window())
+            window = self._windows.setdefault((key, lane), _Window())
             now = time.monotonic()
             wait = window.admit(now, prompt_tokens + completion_tokens, limits)
             headers = _ratelimit_headers(window, limits, now)
             if wait:
                 stats.rate_limited += 1
             else:
-                stats.log.append((now, prompt_tokens + completion_tokens))  # admissions: what the limit counts
+                stats.log.append((now, prompt_tokens + completion_tokens, lane))  # admissions: what limits count
         if wait:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
             headers["retry-after-ms"] = str(int(wait * 1000))
@@ -295,6 +317,10 @@ def _split_block(block: str) -> tuple[str, str, str, str]:
         else:
             (answer if in_answer else question).append(line)
     return user_label, assistant_label, "\n".join(question), "".join(answer)
+
+
+def _busiest(stats: KeyStats, lane: str | None = None) -> dict[str, int]:
+    return dict(zip(("requests", "tokens"), stats.max_in_window(60.0, lane), strict=True))
 
 
 def _key_label(key: str) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from soulray.config import RewriteConfig, S3Config
-from soulray.rewrite.broker import KeyLimits, start_broker
+from soulray.config import ApiKey, RewriteConfig, S3Config
+from soulray.rewrite.broker import KeyLimits, LaneLimits, start_broker
 from soulray.rewrite.cache import build_index
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.stage import Rewriter, RewriteRun
@@ -40,8 +40,7 @@ class RewriteSession:
                                                       latency_ms=tuple(local.latency_ms)))
             base_url = self.server.start()
             log.info("rewrite: using the embedded offline rewriter at %s (not a model: for demos and tests)", base_url)
-        keys = [KeyLimits(name=k.name, rpm=k.rpm, tpm=k.tpm, max_concurrent=k.max_concurrent, budget_usd=k.budget_usd,
-                          models=tuple(k.models) if k.models else None) for k in self.config.keys]
+        keys = [key_limits(key) for key in self.config.keys]
         broker_name = f"soulray-quota-broker-{self.run_id}"
         self.broker = start_broker(broker_name, keys, self.config.budget_usd, NAMESPACE)
         index = build_index(self.store.cache_uri(), load_template(self.config.prompt).version, s3=self.s3)
@@ -64,10 +63,10 @@ class RewriteSession:
         import ray
 
         snapshot = ray.get(self.broker.snapshot.remote())
-        total = snapshot.pop("_total")
-        tokens = {"prompt": int(sum(k["prompt_tokens"] for k in snapshot.values())),
-                  "completion": int(sum(k["completion_tokens"] for k in snapshot.values()))}
-        return {"keys": snapshot, "tokens": tokens, "cost_usd": total["spent_usd"], "budget_usd": total["budget_usd"]}
+        tokens = {"prompt": int(sum(k["prompt_tokens"] for k in snapshot["keys"].values())),
+                  "completion": int(sum(k["completion_tokens"] for k in snapshot["keys"].values()))}
+        return {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
+                "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
 
     def __exit__(self, *exc: object) -> None:
         import ray
@@ -76,3 +75,13 @@ class RewriteSession:
             ray.kill(self.broker)
         if self.server is not None:
             self.server.stop()
+
+
+def key_limits(key: ApiKey) -> KeyLimits:
+    """What the broker needs to know about a key: its name and limits, never its secret."""
+    per_model = tuple((model, LaneLimits(rpm=limits.rpm, tpm=limits.tpm,
+                                         max_concurrent=limits.max_concurrent or key.max_concurrent))
+                      for model, limits in key.model_limits.items())
+    return KeyLimits(name=key.name, rpm=key.rpm, tpm=key.tpm, max_concurrent=key.max_concurrent,
+                     budget_usd=key.budget_usd, models=tuple(key.models) if key.models else None,
+                     model_limits=per_model)

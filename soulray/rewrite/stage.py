@@ -84,19 +84,27 @@ def resolve_api_key(key: ApiKey) -> str:
     return _NO_SECRET
 
 
+def _client(key: ApiKey, base_url: str, timeout_s: float):
+    """The openai client for one key; retries are ours (through the broker), so the client's are off."""
+    import openai
+
+    if key.api_version:  # Azure OpenAI: deployments under the resource endpoint, `api-key` header
+        return openai.AsyncAzureOpenAI(api_key=resolve_api_key(key), azure_endpoint=key.base_url,
+                                       api_version=key.api_version, max_retries=0, timeout=timeout_s)
+    return openai.AsyncOpenAI(api_key=resolve_api_key(key), base_url=key.base_url or base_url, max_retries=0,
+                              timeout=timeout_s)
+
+
 class Rewriter:
     """The async callable class run by `map_batches` in an actor pool."""
 
     def __init__(self, *, config: RewriteConfig, run: RewriteRun) -> None:
-        import openai
         import ray
 
         self.config, self.run = config, run
         self.template = load_template(config.prompt)
         self.decoding = {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
-        self.clients = {key.name: openai.AsyncOpenAI(api_key=resolve_api_key(key), base_url=key.base_url or run.base_url,
-                                                     max_retries=0, timeout=config.timeout_s)
-                        for key in config.keys}
+        self.clients = {key.name: _client(key, run.base_url, config.timeout_s) for key in config.keys}
         self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
         index = ray.get(run.cache_index) if run.cache_index is not None else None
         self.cache = ResponseCache(run.cache_uri, self.template.version, s3=run.s3, index=index)

@@ -7,10 +7,11 @@ def keys(*limits: tuple[str, int, int]) -> list[KeyLimits]:
     return [KeyLimits(name=name, rpm=rpm, tpm=tpm, max_concurrent=100) for name, rpm, tpm in limits]
 
 
-def drive(ledger: QuotaLedger, seconds: float, tokens: int = 100, model: str = "m") -> dict[str, list[float]]:
+def drive(ledger: QuotaLedger, seconds: float, tokens: int = 100, model: str = "m",
+          start_at: float = 0.0) -> dict[str, list[float]]:
     """Greedy callers: reserve as fast as allowed (a call starts at now + wait) and settle at once."""
     starts: dict[str, list[float]] = {}
-    now = 0.0
+    now, seconds = start_at, start_at + seconds
     while now < seconds:
         grant = ledger.reserve(model, tokens, 0.0, now=now)
         start = now + grant.wait_s
@@ -76,7 +77,7 @@ def test_insufficient_quota_disables_only_that_key():
         grant = ledger.reserve("m", 10, 0.0, now=float(step))
         assert grant.key == "ok"
         ledger.settle(grant.id, status="ok", now=float(step))
-    assert ledger.snapshot()["broke"]["disabled"].startswith("insufficient_quota")
+    assert ledger.snapshot()["keys"]["broke"]["disabled"].startswith("insufficient_quota")
     only_broke = QuotaLedger(keys(("broke", 6000, 10**9)), now=0.0)
     only_broke.settle(only_broke.reserve("m", 1, 0, now=0).id, status="insufficient_quota", now=0)
     assert "no usable key" in only_broke.reserve("m", 1, 0, now=1).stop
@@ -111,3 +112,34 @@ def test_server_headers_lower_our_headroom():
     grant = ledger.reserve("m", 10, 0.0, now=0.0)
     ledger.settle(grant.id, status="ok", remaining_requests=0, now=0.0)
     assert ledger.reserve("m", 10, 0.0, now=0.0).wait_s > 0.5  # the server says its window is full
+
+
+def test_models_with_their_own_limits_pace_separately_on_one_key():
+    """OpenAI limits each model of a key separately: gpt-4's small lane must neither slow gpt-3.5 down
+    nor be exceeded, and models without their own limits share the key-level lane."""
+    from soulray.rewrite.broker import LaneLimits
+
+    key = KeyLimits(name="a", rpm=600, tpm=10**9, max_concurrent=100,
+                    model_limits=(("gpt-4", LaneLimits(rpm=60, tpm=10**9, max_concurrent=100)),))
+    ledger = QuotaLedger([key], now=0.0)
+    gpt4 = drive(ledger, 120.0, model="gpt-4")["a"]
+    assert max_in_window(gpt4) <= 60 and len(gpt4) >= 0.95 * 60 * 2
+    fresh = QuotaLedger([key], now=0.0)
+    drive(fresh, 60.0, model="gpt-4")  # gpt-4 exhausted its lane…
+    assert fresh.reserve("gpt-3.5-turbo", 10, 0.0, now=60.0).wait_s == 0.0  # …the shared lane is untouched
+    shared = QuotaLedger([key], now=0.0)
+    turbo = drive(shared, 60.0, model="gpt-3.5-turbo")["a"]
+    other = drive(shared, 60.0, model="gpt-4o-mini", start_at=30.0)["a"]  # the same shared lane: it waits
+    assert max_in_window(sorted(turbo + other)) <= 600
+
+
+def test_snapshot_totals_per_key_and_per_model():
+    ledger = QuotaLedger(keys(("a", 6000, 10**9), ("b", 6000, 10**9)), now=0.0)
+    for step, model in enumerate(["gpt-4", "gpt-3.5-turbo", "gpt-3.5-turbo"]):
+        grant = ledger.reserve(model, 10, 0.0, now=float(step))
+        ledger.settle(grant.id, status="ok", prompt_tokens=7, completion_tokens=3, cost_usd=0.5, now=float(step))
+    snapshot = ledger.snapshot()
+    assert snapshot["models"]["gpt-3.5-turbo"]["ok"] == 2 and snapshot["models"]["gpt-4"]["completion_tokens"] == 3
+    assert sum(k["requests"] for k in snapshot["keys"].values()) == 3
+    assert sum(k["models"].get("gpt-3.5-turbo", {}).get("cost_usd", 0) for k in snapshot["keys"].values()) == 1.0
+    assert snapshot["spent_usd"] == 1.5

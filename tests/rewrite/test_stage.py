@@ -121,3 +121,24 @@ def test_api_keys_never_reach_outputs_or_logs(ray_local, llm, tmp_path, caplog, 
         texts += [path.read_text(errors="replace") for path in ray_logs.rglob("*") if path.is_file()
                   and path.stat().st_size < 50_000_000]
     assert not [text[:80] for text in texts if PLANTED_API_KEY in text]
+
+
+def test_per_model_limits_on_an_azure_style_key(ray_local, llm, tmp_path):
+    """One Azure-style key (deployment in the path, `api-key` header, api-version) whose gpt-4 deployment
+    has its own small limit: gpt-4 calls are paced to it while gpt-3.5 calls run on the key's limit."""
+    server_key = SimulatedKey(rpm=6000, models={"gpt-4": SimulatedKey(rpm=60)})
+    server, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=server_key))
+    azure = key("SOULRAY_TEST_KEY_A", rpm=6000, base_url=url.removesuffix("/v1"), api_version="2024-10-21",
+                model_limits={"gpt-4": {"rpm": 60, "tpm": 10**8}})
+    config = job(tmp_path, url, [azure], "rewrite.models=[{name: gpt-4, share: 1}, {name: gpt-3.5-turbo, share: 1}]",
+                 limit=30)
+    result = run(config)
+    assert result.manifest.counts["output_rows"] + result.manifest.counts["rejected_rows"] == 30
+    served = server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]]
+    gpt4_calls = sum(1 for _, _, lane in served.log if lane == "gpt-4")
+    assert gpt4_calls >= 8 and sum(1 for _, _, lane in served.log if lane == "*") >= 8
+    requests_10s, _ = served.max_in_window(10.0, lane="gpt-4")
+    assert requests_10s <= 60 / 6 + 2  # paced at 1/s, not all at once
+    assert served.rate_limited == 0
+    models = result.manifest.usage["models"]
+    assert models["gpt-4"]["ok"] == gpt4_calls and models["gpt-3.5-turbo"]["ok"] == len(served.log) - gpt4_calls
