@@ -1,9 +1,11 @@
 """The response cache: every paid completion is kept, so nothing is paid for twice.
 
-Entries are keyed by `call_key` = hash(record content, prompt version, model, decoding parameters,
-attempt number). Each rewrite actor appends entries to a buffer and flushes it as one Parquet journal
-file (`<cache root>/<prompt version>/journal-<writer>-<seq>.parquet`) after every batch, so a killed job
-loses at most the calls of the batches in flight; there is no object per response.
+Entries are keyed by `call_key` = hash(the prompt messages sent, prompt version, model, decoding
+parameters, attempt number). Each rewrite actor appends entries to a buffer and writes it as one Parquet
+journal file (`<cache root>/<prompt version>/journal-<writer>-<seq>.parquet`) every second and at the end
+of every batch, so a killed job loses only the calls in flight and those answered in its last second;
+there is no object per response. `compact` merges small journals into large ones at the start and end of
+every run, so the number of files stays small however many runs and batches wrote them.
 
 Lookup scales with an index, not with memory: at the start of a run the driver reads only the
 `call_key` column of every journal into a sorted array of 20-byte keys with the number of the journal
@@ -20,6 +22,7 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +44,12 @@ ENTRY = pa.schema([
 KEY_HEX = 40
 
 
-def call_key(record_id: str, prompt_version: str, model: str, decoding: dict[str, Any], attempt: int) -> str:
-    payload = json.dumps([record_id, prompt_version, model, decoding, attempt], sort_keys=True)
+def call_key(messages: list[dict[str, str]], prompt_version: str, model: str, decoding: dict[str, Any],
+             attempt: int) -> str:
+    """The identity of one paid call: the exact prompt sent (so a source text changed by a cleaning rule
+    or a redaction is a new call, while an unchanged row on a new source file is not), the prompt
+    version, the model, the decoding parameters and which re-ask this is."""
+    payload = json.dumps([messages, prompt_version, model, decoding, attempt], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_HEX]
 
 
@@ -68,9 +75,7 @@ class CacheIndex:
 def build_index(root_uri: str, prompt_version: str, *, s3: S3Config) -> CacheIndex:
     """Read the call_key column of every journal of `prompt_version` (driver, once per run)."""
     location = resolve(f"{root_uri}/{prompt_version}", s3)
-    selector = pafs.FileSelector(location.path, allow_not_found=True)
-    files = sorted(info.path for info in location.filesystem.get_file_info(selector)
-                   if info.type == pafs.FileType.File and info.path.endswith(".parquet"))
+    files = [info.path for info in _journal_files(location)]
     keys, journals, readable = [], [], []
     for file in files:
         try:
@@ -109,7 +114,11 @@ class ResponseCache:
         if path in self.journals:
             self.journals.move_to_end(path)
             return self.journals[path]
-        rows = pq.read_table(path, filesystem=self.location.filesystem).to_pylist()
+        try:
+            rows = pq.read_table(path, filesystem=self.location.filesystem).to_pylist()
+        except (OSError, pa.ArrowException) as exc:  # compacted away by a concurrent run: a miss, paid again
+            log.warning("cache journal %s is gone (%s); treating its entries as misses", path, exc)
+            rows = []
         self.journals[path] = {row["call_key"]: row for row in rows}
         if len(self.journals) > self.journals_kept:
             self.journals.popitem(last=False)
@@ -119,15 +128,87 @@ class ResponseCache:
         self.pending[entry["call_key"]] = entry
 
     def flush(self) -> None:
-        if not self.pending:
+        self.write(*self.detach())
+
+    def detach(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """Hand the pending entries over for writing (cheap; call it on the thread that calls `put`), so
+        that `write` can run on another thread while new entries keep arriving."""
+        entries, self.pending = self.pending, {}
+        self.sequence += 1
+        return self.sequence - 1, entries
+
+    def write(self, sequence: int, entries: dict[str, dict[str, Any]]) -> None:
+        if not entries:
             return
         from soulray.store.shards import upload
 
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(list(self.pending.values()), schema=ENTRY), sink, compression="zstd")
-        target = self.location.join(f"journal-{self.writer}-{self.sequence:06d}.parquet")
+        pq.write_table(pa.Table.from_pylist(list(entries.values()), schema=ENTRY), sink, compression="zstd")
+        target = self.location.join(f"journal-{self.writer}-{sequence:06d}.parquet")
         if not target.is_s3:
             target.filesystem.create_dir(self.location.path, recursive=True)
         upload(target, sink.getvalue())
-        self.sequence += 1
-        self.pending = {}
+
+
+@dataclass(frozen=True)
+class Compaction:
+    journals_before: int
+    journals_after: int
+    entries: int
+
+
+def compact(root_uri: str, prompt_version: str, *, s3: S3Config, min_journals: int = 64,
+            small_bytes: int = 4 * 1024 * 1024, target_bytes: int = 64 * 1024 * 1024) -> Compaction:
+    """Merge small journals into few large ones, so that the next run's index reads a handful of files
+    instead of one per batch ever written (1M rows in batches of 32 ≈ 31k journals ≈ 31k GETs on S3).
+
+    Safe against a crash and against a run reading the cache meanwhile: each merged file is written
+    whole before the journals it replaces are deleted, so every entry is in at least one file at every
+    moment (a crash in between leaves duplicates, which the index tolerates); a run that still has a
+    deleted journal in its index treats its entries as misses.
+    """
+    location = resolve(f"{root_uri}/{prompt_version}", s3)
+    journals = _journal_files(location)
+    small = [info for info in journals if info.size is not None and info.size < small_bytes]
+    if len(small) < min_journals:
+        return Compaction(len(journals), len(journals), 0)
+    from soulray.store.shards import upload
+
+    groups, current, size = [], [], 0
+    for info in small:
+        if current and size + info.size > target_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(info.path)
+        size += info.size
+    groups.append(current)
+    writer, entries = uuid.uuid4().hex[:12], 0
+    with ThreadPoolExecutor(max_workers=16) as pool:  # small objects: latency-bound on S3, so read many at once
+        for number, group in enumerate(groups):
+            tables = [table for table in pool.map(lambda path: _read_or_none(location, path), group) if table is not None]
+            if not tables:
+                continue
+            merged = pa.concat_tables(tables)
+            sink = pa.BufferOutputStream()
+            pq.write_table(merged, sink, compression="zstd", row_group_size=16_384)
+            upload(location.join(f"compact-{writer}-{number:06d}.parquet"), sink.getvalue())
+            entries += merged.num_rows
+            list(pool.map(location.filesystem.delete_file, group))
+    after = len(_journal_files(location))
+    log.info("cache %s: compacted %d journals into %d files (%d entries)", prompt_version, len(small),
+             after - (len(journals) - len(small)), entries)
+    return Compaction(len(journals), after, entries)
+
+
+def _journal_files(location) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(location.path, allow_not_found=True)
+    return sorted((info for info in location.filesystem.get_file_info(selector)
+                   if info.type == pafs.FileType.File and info.path.endswith(".parquet")), key=lambda info: info.path)
+
+
+def _read_or_none(location, path: str) -> pa.Table | None:
+    try:
+        return pq.read_table(path, filesystem=location.filesystem, schema=ENTRY)
+    except (OSError, pa.ArrowException) as exc:  # torn by a crash: its entries were never acknowledged
+        log.warning("skipping unreadable cache journal %s: %s", path, exc)
+        return None

@@ -7,8 +7,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
+from soulray.errors import SoulrayError
 from soulray.rewrite.broker import KeyLimits, LaneLimits, start_broker
-from soulray.rewrite.cache import build_index
+from soulray.rewrite.cache import build_index, compact
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.stage import Rewriter, RewriteRun
 from soulray.runtime import NAMESPACE
@@ -43,6 +44,7 @@ class RewriteSession:
         keys = [key_limits(key) for key in self.config.keys]
         broker_name = f"soulray-quota-broker-{self.run_id}"
         self.broker = start_broker(broker_name, keys, self.config.budget_usd, NAMESPACE)
+        self._compact_cache()  # leftovers of runs that were killed before they could compact
         index = build_index(self.store.cache_uri(), load_template(self.config.prompt).version, s3=self.s3)
         log.info("rewrite: %d cached responses for prompt %s", len(index), self.config.prompt)
         self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
@@ -68,6 +70,12 @@ class RewriteSession:
         return {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
                 "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
 
+    def _compact_cache(self) -> None:
+        try:
+            compact(self.store.cache_uri(), load_template(self.config.prompt).version, s3=self.s3)
+        except (OSError, SoulrayError) as exc:  # the run's outcome does not depend on it; the next run retries
+            log.warning("rewrite: cache compaction failed (%s); the journals stay as they are", exc)
+
     def __exit__(self, *exc: object) -> None:
         import ray
 
@@ -75,6 +83,7 @@ class RewriteSession:
             ray.kill(self.broker)
         if self.server is not None:
             self.server.stop()
+        self._compact_cache()
 
 
 def key_limits(key: ApiKey) -> KeyLimits:

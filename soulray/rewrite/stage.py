@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 STAGE = "rewrite"
 PARSE_STAGE = "parse"
 _NO_SECRET = "soulray-local-no-secret"
+FLUSH_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class Rewriter:
         self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
         index = ray.get(run.cache_index) if run.cache_index is not None else None
         self.cache = ResponseCache(run.cache_uri, self.template.version, s3=run.s3, index=index)
+        self.flushed_at = time.monotonic()
+        self.flushing: asyncio.Future | None = None
         self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
         self.stopped: Failure | None = None  # once the broker says stop, no row of this actor calls again
         self.settlements: list[tuple[int, dict[str, Any]]] = []
@@ -117,9 +121,23 @@ class Rewriter:
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
-        self.cache.flush()
+        await self._flush_cache(force=True)
         await self._send_settlements()
         return pa.Table.from_pylist(rows, schema=WORKING_DIALOGUE)
+
+    async def _flush_cache(self, *, force: bool = False) -> None:
+        """Persist paid completions: every FLUSH_EVERY_S while calls complete (a killed job then loses
+        only its last second of answers) and at the end of each batch. Writes run on a thread, one at a
+        time, so the event loop keeps calling."""
+        now = time.monotonic()
+        if not force and (now - self.flushed_at < FLUSH_EVERY_S or not (self.flushing is None or self.flushing.done())):
+            return
+        if self.flushing is not None:
+            await self.flushing  # one write at a time; raises if the last one failed
+        self.flushed_at = now
+        self.flushing = asyncio.ensure_future(asyncio.to_thread(self.cache.write, *self.cache.detach()))
+        if force:
+            await self.flushing
 
     async def _reserve(self, model: str, tokens: int, cost: float) -> Reservation:
         """Ask the broker for a reservation; the requests of all of this actor's rows that ask within the
@@ -184,7 +202,7 @@ class Rewriter:
 
     async def _complete(self, unit: dict[str, Any], model: str, messages: list[dict[str, str]],
                         attempt: int) -> Completion | Failure:
-        key = call_key(unit["record_id"], self.template.version, model, self.decoding, attempt)
+        key = call_key(messages, self.template.version, model, self.decoding, attempt)
         cached = self.cache.get(key)
         if cached is not None:
             return Completion(cached["completion"], cached["finish_reason"], cached["prompt_tokens"],
@@ -195,6 +213,7 @@ class Rewriter:
                             "api_key_name": result.key, "completion": result.text,
                             "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
                             "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd})
+            await self._flush_cache()
         return result
 
     async def _call(self, model: str, messages: list[dict[str, str]], *, seed: int,

@@ -5,7 +5,7 @@ from soulray.rewrite.cache import ResponseCache, build_index, call_key
 
 
 def entry(index: int) -> dict:
-    key = call_key(f"{index:032x}", "soulchat-v1", "gpt-3.5-turbo", {"temperature": 1.0}, 0)
+    key = call_key([{"role": "user", "content": f"问题 {index}"}], "soulchat-v1", "gpt-3.5-turbo", {"temperature": 1.0}, 0)
     return {"call_key": key, "record_id": f"{index:032x}", "model": "gpt-3.5-turbo", "api_key_name": "a",
             "completion": f"用户：问{index}\n心理咨询师：答{index}", "finish_reason": "stop", "prompt_tokens": index,
             "completion_tokens": 2 * index, "cost_usd": 0.001 * index}
@@ -26,7 +26,7 @@ def test_journals_round_trip_through_the_index(tmp_path):
     reader = ResponseCache(root, "soulchat-v1", s3=S3Config(), index=index, journals_kept=2)
     for number in (0, 49, 23, 7, 31):  # across journals, more than the two kept in memory
         assert reader.get(entry(number)["call_key"]) == entry(number)
-    assert reader.get(call_key("f" * 32, "soulchat-v1", "gpt-3.5-turbo", {"temperature": 1.0}, 0)) is None
+    assert reader.get(call_key([{"role": "user", "content": "从没问过"}], "soulchat-v1", "gpt-3.5-turbo", {"temperature": 1.0}, 0)) is None
     assert len(reader.journals) == 2
     other = ResponseCache(root, "smile-v1", s3=S3Config())  # another prompt version sees nothing
     assert len(other.index) == 0 and other.get(entry(1)["call_key"]) is None
@@ -52,3 +52,36 @@ def test_keys_ending_in_zero_bytes_are_found():
     index = CacheIndex(packed, np.zeros(len(keys), dtype=np.int32), ["journal"])
     assert all(index.find(key) == "journal" for key in keys)
     assert index.find("ab" * 20) is None
+
+
+def test_compaction_merges_small_journals_without_losing_an_entry(tmp_path):
+    from soulray.rewrite.cache import compact
+
+    root = str(tmp_path / "cache")
+    writer = ResponseCache(root, "v", s3=S3Config())
+    for batch in range(30):  # one journal per batch, as a run of 30 batches leaves
+        for index in range(batch * 4, batch * 4 + 4):
+            writer.put(entry(index))
+        writer.flush()
+    assert compact(root, "v", s3=S3Config(), min_journals=31).journals_after == 30  # below the threshold
+    report = compact(root, "v", s3=S3Config(), min_journals=10, target_bytes=40_000)
+    files = list((tmp_path / "cache" / "v").glob("*.parquet"))
+    assert report.journals_before == 30 and report.entries == 120
+    assert 1 <= report.journals_after == len(files) < 30 and all(f.name.startswith("compact-") for f in files)
+    index = build_index(root, "v", s3=S3Config())
+    reader = ResponseCache(root, "v", s3=S3Config(), index=index)
+    assert len(index) == 120 and all(reader.get(entry(n)["call_key"]) == entry(n) for n in range(120))
+
+
+def test_a_journal_compacted_away_under_a_reader_is_a_miss_not_a_crash(tmp_path):
+    from soulray.rewrite.cache import compact
+
+    root = str(tmp_path / "cache")
+    writer = ResponseCache(root, "v", s3=S3Config())
+    for index in range(3):
+        writer.put(entry(index))
+        writer.flush()
+    stale = ResponseCache(root, "v", s3=S3Config())  # its index names the three journals
+    compact(root, "v", s3=S3Config(), min_journals=2)
+    assert stale.get(entry(1)["call_key"]) is None
+    assert ResponseCache(root, "v", s3=S3Config()).get(entry(1)["call_key"]) == entry(1)

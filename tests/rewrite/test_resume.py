@@ -1,0 +1,68 @@
+"""Kill the regenerate job midway (SIGKILL to its whole process group) and run the same command again:
+it finishes, accounts for every row, and pays again only for calls in flight or answered in the last
+second before the kill (the cache journals are written every second)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from soulray.config import S3Config
+from soulray.rewrite.cache import build_index
+from soulray.rewrite.server import SimulatedKey
+from soulray.store import VersionStore, open_version
+from tests.conftest import TEST_API_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+ACTORS, CONCURRENCY = 2, 8
+
+
+def command(root: Path, url: str) -> list[str]:
+    keys = [{"name": "a", "api_key_env": "SOULRAY_TEST_KEY_A", "rpm": 100_000, "tpm": 10**8}]
+    return [sys.executable, str(ROOT / "jobs" / "regenerate.py"), "--config", "soulray/configs/demo.yaml",
+            "--set", f"storage.root={root}", "--set", f"rewrite.base_url={url}", "--set", f"rewrite.keys={json.dumps(keys)}",
+            "--set", f"rewrite.actors={ACTORS}", "--set", f"rewrite.concurrency_per_actor={CONCURRENCY}",
+            "--set", "rewrite.batch_size=8"]
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_and_pays_only_for_calls_in_flight(ray_local, llm, tmp_path):
+    server, url = llm(keys={TEST_API_KEYS["SOULRAY_TEST_KEY_A"]: SimulatedKey()}, latency_ms=(300.0, 600.0))
+    paid = lambda: server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]].completed  # noqa: E731
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    job = subprocess.Popen(command(tmp_path, url), cwd=ROOT, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while (TEST_API_KEYS["SOULRAY_TEST_KEY_A"] not in server.stats or paid() < 90) and job.poll() is None:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.05)
+    assert job.poll() is None, job.stderr.read().decode()[-2000:]
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    time.sleep(3)  # calls already sent still reach the server and are paid
+    paid_before = paid()
+    assert paid_before < 300  # really killed midway
+
+    rerun = subprocess.run(command(tmp_path, url), cwd=ROOT, env=env, capture_output=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-3000:]
+    version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
+    counts = version.manifest.counts
+    assert counts["input_rows"] == 300 == counts["output_rows"] + counts["rejected_rows"]
+    data = version.to_table()
+    assert pc.count_distinct(data["record_id"]).as_py() == data.num_rows  # no row twice
+    recorded = len(build_index(VersionStore(str(tmp_path), "smilechat-demo").cache_uri(), "soulchat-v1",
+                               s3=S3Config()))
+    assert recorded >= 300  # every row's call is in the cache (re-asks of malformed answers add keys)
+    # paid twice: in flight at the kill (actors × concurrency) plus answers of the last second before
+    # it (each slot answers at most 1 s / 0.3 s); without the cache it would be everything paid before
+    paid_twice = paid() - recorded
+    print(f"paid before the kill {paid_before}, recorded {recorded}, paid in all {paid()}, paid twice {paid_twice}")
+    assert paid_twice <= ACTORS * CONCURRENCY * (1 + 1 / 0.3) < paid_before
