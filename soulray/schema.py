@@ -111,3 +111,46 @@ def empty_table(schema: pa.Schema) -> pa.Table:
 REJECT_MARK = [("reject_stage", pa.string()), ("reject_reason", pa.string()), ("reject_detail", pa.string())]
 WORKING_UNIT = pa.schema(list(UNIT) + [pa.field(name, dtype) for name, dtype in REJECT_MARK])
 WORKING_DIALOGUE = pa.schema(list(DIALOGUE) + [pa.field(name, dtype) for name, dtype in REJECT_MARK])
+
+
+# -- evaluation (soulray/evaluate) ---------------------------------------------------------------------
+# One held-out sample: the messages before a counselor turn, and that turn as the reference.
+EVAL_SAMPLE = pa.schema([
+    ("sample_id", pa.string()),  # <record_id>:<turn>
+    ("record_id", pa.string()),
+    ("question_id", pa.string()),
+    ("topic", pa.string()),
+    ("turn", pa.int32()),  # index of the reference in the dialogue's messages
+    ("history", pa.list_(MESSAGE)),
+    ("reference", pa.string()),
+])
+
+# One model's answer to one sample. A failed generation keeps its row, empty, with the reason in `error`.
+EVAL_RESPONSE = pa.schema([
+    ("sample_id", pa.string()),
+    ("model", pa.string()),  # the label of the evaluated model
+    ("response", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()),
+    ("error", pa.string()),
+])
+
+# One judge rating of one response in one judge run; scores are null when the judge gave none (`error`).
+JUDGE_SCORE = pa.schema([
+    ("sample_id", pa.string()),
+    ("model", pa.string()),
+    ("run", pa.int32()),
+    ("content", pa.int8()),  # Con. 0-2
+    ("empathy", pa.int8()),  # Emp. 0-2
+    ("helpfulness", pa.int8()),  # Hel. 0-2
+    ("safety", pa.int8()),  # Saf. 0-1
+    ("judge_model", pa.string()),
+    ("rubric_version", pa.string()),
+    ("attempts", pa.int32()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()),
+    ("error", pa.string()),
+])

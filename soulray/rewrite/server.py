@@ -2,7 +2,9 @@
 
 It implements `/v1/chat/completions` and `/v1/models` well enough for the real `openai` client, and
 "rewrites" deterministically without any model: it reads the source block of the prompt, splits the
-answer into sentences and lays them out as a multi-turn dialogue in the prompt's role labels. What it
+answer into sentences and lays them out as a multi-turn dialogue in the prompt's role labels. Requests
+that are not rewrites get the evaluation's offline answers (judge ratings, next counselor turns; see
+soulray/evaluate/offline.py), as deterministic and as model-free. What it
 simulates faithfully is the behaviour of real APIs that soulray must cope with: per-key requests- and
 tokens-per-minute limits (429 + Retry-After + x-ratelimit-* headers), latency, 5xx errors, timeouts,
 malformed, truncated and refused completions, and keys without quota (`insufficient_quota`).
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from soulray.evaluate.offline import is_judge_prompt, offline_evaluation
 from soulray.rewrite.prompts import CLOSE, OPEN
 from soulray.rewrite.tokens import count_message_tokens, count_tokens
 
@@ -234,6 +237,8 @@ class LocalLLMServer:
             return self._rng.uniform(low, high)
 
     def _rewrite(self, prompt: str, seed: object, fault: str | None) -> tuple[str, str]:
+        if is_judge_prompt(prompt) or OPEN not in prompt:  # not a rewrite: an evaluation request
+            return offline_evaluation(prompt, seed, fault)
         if fault == "refusal":
             return "抱歉，我无法完成这个请求。", "stop"
         dialogue = offline_rewrite(prompt, seed)
