@@ -1,0 +1,382 @@
+"""Dedup benchmarks: signature throughput against datasketch, quality against exact Jaccard, and the
+Ray stage at 10k -> 100k (-> 1M) synthetic rows.
+
+    python bench/dedup.py --quick          # a few minutes: throughput, quality, 10k and 100k
+    python bench/dedup.py                  # adds 1M rows to the scale run
+    python bench/run.py --only dedup       # the same, inside the project's benchmark report
+
+Every speed figure is a ratio against datasketch measured in the same run on the same texts (median
+of interleaved repeats); quality is measured against the exact Jaccard of every pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from soulray.dedup.cluster import bucket_pairs  # noqa: E402
+from soulray.dedup.lsh import optimal_params  # noqa: E402
+from soulray.dedup.minhash import MinHasher, char_shingles, estimate_jaccard, murmur3_32  # noqa: E402
+from soulray.dedup.text import normalise  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "smilechat-sample"
+THRESHOLD, NUM_PERM, NGRAM = 0.8, 128, 5
+
+
+def run(workdir: Path, quick: bool) -> dict:
+    return {"throughput": bench_throughput(count=400 if quick else 1500, repeats=3 if quick else 5),
+            "quality": bench_quality(bases=150 if quick else 400),
+            "scale": bench_scale(workdir, [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])}
+
+
+# ---- throughput ------------------------------------------------------------------------------------
+
+def chinese_texts(count: int, seed: int = 0) -> list[str]:
+    """300-1,000 character cuts of real SMILECHAT dialogues (each dialogue cut at several offsets)."""
+    rng = np.random.default_rng(seed)
+    dialogues = ["".join(m["content"] for m in row["messages"])
+                 for row in pq.read_table(SAMPLE / "dialogs.parquet").to_pylist()]
+    dialogues = [text for text in dialogues if len(text) >= 1000]
+    texts = []
+    while len(texts) < count:
+        text = dialogues[int(rng.integers(len(dialogues)))]
+        length = int(rng.integers(300, 1001))
+        start = int(rng.integers(0, len(text) - length + 1))
+        texts.append(text[start:start + length])
+    return texts
+
+
+def bench_throughput(*, count: int, repeats: int) -> dict:
+    """One process, one core. datasketch side: shingle, encode, MinHash.bulk (its fastest path: one
+    permutation setup, update_batch per text). soulray side: MinHasher.signatures on the texts."""
+    from datasketch import MinHash
+
+    texts = chinese_texts(count)
+    encoded = [[s.encode("utf-8") for s in char_shingles(t, NGRAM)] for t in texts]
+    shingles = sum(len(e) for e in encoded)
+    results = {"texts": count, "mean_chars": float(np.mean([len(t) for t in texts])), "shingles": shingles}
+
+    def datasketch_whole() -> np.ndarray:
+        sketches = MinHash.bulk([[s.encode("utf-8") for s in char_shingles(t, NGRAM)] for t in texts],
+                                num_perm=NUM_PERM)
+        return np.array([m.hashvalues for m in sketches])
+
+    def datasketch_update_only() -> None:
+        MinHash.bulk(encoded, num_perm=NUM_PERM)
+
+    for name in ("sha1_32", "murmur3_32"):
+        hasher = MinHasher(num_perm=NUM_PERM, ngram=NGRAM, hash_function=name)
+        ours, whole, update = [], [], []
+        for _ in range(repeats):  # interleaved, so load changes hit both sides alike
+            ours.append(_timed(lambda h=hasher: h.signatures(texts)))
+            whole.append(_timed(datasketch_whole))
+            update.append(_timed(datasketch_update_only))
+        signatures = hasher.signatures(texts)
+        if name == "sha1_32":
+            identical = bool(np.array_equal(signatures, datasketch_whole()))
+        else:  # the same function handed to datasketch (pure Python: checked on a subset, not timed)
+            subset = MinHash.bulk(encoded[:50], num_perm=NUM_PERM, hashfunc=murmur3_32)
+            identical = bool(np.array_equal(signatures[:50], np.array([m.hashvalues for m in subset])))
+        t_ours, t_whole, t_update = (statistics.median(x) for x in (ours, whole, update))
+        results[name] = {"soulray_texts_per_s": count / t_ours, "datasketch_texts_per_s": count / t_whole,
+                         "ratio": t_whole / t_ours, "ratio_vs_update_batch_alone": t_update / t_ours,
+                         "soulray_ns_per_shingle": t_ours / shingles * 1e9, "identical_signatures": identical,
+                         "datasketch_hash": "sha1_32 (its default)"}
+    return results
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# ---- quality -----------------------------------------------------------------------------------------
+
+def labelled_set(bases: int, seed: int = 1) -> tuple[list[str], list[str]]:
+    """SMILECHAT answers and, for each, variants of known kinds: character edits, insertions,
+    truncations, reordered sentences, at strengths spanning Jaccard ~0.3 to 1 around the threshold."""
+    rng = np.random.default_rng(seed)
+    answers = [row["answer"] for row in pq.read_table(SAMPLE / "qa.parquet").to_pylist() if len(row["answer"]) >= 120]
+    chosen = [answers[i] for i in rng.choice(len(answers), min(bases, len(answers)), replace=False)]
+    texts, kinds = [], []
+    for base in chosen:
+        texts.append(base)
+        kinds.append("base")
+        for kind in ("edit", "insert", "truncate", "reorder"):
+            for strength in (0.01, 0.03, 0.06, 0.12):
+                texts.append(_variant(rng, base, kind, strength, answers))
+                kinds.append(kind)
+    return texts, kinds
+
+
+def _variant(rng: np.random.Generator, text: str, kind: str, strength: float, pool: list[str]) -> str:
+    chars = list(text)
+    if kind == "edit":
+        for position in rng.choice(len(chars), max(1, int(len(chars) * strength)), replace=False):
+            chars[position] = "的了呢吧啊是我你"[int(rng.integers(8))]
+        return "".join(chars)
+    if kind == "insert":
+        other = pool[int(rng.integers(len(pool)))]
+        piece = max(2, int(len(text) * strength))
+        start = int(rng.integers(0, max(1, len(other) - piece)))
+        at = int(rng.integers(len(text)))
+        return text[:at] + other[start:start + piece] + text[at:]
+    if kind == "truncate":
+        return text[: len(text) - max(1, int(len(text) * strength * 2))]
+    sentences = [s for s in text.replace("。", "。\n").split("\n") if s]
+    swaps = max(1, int(len(sentences) * strength * 4))
+    for _ in range(swaps):
+        i, j = rng.integers(len(sentences), size=2)
+        sentences[i], sentences[j] = sentences[j], sentences[i]
+    return "".join(sentences)
+
+
+def exact_jaccard_pairs(texts: list[str], threshold: float) -> set[tuple[int, int]]:
+    """Every pair whose 5-gram sets have Jaccard >= threshold, exactly (sparse intersection counts)."""
+    from scipy.sparse import csr_matrix
+
+    vocabulary: dict[str, int] = {}
+    rows, columns = [], []
+    for index, text in enumerate(texts):
+        for shingle in set(char_shingles(text, NGRAM)):
+            rows.append(index)
+            columns.append(vocabulary.setdefault(shingle, len(vocabulary)))
+    incidence = csr_matrix((np.ones(len(rows), np.int32), (rows, columns)), shape=(len(texts), len(vocabulary)))
+    sizes = np.asarray(incidence.sum(axis=1)).ravel()
+    overlap = (incidence @ incidence.T).tocoo()
+    upper = overlap.row < overlap.col
+    left, right, inter = overlap.row[upper], overlap.col[upper], overlap.data[upper]
+    similarity = inter / (sizes[left] + sizes[right] - inter)
+    keep = similarity >= threshold
+    return set(zip(left[keep].tolist(), right[keep].tolist(), strict=True))
+
+
+# (name, LSH weights, verification): datasketch's default choice as it is, then checked by the
+# signatures' estimate, then a recall-weighted choice checked by true Jaccard (DedupConfig: weights,
+# verify="jaccard").
+SETTINGS = [("lsh_default", (0.5, 0.5), "none"), ("lsh_default+signature", (0.5, 0.5), "signature"),
+            ("lsh_recall_weighted+jaccard", (0.05, 0.95), "jaccard")]
+
+
+def _quality_of(texts: list[str]) -> dict:
+    from datasketch import MinHashLSH
+
+    from soulray.dedup.cluster import connected_components, jaccard
+    from soulray.dedup.minhash import to_lean_minhashes
+
+    normalised = normalise(pa.array(texts)).to_pylist()
+    truth = exact_jaccard_pairs(normalised, THRESHOLD)
+    signatures = MinHasher(num_perm=NUM_PERM, ngram=NGRAM).signatures(normalised)
+    out: dict = {"texts": len(texts), "true_pairs": len(truth)}
+    for name, weights, verify in SETTINGS:
+        bands, rows = optimal_params(THRESHOLD, NUM_PERM, weights)
+        candidates = bucket_pairs(signatures, bands=bands, rows=rows)
+        if verify == "signature":
+            candidates = candidates[estimate_jaccard(signatures[candidates[:, 0]], signatures[candidates[:, 1]])
+                                    >= THRESHOLD]
+        elif verify == "jaccard":
+            keep = [jaccard(normalised[a], normalised[b], NGRAM) >= THRESHOLD for a, b in candidates]
+            candidates = candidates[np.array(keep, bool)] if len(candidates) else candidates
+        predicted = set(map(tuple, candidates.tolist()))
+        hits = len(predicted & truth)
+        labels = connected_components(len(texts), candidates)
+        clustered = sum(1 for a, b in truth if labels[a] == labels[b])
+        out[name] = {"bands": bands, "rows": rows, "pairs": len(predicted),
+                     "precision": hits / max(1, len(predicted)), "recall": hits / max(1, len(truth)),
+                     "recall_same_cluster": clustered / max(1, len(truth))}
+    # datasketch's own index over the same signatures, with the same (default) parameters
+    index = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    lean = to_lean_minhashes(signatures)
+    for key, minhash in enumerate(lean):
+        index.insert(key, minhash)
+    theirs = {(min(a, b), max(a, b)) for a, minhash in enumerate(lean) for b in index.query(minhash) if a != b}
+    ours = set(map(tuple, bucket_pairs(signatures, bands=index.b, rows=index.r).tolist()))
+    out["datasketch_lsh"] = {"bands": index.b, "rows": index.r, "pairs": len(theirs),
+                             "agreement": len(ours & theirs) / max(1, len(ours | theirs))}
+    return out
+
+
+def bench_quality(*, bases: int) -> dict:
+    texts, kinds = labelled_set(bases)
+    # the SMILECHAT sample as the source dedup sees it: question + answer per unit
+    sample = [f"{row['question']}\n{row['answer']}" for row in pq.read_table(SAMPLE / "qa.parquet").to_pylist()]
+    counts = {str(kind): int(count) for kind, count in zip(*np.unique(kinds, return_counts=True), strict=True)}
+    return {"threshold": THRESHOLD, "labelled": {**_quality_of(texts), "kinds": counts},
+            "smilechat_sample": _quality_of(sample)}
+
+
+# ---- scale -------------------------------------------------------------------------------------------
+
+def bench_scale(workdir: Path, sizes: list[int]) -> dict:
+    """Each size in a fresh process with its own local Ray (so peak memory is that size's): synthetic
+    PsyQA-shaped units, 10% near-duplicates, through dedup_dataset; wall time and peak memory (PSS
+    summed over the driver, Ray's daemons and workers, sampled every 0.5 s)."""
+    out = {}
+    for rows in sizes:
+        result_path = workdir / f"scale-{rows}.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--scale-one", str(rows), "--workdir", str(workdir),
+                   "--result", str(result_path)]
+        subprocess.run(command, check=True, timeout=3600)
+        out[str(rows)] = json.loads(result_path.read_text())
+    return out
+
+
+def scale_one(rows: int, workdir: Path) -> dict:
+    import ray
+
+    from soulray.config import DedupConfig, RayConfig
+    from soulray.dedup.stage import dedup_dataset
+    from soulray.runtime import init_ray
+
+    source = workdir / f"synthetic-{rows}.parquet"
+    units = _synthetic_units(rows, source)
+    init_ray(RayConfig(num_cpus=4))
+    sampler = _MemorySampler()
+    sampler.start()
+    started = time.perf_counter()
+    ds = ray.data.from_arrow(units)
+    marked, report = dedup_dataset(ds, config=DedupConfig())
+    output_rows = marked.count()
+    wall = time.perf_counter() - started
+    sampler.stop()
+    ray.shutdown()
+    return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": sampler.peak / 1e6,
+            "output_rows": output_rows, "marked": report.marked, "clusters": report.clusters,
+            "considered": report.considered_rows, "seconds": report.seconds}
+
+
+def _synthetic_units(rows: int, path: Path) -> list[pa.Table]:
+    from soulray.config import SourceSpec
+    from soulray.schema import REJECT_MARK
+    from soulray.sources import normalise_fragment, plan_fragments
+    from soulray.sources.synthetic import write_synthetic
+
+    write_synthetic(path, rows, seed=0, near_duplicate_rate=0.1, chunk_rows=min(rows, 50_000))
+    spec = SourceSpec(path=str(path), columns={"description": "description", "topic": "topic"})
+    tables = []
+    for fragment in plan_fragments(spec).fragments:
+        table = normalise_fragment(fragment, spec)
+        for name, dtype in REJECT_MARK:
+            table = table.append_column(name, pa.nulls(table.num_rows, dtype))
+        tables += [table.slice(start, 25_000) for start in range(0, table.num_rows, 25_000)]
+    return tables
+
+
+class _MemorySampler:
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        root = psutil.Process(os.getpid())
+        while not self._stop.wait(0.5):
+            total = 0
+            for process in [root, *root.children(recursive=True)]:
+                try:
+                    total += process.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.peak = max(self.peak, total)
+
+
+# ---- report ------------------------------------------------------------------------------------------
+
+def markdown(result: dict) -> str:
+    lines = ["## dedup", ""]
+    throughput = result.get("throughput")
+    if throughput:
+        lines += [f"Signatures, one core, {NUM_PERM} permutations, {NGRAM}-gram shingles, {throughput['texts']} "
+                  f"SMILECHAT cuts of 300-1,000 chars (mean {throughput['mean_chars']:.0f}), "
+                  f"{throughput['shingles']:,} shingles:", "",
+                  "| hash | soulray texts/s | datasketch texts/s | ratio | ratio vs update_batch alone | "
+                  "ns/shingle | identical |", "|---|---|---|---|---|---|---|"]
+        for name in ("sha1_32", "murmur3_32"):
+            row = throughput[name]
+            lines.append(f"| {name} | {row['soulray_texts_per_s']:,.0f} | {row['datasketch_texts_per_s']:,.0f} "
+                         f"(sha1_32) | {row['ratio']:.1f}x | {row['ratio_vs_update_batch_alone']:.1f}x | "
+                         f"{row['soulray_ns_per_shingle']:.0f} | {row['identical_signatures']} |")
+    quality = result.get("quality")
+    if quality:
+        lines += ["", f"Quality at Jaccard >= {quality['threshold']} against the exact Jaccard of 5-gram sets of every "
+                  "pair (pairs found directly; 'same cluster' counts true pairs that end in one cluster):", "",
+                  "| set | texts | true pairs | setting | b x r | precision | recall | recall, same cluster |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in ("labelled", "smilechat_sample"):
+            row = quality[name]
+            for setting, _, _ in SETTINGS:
+                got = row[setting]
+                lines.append(f"| {name} | {row['texts']} | {row['true_pairs']} | {setting} | {got['bands']} x "
+                             f"{got['rows']} | {got['precision']:.3f} | {got['recall']:.3f} | "
+                             f"{got['recall_same_cluster']:.3f} |")
+        lines += ["", "Candidate pairs agree with datasketch MinHashLSH on the same signatures: " + ", ".join(
+            f"{name} {quality[name]['datasketch_lsh']['agreement']:.4f} ({quality[name]['datasketch_lsh']['pairs']} "
+            "pairs)" for name in ("labelled", "smilechat_sample"))]
+    scale = result.get("scale")
+    if scale:
+        lines += ["", "dedup_dataset on local Ray (this machine), synthetic PsyQA-shaped units, 10% near-duplicates:",
+                  "", "| rows | wall s | rows/s | peak PSS MB | marked | phases (s) |", "|---|---|---|---|---|---|"]
+        for row in scale.values():
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in row["seconds"].items())
+            lines.append(f"| {row['rows']:,} | {row['wall_s']:.1f} | {row['rows_per_s']:,.0f} | "
+                         f"{row['peak_pss_mb']:,.0f} | {sum(row['marked'].values()):,} | {phases} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k and 100k rows at scale, fewer texts")
+    parser.add_argument("--out", default=None, help="write dedup.json and dedup.md here")
+    parser.add_argument("--only", choices=["throughput", "quality", "scale"], help="run one part")
+    parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scale_one:
+        Path(args.result).write_text(json.dumps(scale_one(args.scale_one, Path(args.workdir))))
+        return 0
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.only == "throughput":
+            result = {"throughput": bench_throughput(count=400 if args.quick else 1500, repeats=3 if args.quick else 5)}
+        elif args.only == "quality":
+            result = {"quality": bench_quality(bases=150 if args.quick else 400)}
+        elif args.only == "scale":
+            result = {"scale": bench_scale(Path(workdir), [10_000, 100_000] if args.quick
+                                           else [10_000, 100_000, 1_000_000])}
+        else:
+            result = run(Path(workdir), args.quick)
+    text = markdown(result)
+    print(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "dedup.json").write_text(json.dumps(result, indent=2))
+        (Path(args.out) / "dedup.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Dedup as a Ray Data stage: mark exact and near duplicates among WORKING_UNIT or WORKING_DIALOGUE rows.
+
+The phases, each timed in the report:
+
+    identify     give every row a random 64-bit id and materialise (the input is read twice: once to
+                 fingerprint, once to mark; materialising means the LLM rewrite upstream runs once)
+    fingerprint  map_batches: normalise, hash the content, MinHash, band keys -> (key, row) pairs
+    buckets      hash-partition (key, row) pairs by key across the cluster; neighbours in a bucket
+                 become candidate edges (a chain per bucket is enough to connect it)
+    components   union-find over the edges on the driver: edges exist only for duplicate candidates,
+                 so this is small even when the data is not
+    resolve      the rows of each candidate component, with their signatures, hash-partitioned by
+                 component; per partition: pairs from shared bands, optional verification, connected
+                 components, one kept row per component (cluster.resolve)
+    mark         map_batches: fill reject_stage / reject_reason / reject_detail of duplicates
+
+No phase removes a row: the shard writer splits marked rows into the reject table, so
+inputs = published + rejected holds. Rows already marked by an earlier stage, and rows whose
+normalised text is empty, take no part (an empty text is no evidence of anything).
+
+Row ids are random (collision chance about N**2 / 2**65: 3e-8 at a million rows). Which row of a cluster
+is kept never depends on them unless two rows are identical in every column dedup reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from soulray.config import DedupConfig
+from soulray.dedup.cluster import REASON_EXACT, Decisions, Members, Rules, connected_components, resolve
+from soulray.dedup.lsh import band_keys
+from soulray.dedup.minhash import MinHasher
+from soulray.dedup.text import DedupInputError, content_hashes, normalise, row_texts
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from soulray.store import Version
+
+log = logging.getLogger(__name__)
+
+ROW_ID = "_dedup_row"
+PUBLISHED = "_dedup_published"
+MARK_COLUMNS = ("reject_stage", "reject_reason", "reject_detail")
+
+
+@dataclass
+class DedupReport:
+    """What a job summary shows: rows seen, clusters found, rows marked, seconds per phase."""
+
+    stage: str
+    input_rows: int = 0
+    considered_rows: int = 0  # unmarked rows with non-empty normalised text
+    published_rows: int = 0  # rows of the version deduplicated against
+    bands: int = 0
+    rows_per_band: int = 0
+    candidate_edges: int = 0
+    clusters: int = 0  # clusters with at least one marked row
+    marked: dict[str, int] = field(default_factory=dict)  # per reason
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rows_marked(self) -> int:
+        return sum(self.marked.values())
+
+    def summary(self) -> str:
+        phases = ", ".join(f"{name} {value:.1f}s" for name, value in self.seconds.items())
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.marked.items())) or "none"
+        return (f"{self.stage}: {self.considered_rows}/{self.input_rows} rows considered"
+                + (f" against {self.published_rows} published" if self.published_rows else "")
+                + f"; {self.clusters} clusters; marked {reasons}; {phases}")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What the workers need from the config (no Ray objects, cheap to ship)."""
+
+    method: str
+    hasher: MinHasher
+    rules: Rules
+
+    @classmethod
+    def of(cls, config: DedupConfig) -> _Settings:
+        bands, rows = config.lsh_params()
+        hasher = MinHasher(num_perm=config.num_perm, seed=config.seed, ngram=config.ngram, shingle=config.shingle,
+                           hash_function=config.hash_function)
+        return cls(method=config.method, hasher=hasher,
+                   rules=Rules(threshold=config.threshold, bands=bands, rows=rows, keep=config.keep,
+                               verify=config.verify, ngram=config.ngram))
+
+
+def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | None = None,
+                  against: ray.data.Dataset | Version | None = None) -> tuple[ray.data.Dataset, DedupReport]:
+    """Mark duplicates in `ds` (WORKING_UNIT or WORKING_DIALOGUE rows) and return the marked rows
+    (every input row exactly once, a materialised Dataset) with a report.
+
+    `stage` names the reject stage (default "dedup_source" for units, "dedup_dialogue" for
+    dialogues). `against`: a published version (or its rows as a Dataset); new rows that duplicate
+    one of its rows are marked, its rows are never output."""
+    import ray
+
+    settings = _Settings.of(config)
+    phases = _Phases()
+    with phases("identify"):
+        work = ds.map_batches(_with_row_ids, fn_kwargs={"published": False}, batch_format="pyarrow").materialize()
+        input_rows = work.count()
+        columns = work.columns() if input_rows else list(ds.columns() or [])
+        stage = stage or ("dedup_dialogue" if "messages" in columns else "dedup_source")
+        report = DedupReport(stage=stage, input_rows=input_rows, bands=settings.rules.bands,
+                             rows_per_band=settings.rules.rows, seconds=phases.seconds)
+        if not config.enabled or not input_rows:
+            return _strip(work), report
+        _check_columns(columns)
+        sources = [work]
+        if against is not None:
+            rows = against.to_ray() if hasattr(against, "to_ray") else against
+            published = rows.map_batches(_with_row_ids, fn_kwargs={"published": True}, batch_format="pyarrow")
+            sources.append(published.materialize())
+            report.published_rows = sources[1].count()
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    with phases("fingerprint"):
+        keyed = [source.map_batches(_fingerprint, fn_kwargs={"settings": settings}, batch_format="pyarrow")
+                 .materialize() for source in sources]
+        keys_per_row = 1 + (settings.rules.bands if settings.method == "minhash" else 0)
+        report.considered_rows = keyed[0].count() // keys_per_row
+    with phases("buckets"):
+        partitions = config.num_partitions or _partitions(sum(part.count() for part in keyed), cpus, 2_000_000)
+        edges = _collect(_union(keyed).repartition(partitions, keys=["key"]).map_batches(
+            _bucket_edges, batch_size=None, batch_format="pyarrow"), ("u", "v"))
+        report.candidate_edges = len(edges)
+    with phases("components"):
+        involved, component = _components(edges)
+    if not len(involved):
+        phases.seconds.update(resolve=0.0, mark=0.0)
+        return _strip(work), report
+    with phases("resolve"):
+        lookup = ray.put((involved, component))
+        members = _union([source.map_batches(_members, fn_kwargs={"settings": settings, "lookup": lookup},
+                                             batch_format="pyarrow") for source in sources])
+        partitions = config.num_partitions or _partitions(len(involved), cpus, 200_000)
+        decisions = _collect(members.repartition(partitions, keys=["component"]).map_batches(
+            _resolve_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
+            ("row", "reason", "detail", "keeper"))
+        report.clusters = int(len(np.unique(decisions["keeper"]))) if len(decisions["row"]) else 0
+        report.marked = {reason: count for reason, count in zip(*np.unique(decisions["reason"], return_counts=True),
+                                                                 strict=True)} if len(decisions["row"]) else {}
+        report.marked = {str(reason): int(count) for reason, count in report.marked.items()}
+    with phases("mark"):
+        table = pa.table({"row": decisions["row"], "reason": decisions["reason"], "detail": decisions["detail"]})
+        marked = work.map_batches(_apply_marks, fn_kwargs={"decisions": ray.put(table), "stage": stage},
+                                  batch_format="pyarrow").materialize()
+    log.info("%s", report.summary())
+    return marked, report
+
+
+# ---- phases on the workers (pure functions of one Arrow batch) ----------------------------------------
+
+def _with_row_ids(batch: pa.Table, *, published: bool) -> pa.Table:
+    ids = np.random.default_rng().integers(0, np.iinfo(np.int64).max, batch.num_rows, dtype=np.int64)
+    batch = batch.append_column(ROW_ID, pa.array(ids))
+    if published:
+        batch = batch.append_column(PUBLISHED, pa.array(np.ones(batch.num_rows, bool)))
+    return batch
+
+
+def _active(batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """Rows that take part (indices) and their normalised texts."""
+    texts = normalise(row_texts(batch))
+    active = pc.greater(pc.utf8_length(texts), 0)
+    if "reject_reason" in batch.column_names and PUBLISHED not in batch.column_names:
+        active = pc.and_(active, pc.is_null(batch["reject_reason"]))
+    rows = np.flatnonzero(active.to_numpy(zero_copy_only=False))
+    return rows, texts.take(pa.array(rows))
+
+
+def _fingerprint(batch: pa.Table, *, settings: _Settings) -> pa.Table:
+    """(key, row) per bucket a row falls in: one exact-content key, and one per LSH band."""
+    rows, texts = _active(batch)
+    ids = batch[ROW_ID].to_numpy()[rows]
+    keys = [content_hashes(texts)[:, :1]]  # 64 of the 128 hash bits: a key collision only adds a candidate
+    if settings.method == "minhash":
+        signatures = settings.hasher.signatures(texts)
+        keys.append(band_keys(signatures, bands=settings.rules.bands, rows=settings.rules.rows))
+    keys = np.concatenate(keys, axis=1)
+    return pa.table({"key": keys.ravel(), "row": np.repeat(ids, keys.shape[1])})
+
+
+def _bucket_edges(partition: pa.Table) -> pa.Table:
+    """Rows sharing a key, chained: (r0, r1), (r1, r2), ... connects each bucket."""
+    keys, rows = partition["key"].to_numpy(), partition["row"].to_numpy()
+    order = np.lexsort((rows, keys))
+    keys, rows = keys[order], rows[order]
+    same = np.flatnonzero(keys[1:] == keys[:-1])
+    return pa.table({"u": rows[same], "v": rows[same + 1]})
+
+
+def _members(batch: pa.Table, *, settings: _Settings, lookup: Any) -> pa.Table:
+    """The candidate rows of this batch, with what resolving their component needs."""
+    involved, component = _fetch(lookup)
+    rows, texts = _active(batch)
+    ids = batch[ROW_ID].to_numpy()[rows]
+    position = np.clip(np.searchsorted(involved, ids), 0, len(involved) - 1)
+    keep = involved[position] == ids
+    rows, texts, ids, position = rows[keep], texts.take(pa.array(np.flatnonzero(keep))), ids[keep], position[keep]
+    hashes = content_hashes(texts)
+    columns: dict[str, Any] = {
+        "component": component[position], "row": ids,
+        "record_id": batch["record_id"].take(pa.array(rows)).cast(pa.string()),
+        "text_length": pc.utf8_length(texts).cast(pa.int64()),
+        "hash_hi": hashes[:, 0], "hash_lo": hashes[:, 1],
+        "published": np.full(len(rows), PUBLISHED in batch.column_names),
+        "provenance": _provenance(batch, rows),
+    }
+    if settings.method == "minhash":
+        signatures = settings.hasher.signatures(texts)
+        columns["signature"] = pa.FixedSizeListArray.from_arrays(pa.array(signatures.ravel()), signatures.shape[1])
+    if settings.rules.verify == "jaccard":
+        columns["text"] = texts
+    return pa.table(columns)
+
+
+def _provenance(batch: pa.Table, rows: np.ndarray) -> pa.Array:
+    """Source file and row (zero-padded, so rows sort as numbers): equal record_ids are kept in
+    source order rather than by random row id."""
+    taken = pa.array(rows, pa.int64())
+    parts = []
+    if "source_file" in batch.column_names:
+        parts.append(pc.fill_null(batch["source_file"].take(taken).cast(pa.string()), ""))
+    if "source_row" in batch.column_names:
+        parts.append(pc.utf8_lpad(pc.fill_null(batch["source_row"].take(taken), 0).cast(pa.string()), 20, "0"))
+    if not parts:
+        return pa.array([""] * len(rows), pa.string())
+    return pc.binary_join_element_wise(*parts, "\x1f")
+
+
+def _resolve_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
+    signatures = None
+    if "signature" in partition.column_names:
+        flat = partition["signature"].combine_chunks().flatten().to_numpy()
+        signatures = flat.reshape(partition.num_rows, -1)
+    members = Members(
+        ordinal=partition["row"].to_numpy(), record_id=partition["record_id"].to_pylist(),
+        text_length=partition["text_length"].to_numpy(),
+        content_hash=np.stack([partition["hash_hi"].to_numpy(), partition["hash_lo"].to_numpy()], axis=1),
+        published=partition["published"].to_numpy(zero_copy_only=False), signatures=signatures,
+        texts=partition["text"].to_pylist() if "text" in partition.column_names else None,
+        provenance=partition["provenance"].to_pylist())
+    decisions = resolve(members, settings.rules)
+    return pa.table({"row": pa.array(decisions.ordinal, pa.int64()), "reason": pa.array(decisions.reason, pa.string()),
+                     "detail": pa.array(decisions.detail, pa.string()), "keeper": pa.array(decisions.keeper, pa.int64())})
+
+
+def _apply_marks(batch: pa.Table, *, decisions: Any, stage: str) -> pa.Table:
+    decisions = _fetch(decisions)
+    ids = batch[ROW_ID].to_numpy()
+    marked_ids = decisions["row"].to_numpy()
+    order = np.argsort(marked_ids)
+    position = np.clip(np.searchsorted(marked_ids, ids, sorter=order), 0, max(len(order) - 1, 0))
+    hit = (marked_ids[order[position]] == ids) if len(order) else np.zeros(len(ids), bool)
+    batch = batch.drop_columns([ROW_ID])
+    for name in MARK_COLUMNS:
+        if name not in batch.column_names:
+            batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
+    if not hit.any():
+        return batch
+    source = pa.array(order[position[hit]])
+    values = {"reject_stage": pa.array([stage] * int(hit.sum()), pa.string()),
+              "reject_reason": decisions["reason"].take(source), "reject_detail": decisions["detail"].take(source)}
+    mask = pa.array(hit)
+    for name, replacement in values.items():
+        index = batch.column_names.index(name)
+        column = pc.replace_with_mask(batch[name].combine_chunks().cast(pa.string()), mask,
+                                      replacement.combine_chunks() if isinstance(replacement, pa.ChunkedArray)
+                                      else replacement)
+        batch = batch.set_column(index, batch.schema.field(name), column)
+    return batch
+
+
+def _fetch(value: Any) -> Any:
+    """A broadcast value: fn_kwargs hand object refs over as refs (one copy per node, not per task)."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+# ---- driver side --------------------------------------------------------------------------------------
+
+def _components(edges: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted row ids that have an edge, and their candidate component labels."""
+    if not len(edges["u"]):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    involved = np.unique(np.concatenate([edges["u"], edges["v"]]))
+    pairs = np.stack([np.searchsorted(involved, edges["u"]), np.searchsorted(involved, edges["v"])], axis=1)
+    return involved, connected_components(len(involved), pairs).astype(np.int64)
+
+
+def _collect(ds: ray.data.Dataset, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A small result (edges, decisions) as numpy columns on the driver."""
+    import ray
+
+    tables = [table for table in ray.get(ds.to_arrow_refs()) if table.num_rows]
+    if not tables:
+        return {name: np.zeros(0, np.int64) for name in names}
+    table = pa.concat_tables(tables)
+    return {name: table[name].to_numpy(zero_copy_only=False) for name in names}
+
+
+def _partitions(rows: int, cpus: int, rows_per_partition: int) -> int:
+    """Enough partitions to spread the work, no more: each one costs a task and a block."""
+    return max(1, min(2 * cpus, -(-rows // rows_per_partition)))
+
+
+def _union(datasets: list[ray.data.Dataset]) -> ray.data.Dataset:
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def _strip(work: ray.data.Dataset) -> ray.data.Dataset:
+    """The input rows unchanged (no duplicates): drop the row id, make sure the mark columns exist."""
+    empty = pa.table({"row": pa.array([], pa.int64()), "reason": pa.array([], pa.string()),
+                      "detail": pa.array([], pa.string())})
+    return work.map_batches(_apply_marks, fn_kwargs={"decisions": empty, "stage": ""},
+                            batch_format="pyarrow").materialize()
+
+
+def _check_columns(columns: list[str]) -> None:
+    if "record_id" not in columns:
+        raise DedupInputError(f"dedup needs a 'record_id' column; got {columns}")
+    if "messages" not in columns and not {"question", "answer"} <= set(columns):
+        raise DedupInputError(f"dedup needs 'messages' (dialogues) or 'question' and 'answer' (units); got {columns}")
+
+
+class _Phases:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+
+
+__all__ = ["REASON_EXACT", "DedupReport", "dedup_dataset", "Decisions"]

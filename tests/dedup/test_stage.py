@@ -1,0 +1,144 @@
+"""The dedup stage on a real local Ray: the same decisions as the pure core, every row back once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from soulray.config import DedupConfig
+from soulray.dedup.cluster import Members, Rules, resolve
+from soulray.dedup.minhash import MinHasher
+from soulray.dedup.stage import ROW_ID, dedup_dataset
+from soulray.dedup.text import content_hashes, normalise, row_texts
+from soulray.schema import WORKING_UNIT
+from soulray.store import VersionStore, open_version
+from tests.dedup.conftest import dialogues_table, units_table
+from tests.dedup.test_cluster import A, B, C
+
+# low enough that the A~B~C chain of test_cluster is found (true Jaccard 0.75 and 0.62; A~C 0.44)
+CONFIG = DedupConfig(threshold=0.6, bands=32, rows=4, verify="jaccard")
+
+
+def planted_units(smile_qa: list[dict]) -> tuple[pa.Table, dict[str, int]]:
+    rows = [{"question": r["question"], "answer": r["answer"]} for r in smile_qa[:240]]
+    planted = {"copy_of_5": dict(rows[5]),
+               "chain_a": {"question": "失眠怎么办", "answer": A},
+               "chain_b": {"question": "失眠怎么办", "answer": B},
+               "chain_c": {"question": "失眠怎么办", "answer": C},
+               "marked_copy_of_7": {**rows[7], "reject_stage": "filter_source", "reject_reason": "too_short",
+                                    "reject_detail": "x"},
+               "empty_1": {"question": "", "answer": "。"},
+               "empty_2": {"question": "", "answer": ""}}
+    at = {}
+    for name, row in planted.items():
+        at[name] = len(rows)
+        rows.append(row)
+    return units_table(rows), at
+
+
+def oracle(table: pa.Table, config: DedupConfig) -> dict[int, tuple[str, str]]:
+    """The pure core over the whole table at once: source_row -> (reason, kept record_id)."""
+    texts = normalise(row_texts(table))
+    active = [i for i, (text, mark) in enumerate(zip(texts.to_pylist(), table["reject_reason"].to_pylist(),
+                                                     strict=True)) if text and mark is None]
+    sub, subtexts = table.take(active), texts.take(active)
+    bands, rows = config.lsh_params()
+    members = Members(ordinal=np.array(sub["source_row"].to_pylist()), record_id=sub["record_id"].to_pylist(),
+                      text_length=np.array([len(t) for t in subtexts.to_pylist()]),
+                      content_hash=content_hashes(subtexts), published=np.zeros(len(active), bool),
+                      signatures=MinHasher().signatures(subtexts), texts=subtexts.to_pylist(),
+                      provenance=[f"{f}\x1f{r:020d}" for f, r in zip(sub["source_file"].to_pylist(),
+                                                                sub["source_row"].to_pylist(), strict=True)])
+    decisions = resolve(members, Rules(threshold=config.threshold, bands=bands, rows=rows, verify=config.verify))
+    return {int(o): (reason, json.loads(d)["kept"])
+            for o, reason, d in zip(decisions.ordinal, decisions.reason, decisions.detail, strict=True)}
+
+
+def marks_of(rows: list[dict]) -> dict[int, tuple[str, str]]:
+    return {r["source_row"]: (r["reject_reason"], json.loads(r["reject_detail"])["kept"])
+            for r in rows if r["reject_stage"] == "dedup_source"}
+
+
+def test_units_marked_as_the_pure_core_decides(ray_local, smile_qa):
+    table, at = planted_units(smile_qa)
+    blocks = [table.slice(start, 37) for start in range(0, table.num_rows, 37)]  # clusters span blocks
+    out, report = dedup_dataset(ray_local.data.from_arrow(blocks), config=CONFIG)
+    rows = out.take_all()
+
+    # accounting: every row exactly once, nothing added
+    assert sorted(r["source_row"] for r in rows) == list(range(table.num_rows))
+    assert ROW_ID not in out.columns() and set(WORKING_UNIT.names) <= set(out.columns())
+    marks = marks_of(rows)
+    assert marks == oracle(table, CONFIG)
+    assert report.rows_marked == len(marks) and report.input_rows == table.num_rows
+    assert report.considered_rows == table.num_rows - 3  # one pre-marked row, two empty texts
+    assert report.clusters == len({kept for _, kept in marks.values()})
+    assert set(report.seconds) == {"identify", "fingerprint", "buckets", "components", "resolve", "mark"}
+
+    # the planted facts, by hand
+    by_row = {r["source_row"]: r for r in rows}
+    assert marks[at["copy_of_5"]] == ("exact_duplicate", by_row[5]["record_id"])
+    chain = sorted(by_row[at[k]]["record_id"] for k in ("chain_a", "chain_b", "chain_c"))
+    assert sum(1 for k in ("chain_a", "chain_b", "chain_c") if at[k] in marks) == 2  # A~B~C: one cluster
+    assert {marks[at[k]][1] for k in ("chain_a", "chain_b", "chain_c") if at[k] in marks} == {chain[0]}
+    assert by_row[at["marked_copy_of_7"]]["reject_reason"] == "too_short" and 7 not in marks
+    assert at["empty_1"] not in marks and at["empty_2"] not in marks
+    detail = json.loads(by_row[at["copy_of_5"]]["reject_detail"])
+    assert detail["similarity"] == 1.0 and detail["kept_from"] == "input"
+
+
+def test_dialogues_and_cross_version(ray_local, smile_dialogs, smile_qa, tmp_path):
+    dialogs = [dict(d) for d in smile_dialogs[:80]]
+    edited = [dict(m) for m in dialogs[3]["messages"]]
+    edited[-1] = {**edited[-1], "content": edited[-1]["content"] + "祝你一切顺利。"}
+    table = dialogues_table(dialogs + [dialogs[10], {"id": "edited", "messages": edited}])
+    out, report = dedup_dataset(ray_local.data.from_arrow(table), config=DedupConfig(threshold=0.8))
+    rows = out.take_all()
+    assert sorted(r["source_row"] for r in rows) == list(range(table.num_rows)) and report.stage == "dedup_dialogue"
+    marked = {r["source_row"]: r for r in rows if r["reject_stage"] == "dedup_dialogue"}
+    # one of each pair is marked, whichever has the higher record_id
+    assert len({10, 80} & set(marked)) == 1 and len({3, 81} & set(marked)) == 1 and len(marked) == 2
+    exact, near = marked[max({10, 80} & set(marked))], marked[max({3, 81} & set(marked))]
+    assert exact["reject_reason"] == "exact_duplicate" and near["reject_reason"] == "near_duplicate"
+    assert json.loads(near["reject_detail"])["similarity"] >= 0.8
+
+    # a new run against a published version: new copies of published rows are marked, kept_from published
+    store = VersionStore(str(tmp_path / "store"), "units")
+    published = units_table([{"question": r["question"], "answer": r["answer"]} for r in smile_qa[:60]])
+    from tests.store.test_store import write_version
+
+    store.commit(write_version(store, "v1", published.select([n for n in published.column_names
+                                                               if not n.startswith("reject_")])))
+    fresh = units_table([{"question": r["question"], "answer": r["answer"]} for r in smile_qa[55:90]])
+    out, report = dedup_dataset(ray_local.data.from_arrow(fresh), config=CONFIG,
+                                against=open_version("latest", root=str(tmp_path / "store"), dataset="units"))
+    rows = out.take_all()
+    assert len(rows) == fresh.num_rows and report.published_rows == 60
+    against_published = {r["source_row"] for r in rows
+                          if r["reject_detail"] and json.loads(r["reject_detail"])["kept_from"] == "published"}
+    assert {0, 1, 2, 3, 4} <= against_published  # rows 55-59 of the sample are in v1
+
+
+def test_empty_and_one_row(ray_local, smile_qa):
+    empty, report = dedup_dataset(ray_local.data.from_arrow(units_table([])), config=CONFIG)
+    assert empty.count() == 0 and report.rows_marked == 0 and report.input_rows == 0
+    one, report = dedup_dataset(ray_local.data.from_arrow(units_table(smile_qa[:1])), config=CONFIG)
+    rows = one.take_all()
+    assert len(rows) == 1 and rows[0]["reject_reason"] is None and report.considered_rows == 1
+
+
+def test_disabled_and_bad_input(ray_local, smile_qa):
+    table = units_table([smile_qa[0], smile_qa[0]])
+    out, report = dedup_dataset(ray_local.data.from_arrow(table), config=DedupConfig(enabled=False))
+    assert [r["reject_reason"] for r in out.take_all()] == [None, None] and report.rows_marked == 0
+    from soulray.dedup.text import DedupInputError
+
+    with pytest.raises(DedupInputError, match="record_id"):
+        dedup_dataset(ray_local.data.from_arrow(table.drop_columns(["record_id"])), config=CONFIG)
+    assert Counter(r["reject_reason"] for r in dedup_dataset(ray_local.data.from_arrow(table),
+                                                             config=CONFIG)[0].take_all()) \
+        == Counter({None: 1, "exact_duplicate": 1})
