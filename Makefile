@@ -7,6 +7,8 @@ CONFIG ?= soulray/configs/demo.yaml
 # Extra `--set key=value` overrides for run/submit, e.g. make run ARGS="--set storage.root=/tmp/out"
 ARGS   ?=
 export HF_HUB_OFFLINE := 1
+# Extra `ray job submit` options for submit, e.g. RAY_JOB_EXTRA="--runtime-env-json '{\"pip\": [...]}'"
+RAY_JOB_EXTRA ?=
 
 .PHONY: run test test-fast bench bench-quick lint submit clean
 
@@ -36,7 +38,7 @@ lint: $(STAMP)
 
 submit: $(STAMP)  ## submit the regenerate job to the cluster at $$RAY_ADDRESS
 	@test -n "$$RAY_ADDRESS" || (echo "set RAY_ADDRESS to the cluster's dashboard address (http://head:8265)"; exit 2)
-	$(BIN)/ray job submit --address "$$RAY_ADDRESS" --working-dir . -- python jobs/regenerate.py --config $(CONFIG) $(ARGS)
+	$(BIN)/ray job submit --address "$$RAY_ADDRESS" --working-dir . $(RAY_JOB_EXTRA) -- python jobs/regenerate.py --config $(CONFIG) $(ARGS)
 
 clean:
 	rm -rf $(VENV) output bench/results .pytest_cache

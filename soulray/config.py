@@ -420,3 +420,26 @@ def _describe(exc: ValidationError, origin: str) -> str:
 def _shorten(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+def secret_env_names(config: BaseModel) -> list[str]:
+    """The names of every env var this config reads a secret from (fields named `*_env`, anywhere)."""
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                value = getattr(node, name)
+                if name.endswith("_env") and isinstance(value, str):
+                    names.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+
+    walk(config)
+    return sorted(set(names))
+
+

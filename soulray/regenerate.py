@@ -14,10 +14,10 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from soulray.config import RegenerateConfig, RewriteConfig, config_hash
+from soulray.config import RegenerateConfig, RewriteConfig, config_hash, secret_env_names
 from soulray.rewrite.session import RewriteSession
 from soulray.rewrite.stage import estimate_batch
-from soulray.runtime import init_ray
+from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import DIALOGUE, UNIT
 from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
 from soulray.store import (
@@ -58,6 +58,7 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
     timings["plan_s"] = time.perf_counter() - started
 
     init_ray(config.ray)
+    refuse_secrets_in_runtime_env(secret_env_names(config))
     pipeline = _normalise(plans, config)
     input_rows = sum(plan.rows for plan in plans)
     if config.limit is not None:

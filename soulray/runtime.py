@@ -32,3 +32,20 @@ def init_ray(config: RayConfig) -> None:
     ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True,
              configure_logging=False)
     log.info("started a local Ray with %d logical CPUs", num_cpus)
+
+
+def refuse_secrets_in_runtime_env(secret_env_names: list[str]) -> None:
+    """Fail if an env var that holds a secret came in through the job's runtime_env: Ray keeps
+    runtime_env in the job's metadata and shows it on the dashboard, so a key passed that way has
+    already leaked to everyone who can see the cluster. Secrets belong on the nodes (node setup, a
+    secret store, an instance role) or in files."""
+    import ray
+
+    from soulray.errors import ConfigError
+
+    runtime_env = ray.get_runtime_context().runtime_env or {}
+    passed = sorted(set(runtime_env.get("env_vars") or {}) & set(secret_env_names))
+    if passed:
+        raise ConfigError(f"{', '.join(passed)} came through the job's runtime_env env_vars, which Ray stores in "
+                          "job metadata and shows on the dashboard; set it on the nodes instead (cluster.yaml "
+                          "setup_commands / a secret store) and rotate that key")

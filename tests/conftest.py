@@ -99,3 +99,20 @@ def s3_bucket(s3_config, request) -> str:
     name = f"{name}-{int(time.time() * 1000) % 100000}"
     boto3_client(s3_config).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def llm():
+    """Start local OpenAI-compatible servers (real HTTP on loopback); stopped after the test."""
+    from soulray.rewrite.server import LocalLLMServer, ServerConfig
+
+    servers = []
+
+    def start(**kwargs) -> tuple[LocalLLMServer, str]:
+        server = LocalLLMServer(ServerConfig(**kwargs))
+        servers.append(server)
+        return server, server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
