@@ -256,6 +256,9 @@ def main() -> int:
         results["rewrite_overhead_zero_latency"] = bench_rewrite_overhead(Path(workdir), 1_000 if args.quick else 3_000,
                                                                           1 if args.quick else 3)
         results["rewrite_quota_utilisation"] = bench_rewrite_quota(Path(workdir), 45.0 if args.quick else 150.0)
+        import dedup as dedup_bench  # bench/dedup.py, beside this script
+
+        results["dedup"] = dedup_bench.run(Path(workdir), args.quick)
     write_report(Path(args.out), results, quick=args.quick)
     return 0
 
@@ -290,6 +293,10 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
         for name, key in quota["per_key"].items():
             lines.append(f"| {name} | {key['busiest_window_requests']} in {key['window_s']:.0f} s | {key['allowed_per_minute']} | "
                          f"{key['utilisation']:.3f} | {key['rate_limited']} |")
+    if "dedup" in results:
+        import dedup as dedup_bench
+
+        lines += ["", dedup_bench.markdown(results["dedup"])]
     (out / "latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
