@@ -135,6 +135,7 @@ class QuotaLedger:
         self.reserved_usd = 0.0
         self._open: dict[int, tuple[str, str, str, int, float]] = {}  # id → key, lane, model, tokens, cost
         self._ids = itertools.count(1)
+        self.rows_done = 0  # rows the callers finished (for progress; calls are counted per key)
 
     def reserve(self, model: str, estimated_tokens: int, estimated_cost: float, now: float | None = None) -> Reservation:
         now = time.monotonic() if now is None else now
@@ -229,7 +230,8 @@ class QuotaLedger:
                 total = models.setdefault(model, _new_stats())
                 for field_name, value in stats.items():
                     total[field_name] += value
-        return {"keys": keys, "models": models, "spent_usd": self.spent_usd, "budget_usd": self.budget_usd}
+        return {"keys": keys, "models": models, "spent_usd": self.spent_usd, "budget_usd": self.budget_usd,
+                "rows_done": self.rows_done}
 
 
 class QuotaBroker:
@@ -256,6 +258,9 @@ class QuotaBroker:
 
     async def snapshot(self) -> dict[str, Any]:
         return self.ledger.snapshot()
+
+    async def progress(self, rows: int) -> None:
+        self.ledger.rows_done += rows
 
 
 def start_broker(name: str, keys: list[KeyLimits], budget_usd: float | None, namespace: str):

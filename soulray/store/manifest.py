@@ -53,6 +53,9 @@ class Manifest(BaseModel):
     topics: dict[str, int] = Field(default_factory=dict)
     timings_s: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, Any] = Field(default_factory=dict)  # calls, tokens and spend this run, per API key
+    profile: dict[str, dict[str, int]] = Field(default_factory=dict)  # topics_in, utterances per dialogue, …
+    changes: dict[str, Any] = Field(default_factory=dict)  # against the parent version: added, removed, kept
+    report: list[Shard] = Field(default_factory=list)  # the run report's files (report/…), with checksums
 
     def to_json(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, indent=2).encode("utf-8")

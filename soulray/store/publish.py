@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from soulray import __version__
 from soulray.errors import StoreError
 from soulray.schema import REJECT
 from soulray.store.manifest import InputFile, Manifest, Shard, describe_schema
-from soulray.store.shards import ShardTarget, write_batch
+from soulray.store.shards import PROFILE, ShardTarget, write_batch
 from soulray.store.versions import VersionStore, utc_now
 
 if TYPE_CHECKING:
@@ -36,8 +38,14 @@ def build_manifest(*, store: VersionStore, version: str, run_id: str, parent_ver
     rejects = [_shard(fact) for fact in shard_facts if fact["kind"] == "rejects"]
     topics: Counter[str] = Counter()
     by_stage: dict[str, Counter[str]] = {}
+    profiles: dict[str, Counter[str]] = {}
     for fact in shard_facts:
-        for key, count in json.loads(fact["counts"]).items():
+        counts = json.loads(fact["counts"])
+        if fact["kind"] == PROFILE:
+            for name, distribution in counts.items():
+                profiles.setdefault(name, Counter()).update(distribution)
+            continue
+        for key, count in counts.items():
             if fact["kind"] == "data":
                 topics[key] += count
             else:
@@ -57,9 +65,46 @@ def build_manifest(*, store: VersionStore, version: str, run_id: str, parent_ver
         counts={"input_rows": input_rows, "output_rows": output_rows, "rejected_rows": rejected_rows,
                 "by_stage": {stage: dict(sorted(reasons.items())) for stage, reasons in sorted(by_stage.items())}},
         topics=dict(topics.most_common()), timings_s=timings_s or {}, usage=usage or {},
+        profile={name: dict(counts.most_common()) for name, counts in sorted(profiles.items())},
         tokens=(usage or {}).get("tokens", {}), cost_usd=(usage or {}).get("cost_usd", 0.0),
     )
 
 
 def _shard(fact: dict[str, Any]) -> Shard:
     return Shard(path=fact["path"], rows=fact["rows"], bytes=fact["bytes"], sha256=fact["sha256"])
+
+
+def changes_since(store: VersionStore, manifest: Manifest) -> dict[str, Any]:
+    """What this (not yet committed) version changed against its parent, by record_id: rows are
+    identified by content, so an edited source row counts as one removed and one added."""
+    if manifest.parent_version is None:
+        return {}
+    from soulray.store.reader import Version
+
+    def record_ids(version: Version) -> pa.Array:
+        tables = [version.to_arrow_dataset(kind).to_table(columns=["record_id"]) for kind in ("data", "rejects")
+                  if (version.manifest.data if kind == "data" else version.manifest.rejects)]
+        return pa.concat_tables(tables)["record_id"].combine_chunks() if tables else pa.array([], pa.string())
+
+    current = pc.unique(record_ids(Version(store, manifest)))
+    parent = pc.unique(record_ids(Version(store, store.manifest(manifest.parent_version))))
+    kept = pc.sum(pc.is_in(current, value_set=parent)).as_py() or 0
+    return {"parent": manifest.parent_version, "added": len(current) - kept, "removed": len(parent) - kept,
+            "kept": kept}
+
+
+def attach_report(store: VersionStore, manifest: Manifest) -> Manifest:
+    """Render the run report into the version's `report/` folder and list its files in the manifest
+    (with checksums, like shards), so the report is part of the version once the manifest commits."""
+    from soulray.fs import resolve
+    from soulray.report import render
+    from soulray.store.shards import upload
+
+    files = []
+    for name, content in render(manifest).items():
+        location = resolve(f"{store.version_uri(manifest.version)}/report/{name}", store.s3)
+        if not location.is_s3:
+            location.filesystem.create_dir(location.path.rsplit("/", 1)[0], recursive=True)
+        upload(location, pa.py_buffer(content))
+        files.append(Shard(path=f"report/{name}", rows=0, bytes=len(content), sha256=hashlib.sha256(content).hexdigest()))
+    return manifest.model_copy(update={"report": files})

@@ -29,14 +29,15 @@ log = logging.getLogger(__name__)
 
 SHARD_INFO = pa.schema(
     [
-        ("kind", pa.string()),  # data | rejects
+        ("kind", pa.string()),  # data | rejects | profile (no file: what the run report needs of a batch)
         ("path", pa.string()),  # relative to the version folder
         ("rows", pa.int64()),
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
-        ("counts", pa.string()),  # JSON: {"stage/reason": n} for rejects, {"topic": n} for data
+        ("counts", pa.string()),  # JSON: {"stage/reason": n} for rejects, {"topic": n} for data, see profile()
     ]
 )
+PROFILE = "profile"
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class ShardTarget:
 def write_batch(batch: pa.Table, target: ShardTarget) -> pa.Table:
     """Split `batch` into kept and rejected rows and write each as shards; returns SHARD_INFO rows."""
     kept, rejected = _split(batch)
-    infos = []
+    infos = [{"kind": PROFILE, "path": "", "rows": batch.num_rows, "bytes": 0, "sha256": "",
+              "counts": json.dumps(profile(batch, kept), ensure_ascii=False)}]
     if kept.num_rows:
         infos += _write_pieces(kept.select(target.data_schema.names).cast(target.data_schema), "data", target)
     if rejected.num_rows:
@@ -119,6 +121,18 @@ def _transient(exc: OSError) -> bool:
     message = str(exc).upper()
     permanent = ("ACCESS_DENIED", "NO_SUCH_BUCKET", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "FORBIDDEN")
     return not any(marker in message for marker in permanent)
+
+
+def profile(batch: pa.Table, kept: pa.Table) -> dict[str, dict[str, int]]:
+    """Distributions the run report shows, counted where the rows already are: topics of every input
+    row (before any drop) and utterances per published dialogue."""
+    found: dict[str, dict[str, int]] = {}
+    if "topic" in batch.column_names:
+        found["topics_in"] = dict(Counter(batch["topic"].to_pylist()))
+    if "messages" in kept.column_names and kept.num_rows:
+        lengths = pc.list_value_length(kept["messages"]).to_pylist()
+        found["utterances"] = {str(length): count for length, count in Counter(lengths).items()}
+    return found
 
 
 def _counts(table: pa.Table, kind: str) -> dict[str, int]:

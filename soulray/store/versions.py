@@ -127,7 +127,7 @@ class VersionStore:
         if not any(obj.key == f"{key}/{MANIFEST}" for obj in objects):
             return set()
         manifest = self.manifest(version)
-        return {f"{key}/{MANIFEST}"} | {f"{key}/{shard.path}" for shard in manifest.data + manifest.rejects}
+        return {f"{key}/{MANIFEST}"} | {f"{key}/{shard.path}" for shard in manifest.data + manifest.rejects + manifest.report}
 
 
 def store_for_path(path: str, s3: S3Config = S3Config()) -> tuple[VersionStore, str]:
