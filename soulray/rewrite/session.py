@@ -23,11 +23,16 @@ log = logging.getLogger(__name__)
 
 
 class RewriteSession:
-    def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config) -> None:
+    """`namespace` is the response cache's section: the rewrite prompt's version unless another user of
+    the API machinery (the evaluation's endpoint models and judge) names its own."""
+
+    def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config,
+                 namespace: str | None = None) -> None:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
         self.server = None
         self.broker = None
-        load_template(config.prompt)  # fail on a bad prompt before anything starts
+        # fail on a bad prompt before anything starts
+        self.namespace = namespace or load_template(config.prompt).version
 
     def __enter__(self) -> RewriteSession:
         import ray
@@ -45,8 +50,8 @@ class RewriteSession:
         broker_name = f"soulray-quota-broker-{self.run_id}"
         self.broker = start_broker(broker_name, keys, self.config.budget_usd, NAMESPACE)
         self._compact_cache()  # leftovers of runs that were killed before they could compact
-        index = build_index(self.store.cache_uri(), load_template(self.config.prompt).version, s3=self.s3)
-        log.info("rewrite: %d cached responses for prompt %s", len(index), self.config.prompt)
+        index = build_index(self.store.cache_uri(), self.namespace, s3=self.s3)
+        log.info("rewrite: %d cached responses for %s", len(index), self.namespace)
         self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
                               cache_index=ray.put(index))
         return self
@@ -72,7 +77,7 @@ class RewriteSession:
 
     def _compact_cache(self) -> None:
         try:
-            compact(self.store.cache_uri(), load_template(self.config.prompt).version, s3=self.s3)
+            compact(self.store.cache_uri(), self.namespace, s3=self.s3)
         except (OSError, SoulrayError) as exc:  # the run's outcome does not depend on it; the next run retries
             log.warning("rewrite: cache compaction failed (%s); the journals stay as they are", exc)
 

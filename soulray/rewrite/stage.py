@@ -97,19 +97,20 @@ def _client(key: ApiKey, base_url: str, timeout_s: float):
                               timeout=timeout_s)
 
 
-class Rewriter:
-    """The async callable class run by `map_batches` in an actor pool."""
+class LLMCaller:
+    """One actor's way to an OpenAI-compatible API: reservations from the cluster-wide quota broker,
+    retries, the response cache (under `namespace`, a prompt or rubric version) and the accounting.
+    The rewrite stage is one user (Rewriter); the evaluation's endpoint models and judge are others."""
 
-    def __init__(self, *, config: RewriteConfig, run: RewriteRun) -> None:
+    def __init__(self, *, config: RewriteConfig, run: RewriteRun, namespace: str) -> None:
         import ray
 
-        self.config, self.run = config, run
-        self.template = load_template(config.prompt)
+        self.config, self.run, self.namespace = config, run, namespace
         self.decoding = {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
         self.clients = {key.name: _client(key, run.base_url, config.timeout_s) for key in config.keys}
         self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
         index = ray.get(run.cache_index) if run.cache_index is not None else None
-        self.cache = ResponseCache(run.cache_uri, self.template.version, s3=run.s3, index=index)
+        self.cache = ResponseCache(run.cache_uri, namespace, s3=run.s3, index=index)
         self.flushed_at = time.monotonic()
         self.flushing: asyncio.Future | None = None
         self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
@@ -119,11 +120,10 @@ class Rewriter:
         self.requests: list[tuple[tuple[str, int, float], asyncio.Future]] = []
         self.requesting: asyncio.Task | None = None
 
-    async def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
+    async def finish_batch(self) -> None:
+        """At the end of every batch: persist its paid completions and settle its reservations."""
         await self._flush_cache(force=True)
         await self._send_settlements()
-        return pa.Table.from_pylist(rows, schema=WORKING_DIALOGUE)
 
     async def _flush_cache(self, *, force: bool = False) -> None:
         """Persist paid completions: every FLUSH_EVERY_S while calls complete (a killed job then loses
@@ -175,41 +175,19 @@ class Rewriter:
             pending, self.settlements = self.settlements, []
             await self.broker.settle_many.remote(pending)
 
-    async def _row(self, unit: dict[str, Any]) -> dict[str, Any]:
-        row = _dialogue_row(unit, self.template.version)
-        if unit["reject_reason"]:
-            return row
-        model = route_model(unit["record_id"], self.config)
-        row["model"] = model
-        messages = self.template.render(unit["question"], unit["description"], unit["answer"])
-        parsed = None
-        async with self.semaphore:
-            for attempt in range(self.config.max_reasks + 1):
-                result = await self._complete(unit, model, messages, attempt)
-                row["attempts"] = attempt + 1
-                if isinstance(result, Failure):
-                    return _reject(row, STAGE, result.reason, result.detail)
-                row["api_key_name"] = result.key
-                row["prompt_tokens"] += result.prompt_tokens
-                row["completion_tokens"] += result.completion_tokens
-                row["cost_usd"] += result.cost_usd
-                parsed = parse_completion(result.text, result.finish_reason, min_turns=self.config.min_turns,
-                                          max_turns=self.config.max_turns)
-                if parsed.ok:
-                    row["messages"] = parsed.messages
-                    return row
-        return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
-
-    async def _complete(self, unit: dict[str, Any], model: str, messages: list[dict[str, str]],
-                        attempt: int) -> Completion | Failure:
-        key = call_key(messages, self.template.version, model, self.decoding, attempt)
+    async def complete(self, *, record_id: str, model: str, messages: list[dict[str, str]], attempt: int,
+                       expected_chars: int) -> Completion | Failure:
+        """One completion of `messages`: from the cache, or paid for under the broker's quotas (retried
+        as configured). `attempt` numbers re-asks (each is a new call, with a new seed); `expected_chars`
+        sizes the token reservation (about 2 tokens a character, see estimate_tokens)."""
+        key = call_key(messages, self.namespace, model, self.decoding, attempt)
         cached = self.cache.get(key)
         if cached is not None:
             return Completion(cached["completion"], cached["finish_reason"], cached["prompt_tokens"],
                               cached["completion_tokens"], cached["cost_usd"], cached["api_key_name"], cached=True)
-        result = await self._call(model, messages, seed=int(key[:8], 16), source_chars=len(unit["answer"]))
+        result = await self._call(model, messages, seed=int(key[:8], 16), source_chars=expected_chars)
         if isinstance(result, Completion):
-            self.cache.put({"call_key": key, "record_id": unit["record_id"], "model": model,
+            self.cache.put({"call_key": key, "record_id": record_id, "model": model,
                             "api_key_name": result.key, "completion": result.text,
                             "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
                             "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd})
@@ -282,6 +260,44 @@ class Rewriter:
         return outcome, Completion(choice.message.content or "", choice.finish_reason or "stop", prompt_tokens,
                                    completion_tokens, cost, reservation.key, cached=False)
 
+
+class Rewriter(LLMCaller):
+    """The rewrite stage's async callable class, run by `map_batches` in an actor pool."""
+
+    def __init__(self, *, config: RewriteConfig, run: RewriteRun) -> None:
+        self.template = load_template(config.prompt)
+        super().__init__(config=config, run=run, namespace=self.template.version)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
+        await self.finish_batch()
+        return pa.Table.from_pylist(rows, schema=WORKING_DIALOGUE)
+
+    async def _row(self, unit: dict[str, Any]) -> dict[str, Any]:
+        row = _dialogue_row(unit, self.template.version)
+        if unit["reject_reason"]:
+            return row
+        model = route_model(unit["record_id"], self.config)
+        row["model"] = model
+        messages = self.template.render(unit["question"], unit["description"], unit["answer"])
+        parsed = None
+        async with self.semaphore:
+            for attempt in range(self.config.max_reasks + 1):
+                result = await self.complete(record_id=unit["record_id"], model=model, messages=messages,
+                                             attempt=attempt, expected_chars=len(unit["answer"]))
+                row["attempts"] = attempt + 1
+                if isinstance(result, Failure):
+                    return _reject(row, STAGE, result.reason, result.detail)
+                row["api_key_name"] = result.key
+                row["prompt_tokens"] += result.prompt_tokens
+                row["completion_tokens"] += result.completion_tokens
+                row["cost_usd"] += result.cost_usd
+                parsed = parse_completion(result.text, result.finish_reason, min_turns=self.config.min_turns,
+                                          max_turns=self.config.max_turns)
+                if parsed.ok:
+                    row["messages"] = parsed.messages
+                    return row
+        return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
 
 
 def estimate_tokens(messages: list[dict[str, str]], source_chars: int, max_tokens: int) -> tuple[int, int]:
