@@ -256,6 +256,9 @@ def main() -> int:
         results["rewrite_overhead_zero_latency"] = bench_rewrite_overhead(Path(workdir), 1_000 if args.quick else 3_000,
                                                                           1 if args.quick else 3)
         results["rewrite_quota_utilisation"] = bench_rewrite_quota(Path(workdir), 45.0 if args.quick else 150.0)
+        import train as train_bench  # bench/train.py, beside this script
+
+        results["finetune"] = train_bench.keep_plot(train_bench.run(Path(workdir), args.quick), Path(args.out))
         import dedup as dedup_bench  # bench/dedup.py, beside this script
 
         results["dedup"] = dedup_bench.run(Path(workdir), args.quick)
@@ -297,6 +300,10 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
         import dedup as dedup_bench
 
         lines += ["", dedup_bench.markdown(results["dedup"])]
+    if "finetune" in results:
+        import train as train_bench
+
+        lines += ["", train_bench.markdown(results["finetune"])]
     (out / "latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

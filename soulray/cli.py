@@ -34,6 +34,18 @@ def regenerate_main(args: argparse.Namespace) -> int:
     return 0
 
 
+FINETUNE_DEMO_CONFIG = Path(__file__).parent / "configs" / "finetune-demo.yaml"
+
+
+def finetune_main(args: argparse.Namespace) -> int:
+    from soulray.config import FinetuneConfig
+    from soulray.finetune import run, summary
+
+    config = load_config(FinetuneConfig, args.config, args.overrides)
+    print(summary(run(config)))
+    return 0
+
+
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("version", nargs="?", default="latest",
                         help="'latest', a version id, or a version path (…/<dataset>/versions/<id>)")
@@ -135,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     regenerate = commands.add_parser("regenerate", help="run the regenerate job (sources → published version)")
     add_config_arguments(regenerate)
     regenerate.set_defaults(func=regenerate_main)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a model on a published version with Ray Train")
+    add_config_arguments(finetune, default=FINETUNE_DEMO_CONFIG)
+    finetune.set_defaults(func=finetune_main)
 
     importer = commands.add_parser("import", help="convert PsyQA / SMILECHAT / SoulChatCorpus JSON to Parquet")
     importer.add_argument("format", choices=["psyqa", "smilechat", "soulchatcorpus"])

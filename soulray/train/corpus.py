@@ -1,0 +1,49 @@
+"""Publish an existing dialogue corpus (e.g. the SMILECHAT sample) as a version, to fine-tune on it
+without running the rewrite: tests, benchmarks, and users who bring an already-rewritten corpus."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from soulray.config import S3Config
+from soulray.schema import DIALOGUE, dialogue_id, record_id
+from soulray.store import ShardTarget, VersionStore, build_manifest
+from soulray.store.shards import write_batch
+
+
+def smilechat_dialogues(folder: str | Path, *, limit: int | None = None) -> pa.Table:
+    """DIALOGUE rows from the SMILECHAT sample layout (dialogs.parquet + qa.parquet, joined on the
+    dialogue id = answer_id), keeping question_id so splits stay by question."""
+    folder = Path(folder)
+    dialogs = pq.read_table(folder / "dialogs.parquet")
+    if limit is not None:
+        dialogs = dialogs.slice(0, limit)
+    qa = pq.read_table(folder / "qa.parquet", columns=["question_id", "answer_id", "question", "answer"]).to_pylist()
+    by_answer = {row["answer_id"]: row for row in qa}
+    rows = []
+    for index, (source_id, messages) in enumerate(zip(dialogs["id"].to_pylist(), dialogs["messages"].to_pylist(),
+                                                      strict=True)):
+        pair = by_answer.get(source_id, {})
+        record = record_id(pair.get("question") or source_id, "", pair.get("answer") or str(messages))
+        rows.append({"id": dialogue_id(record), "record_id": record, "question_id": pair.get("question_id") or source_id,
+                     "topic": "", "messages": messages, "source_file": str(folder / "dialogs.parquet"),
+                     "source_row": index})
+    return pa.Table.from_pylist(rows, schema=DIALOGUE)
+
+
+def publish_dialogues(table: pa.Table, *, root: str, dataset: str, s3: S3Config = S3Config(),
+                      job: str = "import-dialogues") -> str:
+    """Commit `table` (schema.DIALOGUE) as a new version of `dataset` under `root`; returns the version."""
+    store = VersionStore(root, dataset, s3=s3)
+    run_id = uuid.uuid4().hex[:12]
+    version = f"import-{run_id[:8]}"
+    target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=DIALOGUE, s3=s3)
+    facts = write_batch(table.cast(DIALOGUE), target).to_pylist()
+    store.commit(build_manifest(store=store, version=version, run_id=run_id, parent_version=store.latest(), job=job,
+                                config={}, config_hash="-", inputs=[], input_rows=table.num_rows,
+                                data_schema=DIALOGUE, shard_facts=facts))
+    return version

@@ -1,0 +1,88 @@
+"""What breaks on a real cluster, made to happen here: rewrite actors SIGKILLed mid-run. The job must
+finish with every row accounted for exactly once, and pay again only for what the killed actors had in
+flight. (Killing the whole job and resuming: tests/rewrite/test_resume.py; LLM faults:
+tests/rewrite/test_stage.py; S3 faults during publish: tests/store.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from soulray.cli import DEMO_CONFIG
+from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.regenerate import run
+from soulray.rewrite.cache import build_index
+from soulray.rewrite.server import SimulatedKey
+from soulray.schema import record_id
+from soulray.store import VersionStore, open_version
+from tests.conftest import DEMO_QA, TEST_API_KEYS
+
+ACTORS, CONCURRENCY = 2, 8
+
+
+def rewrite_actor_pids(ray) -> list[int]:
+    """PIDs of the rewrite actors of this test session's Ray (children of its raylet only: other Rays
+    may run on this machine)."""
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    found = []
+    for child in psutil.Process(raylet).children(recursive=True):
+        try:
+            if "Rewriter" in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_rewrite_actors_killed_mid_run(ray_local, llm, tmp_path):
+    server, url = llm(keys={TEST_API_KEYS["SOULRAY_TEST_KEY_A"]: SimulatedKey()}, latency_ms=(200.0, 400.0))
+    paid = lambda: server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]].completed  # noqa: E731
+    keys = [{"name": "a", "api_key_env": "SOULRAY_TEST_KEY_A", "rpm": 100_000, "tpm": 10**8}]
+    config = load_config(RegenerateConfig, DEMO_CONFIG, [
+        f"storage.root={tmp_path}", f"rewrite.base_url={url}", f"rewrite.keys={json.dumps(keys)}",
+        f"rewrite.actors={ACTORS}", f"rewrite.concurrency_per_actor={CONCURRENCY}", "rewrite.batch_size=8",
+        "filters.source=[]", "filters.dialogue=[]"])
+    kills: list[int] = []
+
+    def killer() -> None:
+        for threshold in (40, 110, 180):  # three kills, spread over the run
+            while TEST_API_KEYS["SOULRAY_TEST_KEY_A"] not in server.stats or paid() < threshold:
+                if done.is_set():
+                    return
+                time.sleep(0.05)
+            pids = rewrite_actor_pids(ray_local)
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                kills.append(pids[0])
+
+    done = threading.Event()
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        result = run(config)
+    finally:
+        done.set()
+        thread.join(10)
+    assert len(kills) == 3
+
+    counts = result.manifest.counts
+    assert counts["input_rows"] == 300 == counts["output_rows"] + counts["rejected_rows"]
+    version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
+    data, rejects = version.to_table(), version.to_table("rejects")
+    assert pc.count_distinct(data["record_id"]).as_py() == data.num_rows  # nothing twice
+    source = pq.read_table(DEMO_QA)
+    expected = {record_id(q, "", a) for q, a in zip(source["question"].to_pylist(), source["answer"].to_pylist(),
+                                                    strict=True)}
+    assert set(data["record_id"].to_pylist()) | set(rejects["record_id"].to_pylist()) == expected
+    recorded = len(build_index(VersionStore(str(tmp_path), "smilechat-demo").cache_uri(), "soulchat-v1", s3=S3Config()))
+    # each kill loses at most what that actor had in flight and what it answered in its last second
+    assert paid() - recorded <= len(kills) * CONCURRENCY * (1 + 1 / 0.2)
