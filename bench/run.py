@@ -265,6 +265,12 @@ def main() -> int:
     write_report(Path(args.out), results, quick=args.quick)
     return 0
 
+        import e2e as e2e_bench  # bench/e2e.py, beside this script
+
+        results["e2e"] = e2e_bench.run(Path(workdir), args.quick)
+        import filters as filters_bench  # bench/filters.py, beside this script
+
+        results["filters"] = filters_bench.run(Path(workdir), args.quick)
 
 def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -303,7 +309,11 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
     if "finetune" in results:
         import train as train_bench
 
-        lines += ["", train_bench.markdown(results["finetune"])]
+        lines += ["", filters_bench.markdown(results["filters"])]
+    if "e2e" in results:
+        import e2e as e2e_bench
+
+        lines += ["", e2e_bench.markdown(results["e2e"])]
     (out / "latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,114 @@
+"""End to end: the regenerate job (`python jobs/regenerate.py`, every stage on, a local Ray of its own)
+over synthetic PsyQA-shaped sources of growing size, through `soulray serve-llm` at zero latency.
+
+Per size: wall time of the whole command, rows/s, and the peak resident memory of the job's process
+tree (driver, Ray's daemons and workers; sampled every 0.5 s, so a shorter spike can be missed; shared
+object-store pages are counted once per process that maps them, so it overstates). The figure that
+tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
+(1.00 = linear time).
+
+    python bench/e2e.py --sizes 10000 100000           # what `make bench` runs
+    python bench/e2e.py --sizes 1000000                 # the 1M point: over an hour on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from soulray.sources.synthetic import write_synthetic  # noqa: E402
+from soulray.store import VersionStore  # noqa: E402
+
+FULL_SIZES, QUICK_SIZES = (10_000, 100_000), (2_000, 10_000)
+
+
+def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None) -> dict:
+    from run import free_port, wait_for  # bench/run.py, beside this script
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "soulray", "serve-llm", "--port", str(port), "--rpm", "10000000",
+                               "--tpm", "10000000000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(port)
+        points = [_one_size(workdir, size, f"http://127.0.0.1:{port}/v1")
+                  for size in (sizes or (QUICK_SIZES if quick else FULL_SIZES))]
+    finally:
+        server.terminate()
+    base = points[0]["rows_per_s"]
+    for previous, point in zip([None, *points[:-1]], points, strict=True):
+        point["rate_vs_smallest"] = point["rows_per_s"] / base
+        # the per-row cost with the fixed start-up (Ray, actors, imports) taken out
+        point["marginal_rows_per_s"] = ((point["rows"] - previous["rows"]) / max(point["wall_s"] - previous["wall_s"], 1e-9)
+                                        if previous else None)
+    return {"points": points}
+
+
+def _one_size(workdir: Path, rows: int, url: str) -> dict:
+    source = workdir / f"e2e-{rows}.parquet"
+    write_synthetic(source, rows, seed=11, chunk_rows=min(rows, 50_000))
+    root = workdir / f"e2e-out-{rows}"
+    command = [sys.executable, str(ROOT / "jobs" / "regenerate.py"), "--config", "soulray/configs/demo.yaml",
+               "--set", f"sources=[{{path: {source}, columns: {{description: description, topic: topic}}}}]",
+               "--set", f"storage.root={root}", "--set", f"rewrite.base_url={url}", "--set", "storage.rows_per_shard=20000",
+               "--set", "rewrite.concurrency_per_actor=32"]
+    started = time.perf_counter()
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while job.poll() is None:
+        peak = max(peak, _tree_rss(job.pid))
+        time.sleep(0.5)
+    wall = time.perf_counter() - started
+    output, errors = job.communicate()
+    if job.returncode != 0:
+        raise RuntimeError(f"e2e {rows}: the job failed:\n{errors[-3000:]}")
+    counts = VersionStore(str(root), "smilechat-demo").manifest("latest").counts
+    return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_rss_mb": peak / 2**20,
+            "output_rows": counts["output_rows"], "rejected_rows": counts["rejected_rows"]}
+
+
+def _tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def markdown(result: dict) -> str:
+    lines = ["| regenerate job, end to end (zero-latency local LLM) | wall | rows/s | rate vs smallest | marginal rows/s "
+             "| peak RSS (tree) | published + rejected |", "|---|---|---|---|---|---|---|"]
+    for point in result["points"]:
+        marginal = f"{point['marginal_rows_per_s']:.0f}" if point["marginal_rows_per_s"] else "–"
+        lines.append(f"| {point['rows']:,} rows | {point['wall_s']:.0f} s | {point['rows_per_s']:.0f} | "
+                     f"{point['rate_vs_smallest']:.2f}× | {marginal} | {point['peak_rss_mb']:,.0f} MB | "
+                     f"{point['output_rows']:,} + {point['rejected_rows']:,} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(FULL_SIZES))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        print(markdown(run(Path(workdir), False, tuple(args.sizes))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
