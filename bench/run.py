@@ -262,15 +262,12 @@ def main() -> int:
         import dedup as dedup_bench  # bench/dedup.py, beside this script
 
         results["dedup"] = dedup_bench.run(Path(workdir), args.quick)
-    write_report(Path(args.out), results, quick=args.quick)
-    return 0
-
         import e2e as e2e_bench  # bench/e2e.py, beside this script
 
         results["e2e"] = e2e_bench.run(Path(workdir), args.quick)
-        import filters as filters_bench  # bench/filters.py, beside this script
+    write_report(Path(args.out), results, quick=args.quick)
+    return 0
 
-        results["filters"] = filters_bench.run(Path(workdir), args.quick)
 
 def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +306,7 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
     if "finetune" in results:
         import train as train_bench
 
-        lines += ["", filters_bench.markdown(results["filters"])]
+        lines += ["", train_bench.markdown(results["finetune"])]
     if "e2e" in results:
         import e2e as e2e_bench
 
