@@ -259,6 +259,9 @@ def main() -> int:
         import train as train_bench  # bench/train.py, beside this script
 
         results["finetune"] = train_bench.keep_plot(train_bench.run(Path(workdir), args.quick), Path(args.out))
+        import evaluate as evaluate_bench  # bench/evaluate.py, beside this script
+
+        results["evaluate"] = evaluate_bench.run(Path(workdir), args.quick)
         import dedup as dedup_bench  # bench/dedup.py, beside this script
 
         results["dedup"] = dedup_bench.run(Path(workdir), args.quick)
@@ -307,6 +310,10 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
         import train as train_bench
 
         lines += ["", train_bench.markdown(results["finetune"])]
+    if "evaluate" in results:
+        import evaluate as evaluate_bench
+
+        lines += ["", evaluate_bench.markdown(results["evaluate"])]
     if "e2e" in results:
         import e2e as e2e_bench
 

@@ -46,6 +46,17 @@ def finetune_main(args: argparse.Namespace) -> int:
     return 0
 
 
+EVALUATE_DEMO_CONFIG = Path(__file__).parent / "configs" / "evaluate-demo.yaml"
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    from soulray.config import EvaluateConfig
+    from soulray.evaluation import run, summary
+
+    print(summary(run(load_config(EvaluateConfig, args.config, args.overrides))))
+    return 0
+
+
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("version", nargs="?", default="latest",
                         help="'latest', a version id, or a version path (…/<dataset>/versions/<id>)")
@@ -151,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="fine-tune a model on a published version with Ray Train")
     add_config_arguments(finetune, default=FINETUNE_DEMO_CONFIG)
     finetune.set_defaults(func=finetune_main)
+
+    evaluate = commands.add_parser("evaluate", help="score models on a version's held-out dialogues (BLEU, ROUGE, judge)")
+    add_config_arguments(evaluate, default=EVALUATE_DEMO_CONFIG)
+    evaluate.set_defaults(func=evaluate_main)
 
     importer = commands.add_parser("import", help="convert PsyQA / SMILECHAT / SoulChatCorpus JSON to Parquet")
     importer.add_argument("format", choices=["psyqa", "smilechat", "soulchatcorpus"])
