@@ -15,7 +15,7 @@ from typing import Any
 from soulray.store.manifest import Manifest
 
 # Where each stage runs in the regenerate/clean jobs, so the flow chart reads left to right.
-STAGE_ORDER = ["normalise", "filter_source", "dedup_source", "rewrite", "parse", "filter_dialogue", "dedup_dialogue"]
+STAGE_ORDER = ["normalize", "filter_source", "dedup_source", "rewrite", "parse", "filter_dialogue", "dedup_dialogue"]
 TOP_TOPICS = 12
 
 
