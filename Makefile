@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= soulray/configs/demo.yaml
 FINETUNE_CONFIG ?= soulray/configs/finetune-demo.yaml
+EVALUATE_CONFIG ?= soulray/configs/evaluate-demo.yaml
 # Extra `--set key=value` overrides for run/submit, e.g. make run ARGS="--set storage.root=/tmp/out"
 ARGS   ?=
 export HF_HUB_OFFLINE := 1
 # Extra `ray job submit` options for submit, e.g. RAY_JOB_EXTRA="--runtime-env-json '{\"pip\": [...]}'"
 RAY_JOB_EXTRA ?=
 
-.PHONY: run finetune test test-fast bench bench-quick lint submit clean
+.PHONY: run finetune evaluate test test-fast bench bench-quick lint submit clean
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ run: $(STAMP)  ## regenerate the bundled sample on a local Ray into ./output
 
 finetune: $(STAMP)  ## fine-tune the tiny model on the version `make run` published (CPU, a few minutes)
 	$(BIN)/python jobs/finetune.py --config $(FINETUNE_CONFIG) $(ARGS)
+
+evaluate: $(STAMP)  ## score the newest `make finetune` model, before and after, on held-out dialogues (Table 1)
+	$(BIN)/python jobs/evaluate.py --config $(EVALUATE_CONFIG) $(ARGS)
 
 test: $(STAMP)  ## the whole test suite (starts local Ray and a loopback S3 server itself)
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
