@@ -23,6 +23,8 @@ from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
 from soulray.store import (
     InputFile,
     Manifest,
+    attach_report,
+    changes_since,
     ShardTarget,
     VersionStore,
     build_manifest,
@@ -72,7 +74,7 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
     with ExitStack() as cleanup:
         if config.rewrite.enabled:
             rewrite = cleanup.enter_context(RewriteSession(config.rewrite, run_id=run_id, store=store, s3=config.s3))
-            pipeline, data_schema = rewrite.apply(pipeline), DIALOGUE
+            pipeline, data_schema = rewrite.apply(pipeline, expected_rows=input_rows), DIALOGUE
         target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=data_schema,
                              s3=config.s3, max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
         phase = time.perf_counter()
@@ -88,6 +90,7 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
         data_schema=data_schema, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started}, usage=usage,
     )
+    manifest = attach_report(store, manifest.model_copy(update={"changes": changes_since(store, manifest)}))
     store.commit(manifest)
     return RunResult(manifest=manifest, version_uri=store.version_uri(version))
 
@@ -158,6 +161,12 @@ def summary(result: RunResult | DryRun) -> str:
                      f"{stats['completion_tokens']:.0f} tokens, ${stats['cost_usd']:.4f}")
     if manifest.usage:
         lines.append(f"  spend   ${manifest.cost_usd:.4f} this run; tokens {manifest.tokens}")
+    if manifest.changes:
+        changes = manifest.changes
+        lines.append(f"  changes {changes['added']} added, {changes['removed']} removed, {changes['kept']} kept "
+                     f"since {changes['parent']}")
+    if manifest.report:
+        lines.append(f"  report  {result.version_uri}/report/report.md")
     lines.append(f"  shards  {len(manifest.data)} data, {len(manifest.rejects)} rejects; "
                  f"{manifest.timings_s.get('total_s', 0):.1f}s")
     return "\n".join(lines)

@@ -4,6 +4,8 @@ server when base_url is 'local'), the named quota broker, the cache location; to
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
@@ -31,6 +33,7 @@ class RewriteSession:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
         self.server = None
         self.broker = None
+        self.progress: _ProgressLog | None = None
         # fail on a bad prompt before anything starts
         self.namespace = namespace or load_template(config.prompt).version
 
@@ -56,9 +59,14 @@ class RewriteSession:
                               cache_index=ray.put(index))
         return self
 
-    def apply(self, pipeline: ray.data.Dataset) -> ray.data.Dataset:
+    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None) -> ray.data.Dataset:
+        """The rewrite stage on `pipeline`; with `expected_rows`, a progress line is logged every
+        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend)."""
         import ray.data
 
+        if expected_rows is not None and self.progress is None:
+            self.progress = _ProgressLog(self.broker, expected_rows)
+            self.progress.start()
         config = self.config
         return pipeline.map_batches(
             Rewriter, fn_constructor_kwargs={"config": config, "run": self.run}, batch_size=config.batch_size,
@@ -84,6 +92,8 @@ class RewriteSession:
     def __exit__(self, *exc: object) -> None:
         import ray
 
+        if self.progress is not None:
+            self.progress.stop()
         if self.broker is not None:
             ray.kill(self.broker)
         if self.server is not None:
@@ -99,3 +109,42 @@ def key_limits(key: ApiKey) -> KeyLimits:
     return KeyLimits(name=key.name, rpm=key.rpm, tpm=key.tpm, max_concurrent=key.max_concurrent,
                      budget_usd=key.budget_usd, models=tuple(key.models) if key.models else None,
                      model_limits=per_model)
+
+
+PROGRESS_EVERY_S = 10.0
+
+
+class _ProgressLog(threading.Thread):
+    """Logs how the rewrite is going, from the broker's counters, until stopped."""
+
+    def __init__(self, broker: Any, expected_rows: int, every_s: float = PROGRESS_EVERY_S) -> None:
+        super().__init__(daemon=True, name="soulray-progress")
+        self.broker, self.expected_rows, self.every_s = broker, expected_rows, every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import ray
+
+        started = time.monotonic()
+        while not self.stopped.wait(self.every_s):
+            try:
+                snapshot = ray.get(self.broker.snapshot.remote(), timeout=self.every_s)
+            except Exception:  # noqa: BLE001 - a missed progress line is no reason to disturb the run
+                continue
+            log.info(progress_line(snapshot, self.expected_rows, time.monotonic() - started))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=self.every_s + 1)
+
+
+def progress_line(snapshot: dict[str, Any], expected_rows: int, elapsed_s: float) -> str:
+    done = snapshot.get("rows_done", 0)
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    eta = f"{(expected_rows - done) / rate:.0f}s" if rate > 0 and done < expected_rows else "–"
+    keys = snapshot["keys"].values()
+    calls, limited = sum(k["requests"] for k in keys), sum(k["rate_limited"] for k in keys)
+    tokens = sum(k["prompt_tokens"] + k["completion_tokens"] for k in keys)
+    share = f" ({100 * done / expected_rows:.0f}%)" if expected_rows else ""
+    return (f"rewrite progress: {done}/{expected_rows} rows{share}, {rate:.1f} rows/s, ETA {eta}; "
+            f"{calls:.0f} calls ({limited:.0f} rate-limited), {tokens:.0f} tokens, ${snapshot['spent_usd']:.4f} spent")

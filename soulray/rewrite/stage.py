@@ -271,6 +271,7 @@ class Rewriter(LLMCaller):
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
         await self.finish_batch()
+        self.broker.progress.remote(len(rows))  # for the driver's progress line; nothing waits on it
         return pa.Table.from_pylist(rows, schema=WORKING_DIALOGUE)
 
     async def _row(self, unit: dict[str, Any]) -> dict[str, Any]:
