@@ -268,6 +268,9 @@ def main() -> int:
         import e2e as e2e_bench  # bench/e2e.py, beside this script
 
         results["e2e"] = e2e_bench.run(Path(workdir), args.quick)
+        import filters as filters_bench  # bench/filters.py, beside this script
+
+        results["filters"] = filters_bench.run(Path(workdir), args.quick)
     write_report(Path(args.out), results, quick=args.quick)
     return 0
 
@@ -318,6 +321,10 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
         import e2e as e2e_bench
 
         lines += ["", e2e_bench.markdown(results["e2e"])]
+    if "filters" in results:
+        import filters as filters_bench
+
+        lines += ["", filters_bench.markdown(results["filters"])]
     (out / "latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,4 +1,4 @@
-"""The `soulray` command: import, synth, regenerate, serve-llm, inspect, export, gc.
+"""The `soulray` command: import, synth, regenerate, clean, serve-llm, inspect, export, gc.
 
 User mistakes (SoulrayError, including one raised inside a Ray task) print one clear message and exit
 with status 2; anything else is a bug and keeps its traceback.
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.config import CleanConfig, RegenerateConfig, S3Config, load_config
 from soulray.errors import SoulrayError
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -54,6 +54,29 @@ def evaluate_main(args: argparse.Namespace) -> int:
     from soulray.evaluation import run, summary
 
     print(summary(run(load_config(EvaluateConfig, args.config, args.overrides))))
+    return 0
+
+
+def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True,
+                        help="the corpus: Parquet (id, topic, messages) or JSON the importers read "
+                             "(SoulChatCorpus list, SMILECHAT file or folder)")
+    parser.add_argument("--output", required=True, help="store root (local folder or s3://bucket/prefix)")
+    parser.add_argument("--format", choices=["auto", "parquet", "smilechat", "soulchatcorpus"], default=None,
+                        help="input format (default: detected)")
+    parser.add_argument("--dataset", default=None, help="dataset name under the root (default: cleaned)")
+    add_config_arguments(parser, default=None)
+
+
+def clean_main(args: argparse.Namespace) -> int:
+    from soulray.clean import run
+    from soulray.regenerate import summary
+
+    flags = [f"input.path={args.input}", f"storage.root={args.output}"]
+    flags += [f"input.format={args.format}"] if args.format else []
+    flags += [f"dataset={args.dataset}"] if args.dataset else []
+    config = load_config(CleanConfig, args.config, flags + args.overrides)
+    print(summary(run(config)))
     return 0
 
 
@@ -158,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     regenerate = commands.add_parser("regenerate", help="run the regenerate job (sources → published version)")
     add_config_arguments(regenerate)
     regenerate.set_defaults(func=regenerate_main)
+
+    clean = commands.add_parser("clean", help="filter an existing multi-turn corpus and publish a version (no rewrite)")
+    add_clean_arguments(clean)
+    clean.set_defaults(func=clean_main)
 
     finetune = commands.add_parser("finetune", help="fine-tune a model on a published version with Ray Train")
     add_config_arguments(finetune, default=FINETUNE_DEMO_CONFIG)

@@ -165,6 +165,187 @@ class RewriteConfig(StrictModel):
     local_server: LocalServerConfig = LocalServerConfig()
 
 
+# ---- filters and clean (soulray/filters/, soulray/clean.py, jobs/clean.py) ----------------------------------
+# A chain is an ordered list of filter specs; each spec names its filter (`name`) and sets its parameters.
+# Defaults follow SoulChat and SMILE (../shared/reference/SOULCHAT.md); soulray/filters/ cites each rule.
+
+PiiType = Literal["email", "url", "id", "bankcard", "phone", "ip", "qq", "wechat"]
+Role = Literal["user", "assistant"]
+
+# SMILE's forum-word replacements, in its order, then its removal of fragments containing 抱抱.
+SMILE_FORUM_RULES = [("楼主你", "你"), ("题主你", "你"), ("楼主", "你"), ("题主", "你"), ("阿凉", "我"), ("答主", "人")]
+HUG_FRAGMENT = r"[^。！？!?～~，,；;\n]*抱抱[^。！？!?～~，,；;\n]*[。！？!?～~，,；;]*"
+# Self-harm and suicide vocabulary (incl. SoulChat's 自杀 and 跳楼); literal substrings.
+CRISIS_TERMS = ["自杀", "轻生", "自尽", "寻死", "想死", "不想活", "活不下去", "结束生命", "结束自己的生命", "了结自己",
+                "割腕", "跳楼", "跳河", "上吊", "吞药", "自残", "自伤", "伤害自己", "遗书"]
+AI_DISCLOSURE_PATTERNS = [
+    r"作为(?:一个|一名|一位)?(?:AI|ai|人工智能|语言模型|AI语言模型|AI助手|智能助手|聊天机器人|虚拟助手|机器人)",
+    r"我(?:只)?是(?:一个|一名)?(?:AI|ai|人工智能|语言模型|AI语言模型|AI助手|聊天机器人|虚拟助手|机器人)",
+    r"(?:人工智能|AI)语言模型",
+    r"(?i)as an ai|language model",
+]
+
+
+class ReplaceRule(StrictModel):
+    pattern: str = Field(min_length=1)
+    replacement: str = ""
+    regex: bool = Field(False, description="pattern is an RE2 regular expression, not literal text")
+
+
+class ForumWordsSpec(StrictModel):
+    name: Literal["forum_words"]
+    rules: list[ReplaceRule] = Field(default_factory=lambda: [ReplaceRule(pattern=p, replacement=r)
+                                                              for p, r in SMILE_FORUM_RULES]
+                                     + [ReplaceRule(pattern=HUG_FRAGMENT, regex=True)])
+
+
+class LengthCapSpec(StrictModel):
+    name: Literal["length_cap"]
+    max_chars: int = Field(1800, ge=1, description="all of a row's text together (SMILE: 1,800)")
+
+
+class TooShortSpec(StrictModel):
+    name: Literal["too_short"]
+    min_user_chars: int = Field(5, ge=0, description="question + description, or all user turns")
+    min_assistant_chars: int = Field(10, ge=0, description="answer, or all counselor turns")
+
+
+class PiiSpec(StrictModel):
+    name: Literal["pii_redact"]
+    types: list[PiiType] = Field(default_factory=lambda: ["email", "url", "id", "bankcard", "phone", "ip", "qq",
+                                                          "wechat"])
+    context_chars: int = Field(8, ge=0, le=40, description="QQ/WeChat IDs count within this many chars of a "
+                                                            "context word; order words this close veto numbers")
+
+
+class CrisisSpec(StrictModel):
+    name: Literal["crisis_screen"]
+    terms: list[str] = Field(default_factory=lambda: list(CRISIS_TERMS))
+    action: Literal["reject", "flag"] = Field(
+        "reject", description="reject: into the reject table as crisis_review, with the terms, for review; "
+                              "flag: keep, with 'crisis_screen' in flags")
+
+
+class BlocklistSpec(StrictModel):
+    name: Literal["ethics_blocklist"]
+    terms: list[str] = Field(default_factory=lambda: ["我是", "自杀", "跳楼"], description="SoulChat's strings")
+    roles: list[Role] = Field(default_factory=lambda: ["assistant"],
+                              description="whose text is screened; a user saying 我是… is no ethics problem")
+
+
+class DialogueFormatSpec(StrictModel):
+    name: Literal["dialogue_format"]
+    min_turns: int = Field(8, ge=2, description="utterances, user and counselor together (SoulChat: 8-20)")
+    max_turns: int = Field(20, ge=2)
+
+
+class AiDisclosureSpec(StrictModel):
+    name: Literal["ai_disclosure"]
+    patterns: list[str] = Field(default_factory=lambda: list(AI_DISCLOSURE_PATTERNS), description="RE2 regexes")
+
+
+class AdviceListSpec(StrictModel):
+    name: Literal["advice_list"]
+    min_items: int = Field(2, ge=1, description="item markers (1. 2、 （3）…) that make a counselor turn a list")
+    max_rate: float = Field(0.25, ge=0, le=1, description="drop above this share of counselor turns as lists")
+
+
+class RepetitionSpec(StrictModel):
+    name: Literal["repetition"]
+    ngram: int = Field(10, ge=2, description="characters per n-gram")
+    max_ratio: float = Field(0.2, ge=0, le=1, description="drop above this share of repeated n-grams (SMILECHAT "
+                                                          "p99.5: 0.08; looping dialogues: 0.5+)")
+
+
+class CjkRatioSpec(StrictModel):
+    name: Literal["cjk_ratio"]
+    min_ratio: float = Field(0.5, ge=0, le=1, description="Chinese characters among letters and digits")
+
+
+class TurnLengthSpec(StrictModel):
+    name: Literal["turn_length"]
+    max_user_chars: int = Field(500, ge=1)
+    max_first_user_chars: int = Field(1800, ge=1, description="the first user turn carries the source question")
+    max_assistant_chars: int = Field(700, ge=1, description="about SoulChat's 512 training output tokens")
+
+
+class LengthRatioSpec(StrictModel):
+    name: Literal["length_ratio"]
+    max_ratio: float = Field(8.0, gt=0, description="mean counselor turn over mean user turn (after the first)")
+
+
+FilterSpec = Annotated[ForumWordsSpec | LengthCapSpec | TooShortSpec | PiiSpec | CrisisSpec | BlocklistSpec
+                       | DialogueFormatSpec | AiDisclosureSpec | AdviceListSpec | RepetitionSpec | CjkRatioSpec
+                       | TurnLengthSpec | LengthRatioSpec, Field(discriminator="name")]
+DIALOGUE_ONLY_FILTERS = ("dialogue_format", "advice_list", "turn_length", "length_ratio")
+
+
+def _default_source_chain() -> list[FilterSpec]:
+    # rewrite text first (so every later detail quotes redacted text), then the cheap drops
+    return [ForumWordsSpec(name="forum_words"), PiiSpec(name="pii_redact"), LengthCapSpec(name="length_cap"),
+            TooShortSpec(name="too_short"), CrisisSpec(name="crisis_screen")]
+
+
+def _default_dialogue_chain() -> list[FilterSpec]:
+    return [PiiSpec(name="pii_redact"), DialogueFormatSpec(name="dialogue_format"), CrisisSpec(name="crisis_screen"),
+            BlocklistSpec(name="ethics_blocklist"), AiDisclosureSpec(name="ai_disclosure"),
+            AdviceListSpec(name="advice_list"), TurnLengthSpec(name="turn_length"),
+            LengthRatioSpec(name="length_ratio"), RepetitionSpec(name="repetition"), CjkRatioSpec(name="cjk_ratio")]
+
+
+class FiltersConfig(StrictModel):
+    source: list[FilterSpec] = Field(default_factory=_default_source_chain,
+                                     description="on rewrite units, after normalise, before the rewrite")
+    dialogue: list[FilterSpec] = Field(default_factory=_default_dialogue_chain,
+                                       description="on dialogues, after the rewrite (and in the clean job)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _overrides_on_default_chains(cls, data: Any) -> Any:
+        """`--set filters.dialogue.1.min_turns=4` with no chain in the file arrives as {"1": {…}}: it
+        patches that filter of the default chain, so one threshold can change without restating the list."""
+        if not isinstance(data, dict):
+            return data
+        for key, default in (("source", _default_source_chain), ("dialogue", _default_dialogue_chain)):
+            patches = data.get(key)
+            if not isinstance(patches, dict) or not all(str(index).isdigit() for index in patches):
+                continue
+            chain = [spec.model_dump() for spec in default()]
+            for index, patch in patches.items():
+                if int(index) >= len(chain):
+                    raise ValueError(f"{key}.{index}: the default {key} chain has {len(chain)} filters, "
+                                     f"0-{len(chain) - 1}: {', '.join(spec['name'] for spec in chain)}")
+                chain[int(index)] = {**chain[int(index)], **patch} if isinstance(patch, dict) else patch
+            data = {**data, key: chain}
+        return data
+
+    @model_validator(mode="after")
+    def _source_filters_fit_units(self) -> FiltersConfig:
+        for index, spec in enumerate(self.source):
+            if spec.name in DIALOGUE_ONLY_FILTERS:
+                raise ValueError(f"source.{index}: {spec.name} checks dialogues; put it in the dialogue chain")
+        return self
+
+
+class CleanInput(StrictModel):
+    path: str = Field(description="Parquet (file or folder; id, topic, messages) or JSON the importers read")
+    format: Literal["auto", "parquet", "smilechat", "soulchatcorpus"] = Field(
+        "auto", description="auto: .parquet/folder of Parquet → parquet; a JSON list of objects → soulchatcorpus; "
+                            "a JSON list of turns or a folder of .json → smilechat")
+
+
+class CleanConfig(StrictModel):
+    dataset: DatasetName = "cleaned"
+    input: CleanInput
+    storage: StorageConfig = StorageConfig()
+    s3: S3Config = S3Config()
+    ray: RayConfig = RayConfig()
+    filters: FiltersConfig = FiltersConfig()
+    limit: int | None = Field(None, ge=1, description="read at most this many dialogues (smoke runs)")
+
+# ---- end filters and clean ------------------------------------------------------------------------------
+
+
 class RegenerateConfig(StrictModel):
     dataset: DatasetName = "soulchat"
     sources: list[SourceSpec] = Field(min_length=1)
@@ -172,6 +353,7 @@ class RegenerateConfig(StrictModel):
     s3: S3Config = S3Config()
     ray: RayConfig = RayConfig()
     rewrite: RewriteConfig = RewriteConfig()
+    filters: FiltersConfig = FiltersConfig()
     limit: int | None = Field(None, ge=1, description="read at most this many rewrite units (smoke runs)")
 
 

@@ -1,8 +1,9 @@
 """The regenerate job, top to bottom: sources → rewrite units → dialogues → a published version.
 
-Stages today: normalise (read + map columns + validate text) and rewrite (LLM, quotas, cache, parse).
-Filter and dedup stages slot in on the same pipeline Dataset; each marks the rows it drops instead of
-removing them, so the writer accounts for every row.
+Stages today: normalise (read + map columns + validate text), the source filter chain (forum words,
+PII, length, crisis screen), rewrite (LLM, quotas, cache, parse) and the dialogue filter chain (format,
+ethics, PII, AI templates, quality). Dedup slots in on the same pipeline Dataset; each stage marks the
+rows it drops instead of removing them, so the writer accounts for every row.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from soulray.config import RegenerateConfig, RewriteConfig, config_hash, secret_env_names
+from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
 from soulray.rewrite.session import RewriteSession
 from soulray.rewrite.stage import estimate_batch
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
@@ -66,6 +68,7 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
     if config.limit is not None:
         pipeline = pipeline.limit(config.limit)
         input_rows = min(input_rows, config.limit)
+    pipeline = apply_chain(pipeline, build_chain(config.filters.source, stage=SOURCE_STAGE, kind="unit"))
 
     if config.rewrite.enabled and config.rewrite.dry_run:
         return DryRun(estimate=estimate(pipeline, config.rewrite), input_rows=input_rows)
@@ -75,6 +78,8 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
         if config.rewrite.enabled:
             rewrite = cleanup.enter_context(RewriteSession(config.rewrite, run_id=run_id, store=store, s3=config.s3))
             pipeline, data_schema = rewrite.apply(pipeline, expected_rows=input_rows), DIALOGUE
+            pipeline = apply_chain(pipeline, build_chain(config.filters.dialogue, stage=DIALOGUE_STAGE,
+                                                         kind="dialogue"))
         target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=data_schema,
                              s3=config.s3, max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
         phase = time.perf_counter()

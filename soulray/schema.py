@@ -60,6 +60,10 @@ DIALOGUE = pa.schema(
         ("cost_usd", pa.float64()),
         ("source_file", pa.string()),
         ("source_row", pa.int64()),
+        # Filled by the dialogue filter chain (soulray/filters/): every measure it took of a kept row
+        # (repetition, cjk_ratio, length_ratio, pii_redactions, …) and the screens that flagged it for review.
+        ("scores", pa.map_(pa.string(), pa.float64())),
+        ("flags", pa.list_(pa.string())),
     ]
 )
 

@@ -19,7 +19,10 @@ from tests.conftest import PLANTED_SECRET
 
 
 def config_for(root, *overrides: str) -> RegenerateConfig:
-    return load_config(RegenerateConfig, DEMO_CONFIG, [f"storage.root={root}", *overrides])
+    # without the filter chains, so counts here test reading, rewriting and publishing alone;
+    # tests/filters/test_regenerate_job.py runs the job with them
+    return load_config(RegenerateConfig, DEMO_CONFIG, [f"storage.root={root}", "filters.source=[]",
+                                                        "filters.dialogue=[]", *overrides])
 
 
 def test_demo_job_publishes_every_row(ray_local, tmp_path):

@@ -1,0 +1,283 @@
+"""The clean job, top to bottom: an existing multi-turn corpus → dialogue filters → a published version.
+
+For corpora people already hold (the released SoulChatCorpus, SMILECHAT, their own), cleaned without
+paying for a rewrite. Stages: read (Parquet in the SoulChatCorpus layout `id, topic, messages`, or JSON
+converted by the importers) → the dialogue filter chain → dedup (hook, see `_dedup`) → shards and a
+manifest through the same store code as the regenerate job. Every input dialogue ends as a published
+row or a reject row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from soulray.config import CleanConfig, CleanInput, S3Config, config_hash
+from soulray.errors import SourceError
+from soulray.filters import DIALOGUE_STAGE, apply_chain, build_chain
+from soulray.fs import resolve
+from soulray.regenerate import RunResult
+from soulray.runtime import init_ray
+from soulray.schema import (
+    DIALOGUE,
+    MESSAGE,
+    ROLE_ASSISTANT,
+    ROLE_USER,
+    WORKING_DIALOGUE,
+    canonical_text,
+    dialogue_id,
+)
+from soulray.sources.importers import import_corpus
+from soulray.sources.reader import _list_parquet_files, _read_metadata
+from soulray.store import InputFile, ShardTarget, VersionStore, build_manifest, new_version_id, write_shards
+
+if TYPE_CHECKING:
+    import ray.data
+
+STAGE = "normalize"
+BLOCK_ROWS = 5_000  # rows per pipeline block: a filter batch of a few ms, many blocks per core
+# The role vocabularies of the corpora the importers know (SMILECHAT: client/counselor).
+ROLE_NAMES = {"user": ROLE_USER, "client": ROLE_USER, "assistant": ROLE_ASSISTANT, "counselor": ROLE_ASSISTANT}
+RAW_DIALOGUE = pa.schema([("id", pa.string()), ("topic", pa.string()), ("messages", pa.list_(MESSAGE)),
+                          ("source_file", pa.string()), ("source_row", pa.int64())])
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One row group of one Parquet input: the unit of parallel reading."""
+
+    uri: str
+    row_group: int
+    first_row: int
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    pieces: list[Piece]  # Parquet input: read on the workers
+    table: pa.Table | None  # JSON input: converted on the driver (RAW_DIALOGUE)
+    inputs: list[InputFile]
+
+    @property
+    def rows(self) -> int:
+        return sum(item.rows for item in self.inputs)
+
+
+def run(config: CleanConfig) -> RunResult:
+    started = time.perf_counter()
+    run_id = uuid.uuid4().hex[:12]
+    store = VersionStore(config.storage.root, config.dataset, s3=config.s3)
+    parent = store.latest()
+    version = config.storage.version or new_version_id(run_id)
+
+    plan = plan_input(config.input, s3=config.s3)
+    input_rows = plan.rows if config.limit is None else min(plan.rows, config.limit)
+    timings = {"plan_s": time.perf_counter() - started}
+
+    init_ray(config.ray)
+    pipeline = _read(plan, config.s3)
+    if config.limit is not None:
+        pipeline = pipeline.limit(config.limit)
+    pipeline = apply_chain(pipeline, build_chain(config.filters.dialogue, stage=DIALOGUE_STAGE, kind="dialogue"))
+    pipeline = _dedup(pipeline, config)
+
+    target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=DIALOGUE, s3=config.s3,
+                         max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
+    phase = time.perf_counter()
+    shard_facts = write_shards(pipeline, target, rows_per_shard=config.storage.rows_per_shard)
+    timings["pipeline_s"] = time.perf_counter() - phase
+
+    manifest = build_manifest(
+        store=store, version=version, run_id=run_id, parent_version=parent, job="clean",
+        config=config.model_dump(mode="json"), config_hash=config_hash(config), inputs=plan.inputs,
+        input_rows=input_rows, data_schema=DIALOGUE, shard_facts=shard_facts,
+        timings_s={**timings, "total_s": time.perf_counter() - started},
+    )
+    store.commit(manifest)
+    return RunResult(manifest=manifest, version_uri=store.version_uri(version))
+
+
+def _dedup(pipeline: ray.data.Dataset, config: CleanConfig) -> ray.data.Dataset:
+    """HOOK: dedup. soulray/dedup/ (MinHash over dialogues) plugs in here: it marks duplicates with a
+    reject mark (stage "dedup") instead of removing them, so the manifest's accounting still holds."""
+    return pipeline
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def plan_input(spec: CleanInput, *, s3: S3Config | None = None) -> InputPlan:
+    """Check the input and decide how it is read. Raises SourceError naming the file."""
+    fmt = spec.format if spec.format != "auto" else detect_format(spec.path)
+    if fmt != "parquet":
+        return _plan_json(spec.path, fmt)
+    pieces, inputs = [], []
+    for file in _list_parquet_files(resolve(spec.path, s3)):
+        metadata, size, fingerprint = _read_metadata(file)
+        _check_columns(file.uri, metadata.schema.to_arrow_schema())
+        first_row = 0
+        for row_group in range(metadata.num_row_groups):
+            pieces.append(Piece(file.uri, row_group, first_row))
+            first_row += metadata.row_group(row_group).num_rows
+        inputs.append(InputFile(uri=file.uri, bytes=size, rows=metadata.num_rows, fingerprint=fingerprint))
+    if sum(item.rows for item in inputs) == 0:
+        raise SourceError(f"{spec.path}: the input holds no dialogues (0 rows)")
+    return InputPlan(pieces=pieces, table=None, inputs=inputs)
+
+
+def detect_format(path: str) -> str:
+    """parquet, smilechat or soulchatcorpus, from the path and (for JSON) the first bytes of the file."""
+    if path.startswith("s3://") or path.endswith(".parquet"):
+        return "parquet"
+    local = Path(path)
+    if local.is_dir():
+        if any(local.rglob("*.parquet")):
+            return "parquet"
+        if any(local.rglob("*.json")):
+            return "smilechat"
+        raise SourceError(f"{path}: folder holds no .parquet or .json files")
+    if not local.is_file():
+        raise SourceError(f"{path}: input path does not exist")
+    with open(local, "rb") as handle:
+        head = handle.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if head.startswith("["):
+        # SoulChatCorpus: a list of {id, topic, messages: [{role, …}]}; a SMILECHAT file: a list of {role, …}
+        messages, role = head.find('"messages"'), head.find('"role"')
+        return "soulchatcorpus" if messages >= 0 and (role < 0 or messages < role) else "smilechat"
+    if head[:4] == "PAR1":
+        return "parquet"
+    raise SourceError(f"{path}: neither Parquet nor a JSON list; give input.format explicitly")
+
+
+def _plan_json(path: str, fmt: str) -> InputPlan:
+    with tempfile.TemporaryDirectory(prefix="soulray-clean-") as staging:
+        table = import_corpus(fmt, path, Path(staging) / "dialogues.parquet")
+    table = table.append_column("source_file", pa.array([str(path)] * table.num_rows, pa.string()))
+    table = table.append_column("source_row", pa.array(np.arange(table.num_rows), pa.int64()))
+    files = sorted(Path(path).rglob("*.json")) if Path(path).is_dir() else [Path(path)]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    lineage = InputFile(uri=str(Path(path).resolve()), bytes=sum(file.stat().st_size for file in files),
+                        rows=table.num_rows, fingerprint=digest.hexdigest())
+    return InputPlan(pieces=[], table=table.cast(RAW_DIALOGUE), inputs=[lineage])
+
+
+def _check_columns(uri: str, schema: pa.Schema) -> None:
+    if "messages" not in schema.names:
+        raise SourceError(f"{uri}: missing column 'messages' (list of {{role, content}}); the file has "
+                          f"columns {schema.names}")
+    dtype = schema.field("messages").type
+    item = dtype.value_type if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) else None
+    if item is None or not pa.types.is_struct(item) or item.get_field_index("role") < 0 \
+            or item.get_field_index("content") < 0:
+        raise SourceError(f"{uri}: column 'messages' has type {dtype}, expected list<struct<role, content>>")
+
+
+def _read(plan: InputPlan, s3: S3Config) -> ray.data.Dataset:
+    import ray.data
+
+    if plan.table is not None:
+        slices = [plan.table.slice(start, BLOCK_ROWS) for start in range(0, plan.table.num_rows, BLOCK_ROWS)]
+        raw = ray.data.from_arrow(slices)
+    else:
+        items = [{"uri": piece.uri, "row_group": piece.row_group, "first_row": piece.first_row}
+                 for piece in plan.pieces]
+        raw = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _read_pieces, fn_kwargs={"s3": s3}, batch_size=1, batch_format="pyarrow")
+    return raw.map_batches(working_dialogues, batch_size=None, batch_format="pyarrow")
+
+
+def _read_pieces(batch: pa.Table, *, s3: S3Config):
+    for item in batch.to_pylist():
+        table = read_piece(Piece(**item), s3=s3)
+        for start in range(0, table.num_rows, BLOCK_ROWS):
+            yield table.slice(start, BLOCK_ROWS)
+
+
+def read_piece(piece: Piece, *, s3: S3Config | None = None) -> pa.Table:
+    """One row group as RAW_DIALOGUE rows (id and topic as text, where they came from)."""
+    location = resolve(piece.uri, s3)
+    try:
+        with location.filesystem.open_input_file(location.path) as handle:
+            table = pq.ParquetFile(handle).read_row_group(piece.row_group)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(f"{piece.uri}: cannot read row group {piece.row_group}: {exc}") from None
+    rows = table.num_rows
+    columns = {
+        "id": _text_column(table, "id", piece.uri, rows),
+        "topic": _text_column(table, "topic", piece.uri, rows),
+        "messages": table["messages"].combine_chunks().cast(pa.list_(MESSAGE)),
+        "source_file": pa.array([piece.uri] * rows, pa.string()),
+        "source_row": pa.array(np.arange(piece.first_row, piece.first_row + rows), pa.int64()),
+    }
+    return pa.table(columns, schema=RAW_DIALOGUE)
+
+
+def _text_column(table: pa.Table, name: str, uri: str, rows: int) -> pa.Array:
+    if name not in table.column_names:
+        return pa.nulls(rows, pa.string())
+    try:
+        return table[name].combine_chunks().cast(pa.string())
+    except pa.ArrowInvalid as exc:
+        raise SourceError(f"{uri}: column {name!r} ({table[name].type}) cannot be read as text: {exc}") from None
+
+
+# -- rows -------------------------------------------------------------------------------------------
+def working_dialogues(raw: pa.Table) -> pa.Table:
+    """RAW_DIALOGUE rows → WORKING_DIALOGUE rows: roles mapped to user/assistant, a content-based
+    record_id, and a reject mark on dialogues without messages."""
+    messages = _map_roles(raw["messages"].combine_chunks())
+    record_ids = [dialogue_record_id(turns) for turns in messages.to_pylist()]
+    empty = pc.fill_null(pc.equal(pc.list_value_length(messages), 0), True).to_numpy(zero_copy_only=False)
+    rows = raw.num_rows
+    columns = {
+        "id": [dialogue_id(record) for record in record_ids],
+        "record_id": record_ids,
+        "question_id": raw["id"],  # the corpus's own id, to trace a row back to it
+        "topic": pc.fill_null(raw["topic"], ""),
+        "messages": messages,
+        "prompt_version": pa.nulls(rows, pa.string()),
+        "model": pa.nulls(rows, pa.string()),
+        "api_key_name": pa.nulls(rows, pa.string()),
+        "attempts": pa.array(np.zeros(rows, dtype=np.int32)),
+        "prompt_tokens": pa.array(np.zeros(rows, dtype=np.int64)),
+        "completion_tokens": pa.array(np.zeros(rows, dtype=np.int64)),
+        "cost_usd": pa.array(np.zeros(rows)),
+        "source_file": raw["source_file"],
+        "source_row": raw["source_row"],
+        "scores": pa.nulls(rows, WORKING_DIALOGUE.field("scores").type),
+        "flags": pa.nulls(rows, WORKING_DIALOGUE.field("flags").type),
+        "reject_stage": pa.array(np.where(empty, STAGE, None), pa.string()),
+        "reject_reason": pa.array(np.where(empty, "empty_dialogue", None), pa.string()),
+        "reject_detail": pa.array(np.where(empty, "column 'messages' is null or an empty list", None), pa.string()),
+    }
+    return pa.table(columns, schema=WORKING_DIALOGUE)
+
+
+def dialogue_record_id(messages: list[dict[str, str]] | None) -> str:
+    """A stable content hash of a dialogue (32 hex chars of SHA-256 over its canonical turns), so reruns
+    and dedup agree on what a row is, as `schema.record_id` does for rewrite units."""
+    payload = "\x1e".join(f"{turn['role']}\x1f{canonical_text(turn['content'])}" for turn in messages or [])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def _map_roles(messages: pa.ListArray) -> pa.ListArray:
+    flat = pc.list_flatten(messages)
+    roles = flat.field("role")
+    mapped = roles
+    for name, role in ROLE_NAMES.items():
+        if name != role:
+            mapped = pc.if_else(pc.equal(roles, name), role, mapped)
+    values = pa.StructArray.from_arrays([mapped, flat.field("content")], fields=list(MESSAGE))
+    lengths = pc.fill_null(pc.list_value_length(messages), 0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=pa.list_(MESSAGE), mask=messages.is_null())
+

@@ -1,0 +1,57 @@
+"""The filter contract: a filter looks at a Batch and returns a Verdict; the chain does the rest.
+
+A Verdict names, for each row it drops, a reason and a human-readable detail (only for rows still
+active: a row already rejected keeps its first reason). A filter that rewrites text (redaction,
+forum-word replacement) returns the new segment column; one that measures returns per-row scores,
+which kept rows carry into the published data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from soulray.filters.batch import Batch
+
+
+@dataclass(frozen=True)
+class Verdict:
+    drops: dict[int, tuple[str, str]] = field(default_factory=dict)  # row → (reason, detail)
+    text: pa.Array | None = None  # new text of every segment, or None when unchanged
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # name → float64 per row
+    flagged: np.ndarray | None = None  # bool per row: kept, but marked for a person to review
+
+
+class Filter(ABC):
+    """One rule. Subclasses set `name` (the config's discriminator) and implement `apply`."""
+
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]] = ("unit", "dialogue")  # which tables the rule makes sense on
+
+    @abstractmethod
+    def apply(self, batch: Batch) -> Verdict:
+        """Decide on every active row of `batch`; never modify the batch."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+def drops_where(batch: Batch, mask: np.ndarray, reason: str | np.ndarray,
+                detail: Callable[[int], str]) -> dict[int, tuple[str, str]]:
+    """Drops for the active rows in `mask`. `reason` is one name or a per-row array of names; the
+    detail is built in Python only for the rows dropped, which are few."""
+    rows = np.flatnonzero(mask & batch.active)
+    if isinstance(reason, str):
+        return {int(row): (reason, detail(int(row))) for row in rows}
+    return {int(row): (str(reason[row]), detail(int(row))) for row in rows}
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """A short quote of a text for a reject detail: enough to find it, not a copy of it."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
