@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from soulray.config import DedupConfig
-from soulray.dedup.cluster import REASON_EXACT, Decisions, Members, Rules, connected_components, resolve
+from soulray.dedup.cluster import Members, Rules, connected_components, resolve
 from soulray.dedup.lsh import band_keys
 from soulray.dedup.minhash import MinHasher
 from soulray.dedup.text import DedupInputError, content_hashes, normalise, row_texts
@@ -151,10 +152,8 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         decisions = _collect(members.repartition(partitions, keys=["component"]).map_batches(
             _resolve_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
             ("row", "reason", "detail", "keeper"))
-        report.clusters = int(len(np.unique(decisions["keeper"]))) if len(decisions["row"]) else 0
-        report.marked = {reason: count for reason, count in zip(*np.unique(decisions["reason"], return_counts=True),
-                                                                 strict=True)} if len(decisions["row"]) else {}
-        report.marked = {str(reason): int(count) for reason, count in report.marked.items()}
+        report.clusters = len(set(decisions["keeper"].tolist()))
+        report.marked = dict(Counter(str(reason) for reason in decisions["reason"]))
     with phases("mark"):
         table = pa.table({"row": decisions["row"], "reason": decisions["reason"], "detail": decisions["detail"]})
         marked = work.map_batches(_apply_marks, fn_kwargs={"decisions": ray.put(table), "stage": stage},
@@ -351,5 +350,3 @@ class _Phases:
         finally:
             self.seconds[name] = round(time.perf_counter() - started, 3)
 
-
-__all__ = ["REASON_EXACT", "DedupReport", "dedup_dataset", "Decisions"]
