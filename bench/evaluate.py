@@ -158,7 +158,11 @@ def markdown(result: dict[str, Any]) -> str:
         *(f"| {model} | " + " | ".join(f"{scores[key]:.2f}" for _, key in keys) + " |"
           for model, scores in metrics.items()), "",
         "Fine-tuning moved up: " + ", ".join(f"{key} {'yes' if up else 'NO'}"
-                                             for key, up in result["fine_tuning_moves_up"].items()), "",
+                                             for key, up in result["fine_tuning_moves_up"].items())
+        + f" (references average {metrics['tiny-finetuned']['reference-avg-length']:.0f} characters: character BLEU "
+          "pays a brevity penalty below that and none above, so an untrained model that fills every new token "
+          "with frequent characters can out-score a weakly trained one that stops early; ROUGE's F-score does not "
+          "reward length that way)", "",
         f"Judge through the local server ({judge['model']} list price, {judge['runs']} runs per response): "
         f"{judge['calls']} calls for {judge['rated_responses']:.0f} responses, ${judge['cost_usd']:.4f}; "
         f"per 100 responses ${judge['cost_per_100_usd']:.4f}, "
