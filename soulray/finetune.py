@@ -53,7 +53,7 @@ class FinetuneResult:
 def run(config: FinetuneConfig, *, fault: Fault | None = None) -> FinetuneResult:
     started = time.perf_counter()
     run_name = config.run_name or f"ft-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-    paths = RunPaths.for_run(root=config.root, dataset=config.dataset, run_name=run_name)
+    paths = run_paths(config, run_name)
     prepared = prepare_run(config, paths)
     timings = {"prepare_s": time.perf_counter() - started}
     init_ray(config.ray)
@@ -69,6 +69,11 @@ def run(config: FinetuneConfig, *, fault: Fault | None = None) -> FinetuneResult
     history = [json.loads(line) for line in read_bytes(f"{paths.model}/metrics.jsonl", config.s3).splitlines() if line]
     return FinetuneResult(run_name=run_name, run_uri=paths.run_uri, model_uri=paths.model, prepared=prepared.facts,
                           history=history, resumed_from_step=resumed_from, timings_s=timings)
+
+
+def run_paths(config: FinetuneConfig, run_name: str) -> RunPaths:
+    # absolute: Ray Train workers run in folders of their own, where a relative root means something else
+    return RunPaths.for_run(root=resolve(config.root, config.s3).uri, dataset=config.dataset, run_name=run_name)
 
 
 def loop_spec(config: FinetuneConfig, paths: RunPaths, prepared: Prepared, *,

@@ -97,10 +97,9 @@ def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, state)
-        missing = [key for key in getattr(result, "unexpected_keys", [])]
-        if missing:
-            raise RuntimeError(f"checkpoint holds adapter weights the model lacks: {missing[:5]}")
+        unexpected = getattr(set_peft_model_state_dict(model, state), "unexpected_keys", [])
+        if unexpected:
+            raise RuntimeError(f"the checkpoint holds adapter weights this model lacks: {unexpected[:5]}")
         return
     model.load_state_dict(state)
 

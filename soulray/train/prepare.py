@@ -21,7 +21,7 @@ from soulray.train.model import load_tokenizer, tiny_model, train_tokenizer
 from soulray.train.samples import plan_samples, tokenize_dialogues
 from soulray.train.schedule import WarmupDecay, deepspeed_config
 from soulray.train.split import split_by_question, split_manifest
-from soulray.train.storage import local_dir, upload_dir
+from soulray.train.storage import local_dir, upload_dir, write_json
 
 log = logging.getLogger(__name__)
 PREPARED = "prepared.json"
@@ -95,8 +95,6 @@ def prepare(config: FinetuneConfig, *, dialogues: pa.Table, prepared_uri: str, s
         facts["split"] = split["counts"]
         upload_dir(folder, prepared_uri, config.s3)
     # written last: its presence means the folder is whole
-    from soulray.train.storage import write_json
-
     write_json(f"{prepared_uri}/{PREPARED}", facts, config.s3)
     log.info("prepared %s: %s train samples, %s validation samples", prepared_uri, facts["train"]["samples"],
              facts["validation"]["samples"])

@@ -11,7 +11,7 @@ import torch
 
 from soulray.config import FinetuneConfig, load_config
 from soulray.errors import SoulrayError
-from soulray.finetune import Fault, loop_spec, prepare_run, run
+from soulray.finetune import Fault, loop_spec, prepare_run, run, run_paths
 from soulray.train.corpus import publish_dialogues
 from soulray.train.loop import train_in_process
 from soulray.train.schedule import WarmupDecay
@@ -95,15 +95,27 @@ def test_a_run_resumed_with_other_settings_is_refused(resumed, root):
         run(config(root, "run_name=crashy", "samples.mode=whole_dialog"))
 
 
-def test_lora_trains_only_the_adapters_and_exports_a_merged_model(ray_local, root):
-    result = run(config(root, "run_name=lora", "model.lora.r=4", "model.lora.alpha=16", "trainer.workers=1",
-                        "optim.steps=3", "trainer.checkpoint_every=3", "optim.global_batch_size=4"))
-    model = Path(result.model_uri)
-    assert json.loads((model / "adapter" / "adapter_config.json").read_text())["r"] == 4
-    initial, merged = weights(Path(result.run_uri) / "prepared" / "init-model"), weights(model)
+def test_lora_on_s3_trains_only_the_adapters_and_exports_a_merged_model(ray_local, s3_config, s3_bucket, smilechat):
+    """LoRA, with the version, the checkpoints (Ray Train storage) and the export on S3 (loopback)."""
+    from soulray.train.storage import local_dir
+
+    publish_dialogues(smilechat.slice(0, 120), root=s3_bucket, dataset="smile", s3=s3_config)
+    s3 = [f"s3.{key}={value}" for key, value in s3_config.model_dump().items() if value is not None]
+    result = run(config(s3_bucket, *s3, "run_name=lora", "model.lora.r=4", "model.lora.alpha=16",
+                        "trainer.workers=1", "optim.steps=3", "trainer.checkpoint_every=3", "optim.global_batch_size=4"))
+    assert result.model_uri == f"{s3_bucket}/smile/finetune/lora/model"
+    with local_dir(result.model_uri, s3_config) as model, local_dir(result.run_uri, s3_config) as run_folder:
+        assert json.loads((model / "adapter" / "adapter_config.json").read_text())["r"] == 4
+        initial, merged = weights(run_folder / "prepared" / "init-model"), weights(model)
+        state = torch.load(run_folder / "train" / "checkpoint-step-00000003" / "state.pt", weights_only=True)
     changed = {name for name in initial if not torch.equal(initial[name], merged[name])}
     assert changed and all("q_proj" in name or "v_proj" in name for name in changed)  # peft's Llama default
-    state = torch.load(Path(result.run_uri) / "train" / "checkpoint-step-00000003" / "state.pt", weights_only=True)
     assert state["model"] and all("lora_" in name for name in state["model"])  # the checkpoint holds adapters only
     assert state["step"] == 3 and state["data_position"]["samples_seen"] == 12
     assert all(row["loss"] == row["loss"] for row in result.history)  # finite, not NaN
+
+
+def test_run_folders_are_absolute(tmp_path, monkeypatch):
+    """`make finetune` gives a relative root; Ray Train workers run in folders of their own."""
+    monkeypatch.chdir(tmp_path)
+    assert run_paths(config("output"), "r1").run_uri == f"{tmp_path}/output/smile/finetune/r1"
