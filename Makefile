@@ -8,9 +8,9 @@ FINETUNE_CONFIG ?= soulray/configs/finetune-demo.yaml
 EVALUATE_CONFIG ?= soulray/configs/evaluate-demo.yaml
 # Extra `--set key=value` overrides for run/submit, e.g. make run ARGS="--set storage.root=/tmp/out"
 ARGS   ?=
-export HF_HUB_OFFLINE := 1
 # Extra `ray job submit` options for submit, e.g. RAY_JOB_EXTRA="--runtime-env-json '{\"pip\": [...]}'"
 RAY_JOB_EXTRA ?=
+export HF_HUB_OFFLINE := 1
 
 .PHONY: run finetune evaluate test test-fast bench bench-quick lint submit clean
 

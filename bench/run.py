@@ -305,10 +305,6 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
         for name, key in quota["per_key"].items():
             lines.append(f"| {name} | {key['busiest_window_requests']} in {key['window_s']:.0f} s | {key['allowed_per_minute']} | "
                          f"{key['utilisation']:.3f} | {key['rate_limited']} |")
-    if "dedup" in results:
-        import dedup as dedup_bench
-
-        lines += ["", dedup_bench.markdown(results["dedup"])]
     if "finetune" in results:
         import train as train_bench
 
@@ -317,14 +313,18 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
         import evaluate as evaluate_bench
 
         lines += ["", evaluate_bench.markdown(results["evaluate"])]
-    if "e2e" in results:
-        import e2e as e2e_bench
+    if "dedup" in results:
+        import dedup as dedup_bench
 
-        lines += ["", e2e_bench.markdown(results["e2e"])]
+        lines += ["", dedup_bench.markdown(results["dedup"])]
     if "filters" in results:
         import filters as filters_bench
 
         lines += ["", filters_bench.markdown(results["filters"])]
+    if "e2e" in results:
+        import e2e as e2e_bench
+
+        lines += ["", e2e_bench.markdown(results["e2e"])]
     (out / "latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -34,29 +34,6 @@ def regenerate_main(args: argparse.Namespace) -> int:
     return 0
 
 
-FINETUNE_DEMO_CONFIG = Path(__file__).parent / "configs" / "finetune-demo.yaml"
-
-
-def finetune_main(args: argparse.Namespace) -> int:
-    from soulray.config import FinetuneConfig
-    from soulray.finetune import run, summary
-
-    config = load_config(FinetuneConfig, args.config, args.overrides)
-    print(summary(run(config)))
-    return 0
-
-
-EVALUATE_DEMO_CONFIG = Path(__file__).parent / "configs" / "evaluate-demo.yaml"
-
-
-def evaluate_main(args: argparse.Namespace) -> int:
-    from soulray.config import EvaluateConfig
-    from soulray.evaluation import run, summary
-
-    print(summary(run(load_config(EvaluateConfig, args.config, args.overrides))))
-    return 0
-
-
 def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True,
                         help="the corpus: Parquet (id, topic, messages) or JSON the importers read "
@@ -76,6 +53,29 @@ def clean_main(args: argparse.Namespace) -> int:
     flags += [f"input.format={args.format}"] if args.format else []
     flags += [f"dataset={args.dataset}"] if args.dataset else []
     config = load_config(CleanConfig, args.config, flags + args.overrides)
+    print(summary(run(config)))
+    return 0
+
+
+EVALUATE_DEMO_CONFIG = Path(__file__).parent / "configs" / "evaluate-demo.yaml"
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    from soulray.config import EvaluateConfig
+    from soulray.evaluation import run, summary
+
+    print(summary(run(load_config(EvaluateConfig, args.config, args.overrides))))
+    return 0
+
+
+FINETUNE_DEMO_CONFIG = Path(__file__).parent / "configs" / "finetune-demo.yaml"
+
+
+def finetune_main(args: argparse.Namespace) -> int:
+    from soulray.config import FinetuneConfig
+    from soulray.finetune import run, summary
+
+    config = load_config(FinetuneConfig, args.config, args.overrides)
     print(summary(run(config)))
     return 0
 
@@ -186,13 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_clean_arguments(clean)
     clean.set_defaults(func=clean_main)
 
-    finetune = commands.add_parser("finetune", help="fine-tune a model on a published version with Ray Train")
-    add_config_arguments(finetune, default=FINETUNE_DEMO_CONFIG)
-    finetune.set_defaults(func=finetune_main)
-
     evaluate = commands.add_parser("evaluate", help="score models on a version's held-out dialogues (BLEU, ROUGE, judge)")
     add_config_arguments(evaluate, default=EVALUATE_DEMO_CONFIG)
     evaluate.set_defaults(func=evaluate_main)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a model on a published version with Ray Train")
+    add_config_arguments(finetune, default=FINETUNE_DEMO_CONFIG)
+    finetune.set_defaults(func=finetune_main)
 
     importer = commands.add_parser("import", help="convert PsyQA / SMILECHAT / SoulChatCorpus JSON to Parquet")
     importer.add_argument("format", choices=["psyqa", "smilechat", "soulchatcorpus"])

@@ -453,59 +453,6 @@ class EvaluateConfig(StrictModel):
 # ---- end evaluate ---------------------------------------------------------------------------------------
 
 
-# ---- dedup (soulray/dedup) ------------------------------------------------------------------------------
-
-class DedupConfig(StrictModel):
-    """Exact and MinHash-LSH near-duplicate marking. Signatures equal datasketch 2.0's
-    `MinHash(num_perm, seed, scheme="affine32", hashfunc=<hash_function>)` over the shingles of the
-    normalised text (soulray/dedup/minhash.py says exactly what that means)."""
-
-    enabled: bool = True
-    method: Literal["exact", "minhash"] = Field("minhash", description="exact: content hash only; minhash: "
-                                                                       "exact plus near duplicates")
-    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of shingle sets (EmoLLM uses 0.8 "
-                                                          "with SimHash, reference/SOULCHAT.md)")
-    num_perm: int = Field(128, ge=2, le=1024)
-    seed: int = Field(1, ge=0, description="datasketch's default seed")
-    hash_function: Literal["sha1_32", "murmur3_32"] = Field(
-        "sha1_32", description="sha1_32 is datasketch's default hashfunc; murmur3_32 (mmh3, seed 0) is faster")
-    shingle: Literal["char", "word"] = Field("char", description="char n-grams, or n-grams of jieba words")
-    ngram: int = Field(5, ge=1, le=32)
-    bands: int | None = Field(None, ge=2, description="LSH bands; with rows, overrides datasketch's choice")
-    rows: int | None = Field(None, ge=1, description="values per band")
-    weights: tuple[float, float] = Field((0.5, 0.5), description="false positive / false negative weights "
-                                                                 "of datasketch's parameter search")
-    verify: Literal["none", "signature", "jaccard"] = Field(
-        "signature", description="drop candidate pairs below threshold by the signatures' estimate (free: the "
-                                 "signatures are at hand) or by true Jaccard (ships texts); none keeps every "
-                                 "LSH candidate (bench/results/dedup.md: precision 0.88 vs 0.95)")
-    keep: Literal["lowest_record_id", "longest"] = Field(
-        "lowest_record_id", description="which row of a cluster stays: lowest record_id, or longest text "
-                                        "(then lowest record_id)")
-    num_partitions: int | None = Field(None, ge=1, description="shuffle partitions (default: 2 x CPUs)")
-
-    @model_validator(mode="after")
-    def _bands_and_rows(self) -> DedupConfig:
-        if (self.bands is None) != (self.rows is None):
-            raise ValueError("give both bands and rows, or neither (then datasketch's choice is used)")
-        if self.bands is not None and self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm {self.num_perm}")
-        if abs(sum(self.weights) - 1.0) > 1e-9 or min(self.weights) < 0:
-            raise ValueError("weights must be two non-negative numbers summing to 1")
-        return self
-
-    def lsh_params(self) -> tuple[int, int]:
-        """(bands, rows): as given, else what datasketch's MinHashLSH would choose."""
-        from soulray.dedup.lsh import optimal_params
-
-        if self.bands is not None:
-            return self.bands, self.rows
-        return optimal_params(self.threshold, self.num_perm, tuple(self.weights))
-
-
-# ---- end dedup ------------------------------------------------------------------------------------------
-
-
 # ---- finetune (soulray/train, soulray/finetune.py, jobs/finetune.py) ---------------------------------------
 
 class TinyModelConfig(StrictModel):
@@ -602,6 +549,59 @@ class FinetuneConfig(StrictModel):
 # ---- end finetune ---------------------------------------------------------------------------------------
 
 
+# ---- dedup (soulray/dedup) ------------------------------------------------------------------------------
+
+class DedupConfig(StrictModel):
+    """Exact and MinHash-LSH near-duplicate marking. Signatures equal datasketch 2.0's
+    `MinHash(num_perm, seed, scheme="affine32", hashfunc=<hash_function>)` over the shingles of the
+    normalised text (soulray/dedup/minhash.py says exactly what that means)."""
+
+    enabled: bool = True
+    method: Literal["exact", "minhash"] = Field("minhash", description="exact: content hash only; minhash: "
+                                                                       "exact plus near duplicates")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of shingle sets (EmoLLM uses 0.8 "
+                                                          "with SimHash, reference/SOULCHAT.md)")
+    num_perm: int = Field(128, ge=2, le=1024)
+    seed: int = Field(1, ge=0, description="datasketch's default seed")
+    hash_function: Literal["sha1_32", "murmur3_32"] = Field(
+        "sha1_32", description="sha1_32 is datasketch's default hashfunc; murmur3_32 (mmh3, seed 0) is faster")
+    shingle: Literal["char", "word"] = Field("char", description="char n-grams, or n-grams of jieba words")
+    ngram: int = Field(5, ge=1, le=32)
+    bands: int | None = Field(None, ge=2, description="LSH bands; with rows, overrides datasketch's choice")
+    rows: int | None = Field(None, ge=1, description="values per band")
+    weights: tuple[float, float] = Field((0.5, 0.5), description="false positive / false negative weights "
+                                                                 "of datasketch's parameter search")
+    verify: Literal["none", "signature", "jaccard"] = Field(
+        "signature", description="drop candidate pairs below threshold by the signatures' estimate (free: the "
+                                 "signatures are at hand) or by true Jaccard (ships texts); none keeps every "
+                                 "LSH candidate (bench/results/dedup.md: precision 0.88 vs 0.95)")
+    keep: Literal["lowest_record_id", "longest"] = Field(
+        "lowest_record_id", description="which row of a cluster stays: lowest record_id, or longest text "
+                                        "(then lowest record_id)")
+    num_partitions: int | None = Field(None, ge=1, description="shuffle partitions (default: 2 x CPUs)")
+
+    @model_validator(mode="after")
+    def _bands_and_rows(self) -> DedupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither (then datasketch's choice is used)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm {self.num_perm}")
+        if abs(sum(self.weights) - 1.0) > 1e-9 or min(self.weights) < 0:
+            raise ValueError("weights must be two non-negative numbers summing to 1")
+        return self
+
+    def lsh_params(self) -> tuple[int, int]:
+        """(bands, rows): as given, else what datasketch's MinHashLSH would choose."""
+        from soulray.dedup.lsh import optimal_params
+
+        if self.bands is not None:
+            return self.bands, self.rows
+        return optimal_params(self.threshold, self.num_perm, tuple(self.weights))
+
+
+# ---- end dedup ------------------------------------------------------------------------------------------
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -621,6 +621,29 @@ def load_config(model: type[ModelT], path: str | Path | None, overrides: list[st
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
+
+
+def secret_env_names(config: BaseModel) -> list[str]:
+    """The names of every env var this config reads a secret from (fields named `*_env`, anywhere)."""
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                value = getattr(node, name)
+                if name.endswith("_env") and isinstance(value, str):
+                    names.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+
+    walk(config)
+    return sorted(set(names))
 
 
 def config_hash(config: BaseModel) -> str:
@@ -700,26 +723,3 @@ def _describe(exc: ValidationError, origin: str) -> str:
 def _shorten(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-def secret_env_names(config: BaseModel) -> list[str]:
-    """The names of every env var this config reads a secret from (fields named `*_env`, anywhere)."""
-    names: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, BaseModel):
-            for name in type(node).model_fields:
-                value = getattr(node, name)
-                if name.endswith("_env") and isinstance(value, str):
-                    names.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, (list, tuple)):
-            for item in node:
-                walk(item)
-        elif isinstance(node, dict):
-            for item in node.values():
-                walk(item)
-
-    walk(config)
-    return sorted(set(names))
-
-

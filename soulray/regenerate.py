@@ -25,11 +25,11 @@ from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
 from soulray.store import (
     InputFile,
     Manifest,
-    attach_report,
-    changes_since,
     ShardTarget,
     VersionStore,
+    attach_report,
     build_manifest,
+    changes_since,
     new_version_id,
     write_shards,
 )
