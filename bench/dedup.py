@@ -377,7 +377,7 @@ def markdown(result: dict) -> str:
             "pairs)" for name in ("labelled", "smilechat_sample"))]
     scale = result.get("scale")
     if scale:
-        lines += ["", "dedup_dataset on local Ray (this machine), synthetic PsyQA-shaped units, 10% near-duplicates:",
+        lines += ["", "dedup_dataset on local Ray (this machine), synthetic PsyQA-shaped units (generator at 10% near-duplicate answers, plus 5% planted near-duplicate units), default DedupConfig:",
                   "", "| rows | wall s | rows/s | peak PSS MB | marked | phases (s) |", "|---|---|---|---|---|---|"]
         for row in scale.values():
             phases = ", ".join(f"{k} {v:.1f}" for k, v in row["seconds"].items())
