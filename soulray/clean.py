@@ -2,7 +2,7 @@
 
 For corpora people already hold (the released SoulChatCorpus, SMILECHAT, their own), cleaned without
 paying for a rewrite. Stages: read (Parquet in the SoulChatCorpus layout `id, topic, messages`, or JSON
-converted by the importers) → the dialogue filter chain → dedup (hook, see `_dedup`) → shards and a
+converted by the importers) → the dialogue filter chain → MinHash dedup → shards, a run report and a
 manifest through the same store code as the regenerate job. Every input dialogue ends as a published
 row or a reject row.
 """
@@ -15,19 +15,19 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from soulray.config import CleanConfig, CleanInput, S3Config, config_hash
+from soulray.config import CleanConfig, CleanInput, S3Config, config_hash, secret_env_names
 from soulray.errors import SourceError
 from soulray.filters import DIALOGUE_STAGE, apply_chain, build_chain
 from soulray.fs import resolve
-from soulray.regenerate import RunResult
-from soulray.runtime import init_ray
+from soulray.regenerate import RunResult, dedup_stage
+from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import (
     DIALOGUE,
     MESSAGE,
@@ -39,7 +39,17 @@ from soulray.schema import (
 )
 from soulray.sources.importers import import_corpus
 from soulray.sources.reader import _list_parquet_files, _read_metadata
-from soulray.store import InputFile, ShardTarget, VersionStore, build_manifest, new_version_id, write_shards
+from soulray.store import (
+    InputFile,
+    ShardTarget,
+    VersionStore,
+    attach_report,
+    build_manifest,
+    changes_since,
+    new_version_id,
+    open_version,
+    write_shards,
+)
 
 if TYPE_CHECKING:
     import ray.data
@@ -84,11 +94,15 @@ def run(config: CleanConfig) -> RunResult:
     timings = {"plan_s": time.perf_counter() - started}
 
     init_ray(config.ray)
+    refuse_secrets_in_runtime_env(secret_env_names(config))
     pipeline = _read(plan, config.s3)
     if config.limit is not None:
         pipeline = pipeline.limit(config.limit)
     pipeline = apply_chain(pipeline, build_chain(config.filters.dialogue, stage=DIALOGUE_STAGE, kind="dialogue"))
-    pipeline = _dedup(pipeline, config)
+    stages: dict[str, Any] = {}
+    if config.dedup.enabled:
+        against = open_version(config.dedup_against, s3=config.s3) if config.dedup_against else None
+        pipeline = dedup_stage(pipeline, config.dedup, "dedup_dialogue", stages, timings, against=against)
 
     target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=DIALOGUE, s3=config.s3,
                          max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
@@ -102,14 +116,10 @@ def run(config: CleanConfig) -> RunResult:
         input_rows=input_rows, data_schema=DIALOGUE, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started},
     )
+    manifest = manifest.model_copy(update={"changes": changes_since(store, manifest), "stages": stages})
+    manifest = attach_report(store, manifest)
     store.commit(manifest)
     return RunResult(manifest=manifest, version_uri=store.version_uri(version))
-
-
-def _dedup(pipeline: ray.data.Dataset, config: CleanConfig) -> ray.data.Dataset:
-    """HOOK: dedup. soulray/dedup/ (MinHash over dialogues) plugs in here: it marks duplicates with a
-    reject mark (stage "dedup") instead of removing them, so the manifest's accounting still holds."""
-    return pipeline
 
 
 # -- reading ----------------------------------------------------------------------------------------

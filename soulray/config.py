@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from soulray.errors import ConfigError
 
@@ -341,6 +349,9 @@ class CleanConfig(StrictModel):
     s3: S3Config = S3Config()
     ray: RayConfig = RayConfig()
     filters: FiltersConfig = FiltersConfig()
+    dedup: DedupConfig = Field(default_factory=lambda: DedupConfig())
+    dedup_against: str | None = Field(None, description="a published version path: dialogues that duplicate its "
+                                                        "rows are rejected")
     limit: int | None = Field(None, ge=1, description="read at most this many dialogues (smoke runs)")
 
 # ---- end filters and clean ------------------------------------------------------------------------------
@@ -354,6 +365,7 @@ class RegenerateConfig(StrictModel):
     ray: RayConfig = RayConfig()
     rewrite: RewriteConfig = RewriteConfig()
     filters: FiltersConfig = FiltersConfig()
+    dedup: DedupJobConfig = Field(default_factory=lambda: DedupJobConfig())
     limit: int | None = Field(None, ge=1, description="read at most this many rewrite units (smoke runs)")
 
 
@@ -597,6 +609,16 @@ class DedupConfig(StrictModel):
         if self.bands is not None:
             return self.bands, self.rows
         return optimal_params(self.threshold, self.num_perm, tuple(self.weights))
+
+
+class DedupJobConfig(StrictModel):
+    """Dedup in the regenerate job: sources before the rewrite (each distinct answer is paid for once)
+    and dialogues after it; optionally against a published version."""
+
+    source: DedupConfig = Field(default_factory=lambda: DedupConfig())
+    dialogue: DedupConfig = Field(default_factory=lambda: DedupConfig())
+    against: str | None = Field(None, description="a published version path (…/<dataset>/versions/<id>): new rows "
+                                                  "that duplicate its rows are rejected")
 
 
 # ---- end dedup ------------------------------------------------------------------------------------------

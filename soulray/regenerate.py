@@ -2,8 +2,9 @@
 
 Stages today: normalise (read + map columns + validate text), the source filter chain (forum words,
 PII, length, crisis screen), rewrite (LLM, quotas, cache, parse) and the dialogue filter chain (format,
-ethics, PII, AI templates, quality). Dedup slots in on the same pipeline Dataset; each stage marks the
-rows it drops instead of removing them, so the writer accounts for every row.
+ethics, PII, AI templates, quality), with MinHash dedup after each chain (sources: each distinct answer
+is paid for once; dialogues). Each stage marks the rows it drops instead of removing them, so the
+writer accounts for every row.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
-from soulray.config import RegenerateConfig, RewriteConfig, config_hash, secret_env_names
+from soulray.config import DedupConfig, RegenerateConfig, RewriteConfig, config_hash, secret_env_names
+from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
 from soulray.rewrite.session import RewriteSession
 from soulray.rewrite.stage import estimate_batch
@@ -26,11 +29,13 @@ from soulray.store import (
     InputFile,
     Manifest,
     ShardTarget,
+    Version,
     VersionStore,
     attach_report,
     build_manifest,
     changes_since,
     new_version_id,
+    open_version,
     write_shards,
 )
 
@@ -69,6 +74,10 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
         pipeline = pipeline.limit(config.limit)
         input_rows = min(input_rows, config.limit)
     pipeline = apply_chain(pipeline, build_chain(config.filters.source, stage=SOURCE_STAGE, kind="unit"))
+    stages: dict[str, Any] = {}
+    if config.dedup.source.enabled:  # before the rewrite: a distinct answer is paid for once
+        pipeline = dedup_stage(pipeline, config.dedup.source, "dedup_source", stages, timings,
+                          block_rows=config.rewrite.batch_size * 4)
 
     if config.rewrite.enabled and config.rewrite.dry_run:
         return DryRun(estimate=estimate(pipeline, config.rewrite), input_rows=input_rows)
@@ -80,6 +89,9 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
             pipeline, data_schema = rewrite.apply(pipeline, expected_rows=input_rows), DIALOGUE
             pipeline = apply_chain(pipeline, build_chain(config.filters.dialogue, stage=DIALOGUE_STAGE,
                                                          kind="dialogue"))
+            if config.dedup.dialogue.enabled:
+                against = open_version(config.dedup.against, s3=config.s3) if config.dedup.against else None
+                pipeline = dedup_stage(pipeline, config.dedup.dialogue, "dedup_dialogue", stages, timings, against=against)
         target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=data_schema,
                              s3=config.s3, max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
         phase = time.perf_counter()
@@ -95,9 +107,25 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
         data_schema=data_schema, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started}, usage=usage,
     )
-    manifest = attach_report(store, manifest.model_copy(update={"changes": changes_since(store, manifest)}))
+    manifest = manifest.model_copy(update={"changes": changes_since(store, manifest), "stages": stages})
+    manifest = attach_report(store, manifest)
     store.commit(manifest)
     return RunResult(manifest=manifest, version_uri=store.version_uri(version))
+
+
+def dedup_stage(pipeline, config: DedupConfig, stage: str, stages: dict[str, Any], timings: dict[str, float], *,
+           against: Version | None = None, block_rows: int | None = None):
+    """Mark duplicates (materialises the pipeline: duplicates are a global property); its report goes
+    into the manifest's `stages` and its phase times into `timings`."""
+    marked, report = dedup_dataset(pipeline, config=config, stage=stage, against=against)
+    log.info("%s", report.summary())
+    stages[stage] = {"clusters": report.clusters, "rows_marked": report.rows_marked, "marked": report.marked,
+                     "considered_rows": report.considered_rows, "bands": report.bands,
+                     "rows_per_band": report.rows_per_band, "candidate_edges": report.candidate_edges}
+    timings.update({f"{stage}_{phase}_s": seconds for phase, seconds in report.seconds.items()})
+    if block_rows:  # small blocks again, so the rewrite spreads over every actor (see _normalise)
+        marked = marked.repartition(max(1, -(-report.input_rows // block_rows)))
+    return marked
 
 
 def _normalise(plans: list[SourcePlan], config: RegenerateConfig):
@@ -166,6 +194,12 @@ def summary(result: RunResult | DryRun) -> str:
                      f"{stats['completion_tokens']:.0f} tokens, ${stats['cost_usd']:.4f}")
     if manifest.usage:
         lines.append(f"  spend   ${manifest.cost_usd:.4f} this run; tokens {manifest.tokens}")
+    for stage, facts in manifest.stages.items():
+        if "clusters" in facts:
+            lines.append(f"  dedup   {stage}: {facts['clusters']} clusters, {facts['rows_marked']} rows marked "
+                         f"({', '.join(f'{r} {n}' for r, n in facts['marked'].items()) or 'none'}); "
+                         + ", ".join(f"{k.removeprefix(stage + '_')} {v:.1f}" for k, v in manifest.timings_s.items()
+                                     if k.startswith(stage)))
     if manifest.changes:
         changes = manifest.changes
         lines.append(f"  changes {changes['added']} added, {changes['removed']} removed, {changes['kept']} kept "

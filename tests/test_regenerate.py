@@ -108,3 +108,35 @@ def test_source_errors_stop_before_any_write(ray_local, tmp_path):
     with pytest.raises(SourceError, match="corrupt.parquet"):
         run(config_for(tmp_path / "out", f"sources.0.path={tmp_path / 'corrupt.parquet'}"))
     assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_sources_are_paid_for_once(ray_local, llm, tmp_path):
+    """Source dedup runs before the rewrite: an exact copy (another answer_id, different spacing and
+    punctuation) and a near copy of an answer become reject rows naming the row they duplicate, and
+    only the kept row is sent to the LLM."""
+    from soulray.rewrite.server import SimulatedKey
+    from tests.conftest import DEMO_QA, TEST_API_KEYS
+
+    demo = pq.read_table(DEMO_QA).slice(0, 20).to_pylist()
+    original = demo[0]
+    copies = [{**original, "answer_id": "copy-exact", "answer": " " + original["answer"].replace("。", "．") + " "},
+              {**original, "answer_id": "copy-near", "answer": original["answer"] + "加油。"}]
+    source = tmp_path / "qa.parquet"
+    pq.write_table(pa.Table.from_pylist(demo + copies), source)
+    server, url = llm(keys={TEST_API_KEYS["SOULRAY_TEST_KEY_A"]: SimulatedKey()})
+    keys = [{"name": "a", "api_key_env": "SOULRAY_TEST_KEY_A", "rpm": 100_000, "tpm": 10**8}]
+    result = run(config_for(tmp_path / "out", f"sources.0.path={source}", f"rewrite.base_url={url}",
+                            f"rewrite.keys={json.dumps(keys)}"))
+    counts = result.manifest.counts
+    assert counts["input_rows"] == 22 and sum(counts["by_stage"]["dedup_source"].values()) == 2, counts
+    assert server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]].completed == 20
+    version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo")
+    family = {record_id(row["question"], "", row["answer"]) for row in [original, *copies]}
+    published = family & set(version.to_table()["record_id"].to_pylist())
+    assert len(published) == 1  # one keeper (the lowest record_id), named by both rejects
+    rejects = version.to_table("rejects").to_pylist()
+    assert {r["record_id"] for r in rejects} == family - published
+    keeper = published.pop()
+    assert all(keeper in r["detail"] and r["stage"] == "dedup_source" for r in rejects), rejects
+    assert result.manifest.stages["dedup_source"]["clusters"] == 1
+    assert "dedup   dedup_source: 1 clusters, 2 rows marked" in summary(result)

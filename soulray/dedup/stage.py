@@ -173,13 +173,14 @@ def _with_row_ids(batch: pa.Table, *, published: bool) -> pa.Table:
 
 
 def _active(batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
-    """Rows that take part (indices) and their normalised texts."""
-    texts = normalise(row_texts(batch))
-    active = pc.greater(pc.utf8_length(texts), 0)
+    """Rows that take part (indices) and their normalised texts. Rows an earlier stage rejected are
+    left out before their text is read: a rejected dialogue may have no messages at all."""
+    candidates = np.arange(batch.num_rows)
     if "reject_reason" in batch.column_names and PUBLISHED not in batch.column_names:
-        active = pc.and_(active, pc.is_null(batch["reject_reason"]))
-    rows = np.flatnonzero(active.to_numpy(zero_copy_only=False))
-    return rows, texts.take(pa.array(rows))
+        candidates = np.flatnonzero(pc.is_null(batch["reject_reason"]).to_numpy(zero_copy_only=False))
+    texts = normalise(row_texts(batch.take(pa.array(candidates, pa.int64()))))
+    keep = np.flatnonzero(pc.greater(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False))
+    return candidates[keep], texts.take(pa.array(keep, pa.int64()))
 
 
 def _fingerprint(batch: pa.Table, *, settings: _Settings) -> pa.Table:

@@ -56,6 +56,7 @@ class Manifest(BaseModel):
     profile: dict[str, dict[str, int]] = Field(default_factory=dict)  # topics_in, utterances per dialogue, …
     changes: dict[str, Any] = Field(default_factory=dict)  # against the parent version: added, removed, kept
     report: list[Shard] = Field(default_factory=list)  # the run report's files (report/…), with checksums
+    stages: dict[str, Any] = Field(default_factory=dict)  # what stages report of themselves (dedup: clusters, …)
 
     def to_json(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, indent=2).encode("utf-8")
