@@ -49,10 +49,12 @@ def test_import_synth_inspect_export_gc(ray_local, tmp_path, capsys):
     assert pq.read_table(tmp_path / "syn.parquet").num_rows == 500
 
     root = tmp_path / "store"
-    # without the dialogue filters: the synthetic text is templated, and ~10% of its offline rewrites
-    # repeat enough n-grams for the repetition screen (tests/filters covers that)
+    # without the dialogue filters and dedup: the synthetic text is templated, ~10% of its offline
+    # rewrites repeat enough n-grams for the repetition screen, and 10% of its answers are planted near
+    # duplicates (tests/filters and tests/dedup cover those)
     assert main(["regenerate", "--set", f"storage.root={root}", "--set", f"sources.0.path={tmp_path / 'syn.parquet'}",
-                 "--set", "dataset=syn", "--set", "filters.dialogue=[]"]) == 0
+                 "--set", "dataset=syn", "--set", "filters.dialogue=[]", "--set", "dedup.source.enabled=false",
+                 "--set", "dedup.dialogue.enabled=false"]) == 0
     out = capsys.readouterr().out
     assert "500 in = 500 out + 0 rejected" in out
 
