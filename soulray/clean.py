@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from soulray.config import CleanConfig, CleanInput, S3Config, config_hash, secret_env_names
 from soulray.errors import SourceError
@@ -38,7 +37,7 @@ from soulray.schema import (
     dialogue_id,
 )
 from soulray.sources.importers import import_corpus
-from soulray.sources.reader import _list_parquet_files, _read_metadata
+from soulray.sources.reader import list_parquet_files, read_metadata, read_row_group
 from soulray.store import (
     InputFile,
     ShardTarget,
@@ -129,8 +128,8 @@ def plan_input(spec: CleanInput, *, s3: S3Config | None = None) -> InputPlan:
     if fmt != "parquet":
         return _plan_json(spec.path, fmt)
     pieces, inputs = [], []
-    for file in _list_parquet_files(resolve(spec.path, s3)):
-        metadata, size, fingerprint = _read_metadata(file)
+    for file in list_parquet_files(resolve(spec.path, s3)):
+        metadata, size, fingerprint = read_metadata(file)
         _check_columns(file.uri, metadata.schema.to_arrow_schema())
         first_row = 0
         for row_group in range(metadata.num_row_groups):
@@ -214,12 +213,7 @@ def _read_pieces(batch: pa.Table, *, s3: S3Config):
 
 def read_piece(piece: Piece, *, s3: S3Config | None = None) -> pa.Table:
     """One row group as RAW_DIALOGUE rows (id and topic as text, where they came from)."""
-    location = resolve(piece.uri, s3)
-    try:
-        with location.filesystem.open_input_file(location.path) as handle:
-            table = pq.ParquetFile(handle).read_row_group(piece.row_group)
-    except (OSError, pa.ArrowException) as exc:
-        raise SourceError(f"{piece.uri}: cannot read row group {piece.row_group}: {exc}") from None
+    table = read_row_group(piece.uri, piece.row_group, s3=s3)
     rows = table.num_rows
     columns = {
         "id": _text_column(table, "id", piece.uri, rows),

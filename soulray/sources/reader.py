@@ -54,8 +54,8 @@ def plan_fragments(spec: SourceSpec, *, source_index: int = 0, s3: S3Config | No
     location = resolve(spec.path, s3)
     fragments: list[Fragment] = []
     inputs: list[dict[str, object]] = []
-    for file in _list_parquet_files(location):
-        metadata, size, fingerprint = _read_metadata(file)
+    for file in list_parquet_files(location):
+        metadata, size, fingerprint = read_metadata(file)
         _check_columns(spec, file.uri, metadata.schema.to_arrow_schema())
         first_row = 0
         for row_group in range(metadata.num_row_groups):
@@ -71,12 +71,7 @@ def plan_fragments(spec: SourceSpec, *, source_index: int = 0, s3: S3Config | No
 
 def normalise_fragment(fragment: Fragment, spec: SourceSpec, *, s3: S3Config | None = None) -> pa.Table:
     """Read one fragment and return its rows as WORKING_UNIT (units and marked rejects)."""
-    location = resolve(fragment.uri, s3)
-    try:
-        with location.filesystem.open_input_file(location.path) as handle:
-            table = pq.ParquetFile(handle).read_row_group(fragment.row_group)
-    except (OSError, pa.ArrowException) as exc:
-        raise SourceError(f"{fragment.uri}: cannot read row group {fragment.row_group}: {exc}") from None
+    table = read_row_group(fragment.uri, fragment.row_group, s3=s3)
     columns = _present_columns(spec, table.schema)
     rows = _rows(table, columns, spec.layout)
     builder = _UnitBuilder(fragment, spec)
@@ -85,7 +80,17 @@ def normalise_fragment(fragment: Fragment, spec: SourceSpec, *, s3: S3Config | N
     return builder.table()
 
 
-def _list_parquet_files(location: Location) -> list[Location]:
+def read_row_group(uri: str, row_group: int, *, s3: S3Config | None = None) -> pa.Table:
+    """One row group of a Parquet file, or SourceError naming the file and row group."""
+    location = resolve(uri, s3)
+    try:
+        with location.filesystem.open_input_file(location.path) as handle:
+            return pq.ParquetFile(handle).read_row_group(row_group)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(f"{uri}: cannot read row group {row_group}: {exc}") from None
+
+
+def list_parquet_files(location: Location) -> list[Location]:
     try:
         info = location.filesystem.get_file_info(location.path)
     except OSError as exc:
@@ -106,7 +111,7 @@ def _list_parquet_files(location: Location) -> list[Location]:
     return [Location(location.filesystem, path, root_uri + path[len(root_path):]) for path in files]
 
 
-def _read_metadata(file: Location) -> tuple[pq.FileMetaData, int, str]:
+def read_metadata(file: Location) -> tuple[pq.FileMetaData, int, str]:
     """The file's Parquet metadata, size, and a fingerprint: SHA-256 of its size and footer, which
     records every row group's offsets, sizes and statistics, without reading the data pages."""
     try:
