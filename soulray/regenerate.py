@@ -198,7 +198,7 @@ def summary(result: RunResult | DryRun) -> str:
         if "clusters" in facts:
             lines.append(f"  dedup   {stage}: {facts['clusters']} clusters, {facts['rows_marked']} rows marked "
                          f"({', '.join(f'{r} {n}' for r, n in facts['marked'].items()) or 'none'}); "
-                         + ", ".join(f"{k.removeprefix(stage + '_')} {v:.1f}" for k, v in manifest.timings_s.items()
+                         + ", ".join(f"{k.removeprefix(stage + '_').removesuffix('_s')} {v:.1f}s" for k, v in manifest.timings_s.items()
                                      if k.startswith(stage)))
     if manifest.changes:
         changes = manifest.changes
