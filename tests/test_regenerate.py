@@ -19,10 +19,12 @@ from tests.conftest import PLANTED_SECRET
 
 
 def config_for(root, *overrides: str) -> RegenerateConfig:
-    # without the filter chains, so counts here test reading, rewriting and publishing alone;
-    # tests/filters/test_regenerate_job.py runs the job with them
+    # without the filter chains and dedup, so counts here test reading, rewriting and publishing alone
+    # (the demo has one pair of answers at Jaccard >= 0.8); tests/filters/test_regenerate_job.py and
+    # test_duplicate_sources_are_paid_for_once below run the job with them
     return load_config(RegenerateConfig, DEMO_CONFIG, [f"storage.root={root}", "filters.source=[]",
-                                                        "filters.dialogue=[]", *overrides])
+                                                        "filters.dialogue=[]", "dedup.source.enabled=false",
+                                                        "dedup.dialogue.enabled=false", *overrides])
 
 
 def test_demo_job_publishes_every_row(ray_local, tmp_path):
@@ -126,7 +128,7 @@ def test_duplicate_sources_are_paid_for_once(ray_local, llm, tmp_path):
     server, url = llm(keys={TEST_API_KEYS["SOULRAY_TEST_KEY_A"]: SimulatedKey()})
     keys = [{"name": "a", "api_key_env": "SOULRAY_TEST_KEY_A", "rpm": 100_000, "tpm": 10**8}]
     result = run(config_for(tmp_path / "out", f"sources.0.path={source}", f"rewrite.base_url={url}",
-                            f"rewrite.keys={json.dumps(keys)}"))
+                            f"rewrite.keys={json.dumps(keys)}", "dedup.source.enabled=true"))
     counts = result.manifest.counts
     assert counts["input_rows"] == 22 and sum(counts["by_stage"]["dedup_source"].values()) == 2, counts
     assert server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]].completed == 20

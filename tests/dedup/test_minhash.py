@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,6 +102,22 @@ def test_hash_spans_equal_reference_at_every_length():
     assert list(hash_spans(data, starts, lengths, "sha1_32")) == [sha1_hash32(m) for m in messages]
     assert list(hash_spans(data, starts, lengths, "murmur3_32")) == [murmur3_32(m) for m in messages]
     assert sha1_hash32(b"abc") == int.from_bytes(hashlib.sha1(b"abc").digest()[:4], "little")
+
+
+def test_portable_sha1_gives_the_same_signatures_as_openssls(smile_qa):
+    """The kernels take SHA-1's compression from OpenSSL where hashlib's libcrypto is found, else from
+    the portable compiled one: both must give datasketch's signatures (the portable one runs in a child
+    process, as the choice is made at import)."""
+    texts = [row["answer"] for row in smile_qa[:40]] + ["", "抱", "x" * 200]  # 200 bytes: four SHA-1 blocks
+    script = ("import json, sys; from soulray.dedup import kernels; from soulray.dedup.minhash import MinHasher;"
+              "texts = json.load(sys.stdin); print(kernels.SHA1_IMPLEMENTATION);"
+              "print(json.dumps(MinHasher(ngram=3).signatures(texts).tolist()))")
+    child = subprocess.run([sys.executable, "-c", script], input=json.dumps(texts), capture_output=True, text=True,
+                           check=True, env={**os.environ, "SOULRAY_DEDUP_SHA1": "portable"})
+    implementation, signatures = child.stdout.splitlines()
+    assert implementation == "portable"
+    assert np.array_equal(np.array(json.loads(signatures), np.uint32), MinHasher(ngram=3).signatures(texts))
+    assert np.array_equal(MinHasher(ngram=200).signatures(texts[-1:])[0], datasketch_signature([texts[-1]]))
 
 
 def test_murmur3_matches_published_vectors():
