@@ -66,19 +66,20 @@ def plain_generate(model_folder: str, samples: list[dict[str, Any]], *, max_new_
     import torch
 
     from soulray.config import DecodingConfig, S3Config
-    from soulray.evaluate.generate import load_checkpoint, prompt_text
+    from soulray.evaluate.generate import _left_padded, load_checkpoint, prompt_format, prompt_ids
 
     torch.set_num_threads(2)
     started = time.perf_counter()
     model, tokenizer = load_checkpoint(model_folder, s3=S3Config(), device="cpu", dtype="auto")
     decoding = DecodingConfig(max_new_tokens=max_new_tokens, max_input_tokens=256)
+    trained = json.loads(Path(model_folder, "training.json").read_text())["samples"]
+    prompt = prompt_format(tokenizer, trained=trained, decoding=decoding)
     ordered = sorted(samples, key=lambda s: sum(len(m["content"]) for m in s["history"]))
     generated = 0
     torch.manual_seed(0)
     for start in range(0, len(ordered), batch_size):
-        prompts = [prompt_text(tokenizer, s["history"]) for s in ordered[start:start + batch_size]]
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, add_special_tokens=False,
-                            max_length=decoding.max_input_tokens)
+        ids = prompt_ids(tokenizer, [s["history"] for s in ordered[start:start + batch_size]], prompt)
+        encoded = _left_padded(ids, tokenizer.pad_token_id)
         with torch.inference_mode():
             # top_k=0: Hugging Face samples from the top 50 by default; the paper's decoding is top-p alone
             output = model.generate(**encoded, do_sample=True, top_p=decoding.top_p, temperature=decoding.temperature,

@@ -56,6 +56,7 @@ class Split:
 def run(config: EvaluateConfig) -> EvaluationResult:
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
+    trained = {model.name: trained_samples(model.checkpoint, config) for model in config.models if model.checkpoint}
     config = config.model_copy(update={"models": [
         model.model_copy(update={"checkpoint": resolve_checkpoint(model.checkpoint, config)}) if model.checkpoint
         else model for model in config.models]})
@@ -79,7 +80,8 @@ def run(config: EvaluateConfig) -> EvaluationResult:
     timings, usage, responses = {}, {}, []
     for index, model in enumerate(config.models):
         phase = time.perf_counter()
-        table, usage[model.name] = generate(model, samples, config=config, store=store, run_id=f"{run_id}-{index}")
+        table, usage[model.name] = generate(model, samples, config=config, store=store, run_id=f"{run_id}-{index}",
+                                            trained=trained.get(model.name))
         timings[f"generate_{model.name}_s"] = time.perf_counter() - phase
         responses.append(table)
     responses = pa.concat_tables(responses)
@@ -95,7 +97,8 @@ def run(config: EvaluateConfig) -> EvaluationResult:
     evaluation_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{run_id[:6]}"
     uri = f"{evaluation_home(config)}/evaluations/{evaluation_id}"
     test_set = config.test_set or config.dataset
-    report = markdown(test_set=test_set, metrics=metrics, judge=judge, notes=notes(config, version, split, samples))
+    report = markdown(test_set=test_set, metrics=metrics, judge=judge,
+                      notes=notes(config, version, split, samples, trained))
     artifacts = {"samples.parquet": _parquet(samples), "responses.parquet": _parquet(responses),
                  "metrics.json": _json({"models": metrics, "judge": judge}), "report.md": report.encode(),
                  "metrics.png": plot(test_set=test_set, metrics=metrics, judge=judge)}
@@ -106,6 +109,7 @@ def run(config: EvaluateConfig) -> EvaluationResult:
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dataset": config.dataset,
                 "version": version.manifest.version, "config": config.model_dump(mode="json"),
                 "config_hash": config_hash(config), "split": split.description, "samples": samples.num_rows,
+                "trained_prompts": trained,
                 "metrics": metrics, "judge": judge, "usage": usage, "timings_s": timings,
                 "artifacts": {name: {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
                               for name, content in artifacts.items()}}
@@ -122,7 +126,28 @@ def resolve_checkpoint(checkpoint: str, config: EvaluateConfig) -> str:
     set a model beside itself before fine-tuning. Anything else is a folder path, returned as it is."""
     if not checkpoint.startswith("finetune:"):
         return checkpoint
-    from soulray.train.storage import RunPaths, exists, read_json
+    from soulray.train.storage import read_json
+
+    paths, initial = _finetune_run(checkpoint, config)
+    return read_json(f"{paths.prepared}/prepared.json", config.s3)["model_uri"] if initial else paths.model
+
+
+def trained_samples(checkpoint: str, config: EvaluateConfig) -> dict[str, Any] | None:
+    """The samples settings (format, max_input_tokens, …) a checkpoint was fine-tuned with, so it is
+    prompted as it was trained: a fine-tuning run's, before and after (`finetune:` references), or a
+    soulray export's training.json; None for any other model (prompted by its own tokenizer)."""
+    from soulray.train.storage import exists, read_json
+
+    if checkpoint.startswith("finetune:"):
+        paths, _ = _finetune_run(checkpoint, config)
+        return read_json(f"{paths.prepared}/prepared.json", config.s3)["samples"]
+    facts = f"{checkpoint.rstrip('/')}/training.json"
+    return read_json(facts, config.s3).get("samples") if exists(facts, config.s3) else None
+
+
+def _finetune_run(checkpoint: str, config: EvaluateConfig) -> tuple[Any, bool]:
+    """(the finished run a `finetune:<run>[:initial]` reference names, whether it asks for the initial weights)."""
+    from soulray.train.storage import RunPaths, exists
 
     name, _, which = checkpoint.removeprefix("finetune:").partition(":")
     if which not in ("", "initial"):
@@ -132,7 +157,7 @@ def resolve_checkpoint(checkpoint: str, config: EvaluateConfig) -> str:
     paths = RunPaths.for_run(root=config.root, dataset=config.dataset, run_name=name)
     if not exists(f"{paths.model}/training.json", config.s3):
         raise SoulrayError(f"checkpoint {checkpoint!r}: {paths.model} holds no finished fine-tuning export")
-    return read_json(f"{paths.prepared}/prepared.json", config.s3)["model_uri"] if which else paths.model
+    return paths, which == "initial"
 
 
 def _latest_finetune_run(config: EvaluateConfig) -> str:
@@ -173,10 +198,11 @@ def choose_split(config: EvaluateConfig) -> Split:
 
 
 def generate(model: EvalModel, samples: pa.Table, *, config: EvaluateConfig, store: VersionStore,
-             run_id: str) -> tuple[pa.Table, dict[str, Any]]:
-    """Every sample's response from `model` (EVAL_RESPONSE rows, in sample order) and what it used."""
+             run_id: str, trained: dict[str, Any] | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """Every sample's response from `model` (EVAL_RESPONSE rows, in sample order) and what it used;
+    `trained`: a checkpoint's fine-tuning samples settings (trained_samples)."""
     if model.checkpoint:
-        table = _from_checkpoint(model, samples, config)
+        table = _from_checkpoint(model, samples, config, trained)
         used = {"tokens": {"prompt": _sum(table, "prompt_tokens"), "completion": _sum(table, "completion_tokens")},
                 "cost_usd": 0.0}
     else:
@@ -190,7 +216,8 @@ def generate(model: EvalModel, samples: pa.Table, *, config: EvaluateConfig, sto
     return table.take(sorted(range(len(returned)), key=lambda row: position[returned[row]])), used
 
 
-def _from_checkpoint(model: EvalModel, samples: pa.Table, config: EvaluateConfig) -> pa.Table:
+def _from_checkpoint(model: EvalModel, samples: pa.Table, config: EvaluateConfig,
+                     trained: dict[str, Any] | None) -> pa.Table:
     import ray.data
 
     from soulray.evaluate.generate import CheckpointGenerator, threads_for
@@ -205,7 +232,7 @@ def _from_checkpoint(model: EvalModel, samples: pa.Table, config: EvaluateConfig
         CheckpointGenerator, batch_size=generation.batch_size, batch_format="pyarrow",
         fn_constructor_kwargs={"model_name": model.name, "checkpoint": model.checkpoint, "decoding": config.decoding,
                                "s3": config.s3, "device": generation.device, "dtype": generation.dtype,
-                               "threads": threads_for(generation.actor_num_cpus)},
+                               "threads": threads_for(generation.actor_num_cpus), "trained": trained},
         compute=ray.data.ActorPoolStrategy(size=min(generation.actors, dataset.num_blocks())),
         num_cpus=generation.actor_num_cpus, num_gpus=generation.actor_num_gpus or None)
     return _collect(output, EVAL_RESPONSE)
@@ -291,7 +318,8 @@ def summarize_judge(ratings: pa.Table, config: EvaluateConfig) -> dict[str, Any]
             "cost_usd": sum(row["cost_usd"] for row in rows)}
 
 
-def notes(config: EvaluateConfig, version: Any, split: Split, samples: pa.Table) -> list[str]:
+def notes(config: EvaluateConfig, version: Any, split: Split, samples: pa.Table,
+          trained: dict[str, dict[str, Any] | None]) -> list[str]:
     decoding = config.decoding
     lines = [
         f"{samples.num_rows} next-counselor-turn samples from the held-out dialogues of {config.dataset} "
@@ -303,6 +331,11 @@ def notes(config: EvaluateConfig, version: Any, split: Split, samples: pa.Table)
         "smoothing method3, averaged over samples; ROUGE: rouge_chinese F-scores on jieba words, averaged; ×100.",
         "Failed generations count as empty responses (score 0); see `failed`.",
     ]
+    if trained:
+        lines.append("Checkpoint prompts are token ids from the fine-tuning code, as each model was trained: " + "; ".join(
+            f"{name} {facts['format']}, last {min(decoding.max_input_tokens, facts['max_input_tokens'])} tokens"
+            if facts else f"{name} its own chat template (or the paper's format), last {decoding.max_input_tokens} tokens"
+            for name, facts in trained.items()) + ".")
     if config.judge.enabled and config.api.base_url == "local":
         lines.append("The judge ran against the embedded offline server: its ratings are lexical cues for "
                      "plumbing and tests, not a model's judgement.")

@@ -6,6 +6,12 @@ with G ~ Gumbel(0, 1) is a draw from softmax(logits), so `generate` runs greedil
 and each sample's text depends on its own seed only, not on which batch, actor or order it ran in. A
 rerun with the same seed gives the same responses (Hugging Face's own sampler draws from one global
 generator, so a row's text would change with its batch neighbours).
+
+Prompts are token ids from the fine-tuning code itself (soulray.train.prepare.encoding_of), in the format
+and context length the checkpoint was trained with: a model is asked for a turn with exactly the ids
+its training sample of that turn held before the target. Rendering a string and tokenizing it whole
+would not be the same thing for every tokenizer: training encodes prompt and reply pieces apart, and a
+SentencePiece-style tokenizer marks the start of every piece, or merges across a boundary.
 """
 
 from __future__ import annotations
@@ -13,14 +19,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from soulray.config import DecodingConfig, S3Config
-from soulray.evaluate.samples import render_prompt, sample_seed
+from soulray.evaluate.samples import sample_seed
 from soulray.schema import EVAL_RESPONSE
-from soulray.train.samples import COUNSELOR_PREFIX, USER_PREFIX
+from soulray.train.samples import COUNSELOR_PREFIX, USER_PREFIX, Format
 
 if TYPE_CHECKING:
     import torch
@@ -45,16 +52,43 @@ def gumbel_sampler(generators: list[torch.Generator]):
     return GumbelNoise()
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a checkpoint is prompted: a fine-tuning format (soulray.train.samples) and how many tokens of
+    context it gets, as its fine-tuning gave them."""
+
+    fmt: Format
+    max_input_tokens: int
+    source: str  # where the format came from: the checkpoint's fine-tuning settings, or its tokenizer
+
+
+def prompt_format(tokenizer: Any, *, trained: dict[str, Any] | None, decoding: DecodingConfig) -> PromptFormat:
+    """The format a checkpoint was fine-tuned with (`trained`: that run's samples settings), never more
+    context than it was trained on; a model soulray did not fine-tune gets its own chat template, or the
+    paper's rendering when it has none."""
+    if trained is not None:
+        return PromptFormat(fmt=trained["format"], source="fine-tuning settings",
+                            max_input_tokens=min(decoding.max_input_tokens, trained["max_input_tokens"]))
+    fmt: Format = "chat_template" if getattr(tokenizer, "chat_template", None) else "soulchat"
+    return PromptFormat(fmt=fmt, max_input_tokens=decoding.max_input_tokens, source="tokenizer")
+
+
+def prompt_ids(tokenizer: Any, histories: list[list[dict[str, str]]], prompt: PromptFormat) -> list[list[int]]:
+    """The token ids a model is prompted with for the counselor turn after each history."""
+    from soulray.train.prepare import encoding_of
+
+    return encoding_of(tokenizer, prompt.fmt).contexts(histories, max_input=prompt.max_input_tokens)
+
+
 def generate_batch(model: Any, tokenizer: Any, samples: list[dict[str, Any]], *, decoding: DecodingConfig,
-                   model_name: str) -> list[dict[str, Any]]:
+                   model_name: str, prompt: PromptFormat | None = None) -> list[dict[str, Any]]:
     """Responses (EVAL_RESPONSE rows) of `model` for `samples` (EVAL_SAMPLE rows), in their order."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    prompts = [prompt_text(tokenizer, sample["history"]) for sample in samples]
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, add_special_tokens=not templated,
-                        max_length=decoding.max_input_tokens).to(model.device)
+    prompt = prompt or prompt_format(tokenizer, trained=None, decoding=decoding)
+    ids = prompt_ids(tokenizer, [sample["history"] for sample in samples], prompt)
+    encoded = {name: tensor.to(model.device) for name, tensor in _left_padded(ids, tokenizer.pad_token_id).items()}
     generators = [torch.Generator().manual_seed(sample_seed(sample["sample_id"], decoding.seed)) for sample in samples]
     processors = LogitsProcessorList([TemperatureLogitsWarper(decoding.temperature), TopPLogitsWarper(decoding.top_p),
                                       gumbel_sampler(generators)])
@@ -74,13 +108,17 @@ def generate_batch(model: Any, tokenizer: Any, samples: list[dict[str, Any]], *,
     return rows
 
 
-def prompt_text(tokenizer: Any, history: list[dict[str, str]]) -> str:
-    """The model's own chat template when it has one (a soulray fine-tuned model stores the paper's
-    format as its template, so prompts match training exactly); else the paper's rendering, as soulray
-    trains it (the initial tiny model of a fine-tuning run gets the very prompt its trained self gets)."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
-    return render_prompt(history, eos=tokenizer.eos_token or "")
+def _left_padded(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask, padded on the left: every prompt ends where generation starts."""
+    import torch
+
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for line, row in enumerate(ids):
+        input_ids[line, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        attention[line, width - len(row):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -115,8 +153,6 @@ def load_checkpoint(checkpoint: str, *, s3: S3Config, device: str, dtype: str) -
     with local_dir(checkpoint, s3) as folder:
         tokenizer = load_tokenizer(folder)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto" if dtype == "auto" else getattr(torch, dtype))
-    tokenizer.padding_side = "left"  # prompts end where generation starts
-    tokenizer.truncation_side = "left"  # too long a history loses its oldest turns, never the last question
     return model.to(device).eval(), tokenizer
 
 
@@ -124,17 +160,19 @@ class CheckpointGenerator:
     """The callable class `map_batches` runs in an actor pool: loads the model once, generates per batch."""
 
     def __init__(self, *, model_name: str, checkpoint: str, decoding: DecodingConfig, s3: S3Config, device: str,
-                 dtype: str, threads: int) -> None:
+                 dtype: str, threads: int, trained: dict[str, Any] | None = None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.model_name, self.decoding = model_name, decoding
         self.model, self.tokenizer = load_checkpoint(checkpoint, s3=s3, device=device, dtype=dtype)
+        self.prompt = prompt_format(self.tokenizer, trained=trained, decoding=decoding)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         samples = batch.to_pylist()
-        rows = generate_batch(self.model, self.tokenizer, samples, decoding=self.decoding, model_name=self.model_name)
+        rows = generate_batch(self.model, self.tokenizer, samples, decoding=self.decoding, model_name=self.model_name,
+                              prompt=self.prompt)
         return pa.Table.from_pylist(rows, schema=EVAL_RESPONSE)
 
 

@@ -18,17 +18,7 @@ import pyarrow as pa
 
 from soulray.errors import SoulrayError
 from soulray.schema import EVAL_SAMPLE, ROLE_ASSISTANT, ROLE_USER
-from soulray.train.samples import COUNSELOR_PREFIX, USER_PREFIX
 from soulray.train.split import SPLIT_FORMAT, is_validation, split_key
-
-
-def render_prompt(history: list[dict[str, str]], *, eos: str = "") -> str:
-    """The paper's rendering (SOULCHAT.md, "Model input for fine-tuning") as soulray's fine-tuning writes
-    it: `用户：…\\n心理咨询师：…</s>\\n…用户：…\\n心理咨询师：`, each earlier counselor turn ended by `eos`."""
-    lines = [USER_PREFIX + message["content"] if message["role"] == ROLE_USER
-             else COUNSELOR_PREFIX + message["content"] + eos for message in history]
-    return "\n".join([*lines, COUNSELOR_PREFIX])
-
 
 HeldOut = Callable[[str, str], bool]  # (question_id, record_id) → on the evaluation side?
 

@@ -18,7 +18,7 @@ from soulray.config import FinetuneConfig
 from soulray.errors import SoulrayError
 from soulray.train.loop import write_arrow
 from soulray.train.model import load_tokenizer, tiny_model, train_tokenizer
-from soulray.train.samples import plan_samples, tokenize_dialogues
+from soulray.train.samples import Encoding, Format, plan_samples
 from soulray.train.schedule import WarmupDecay, deepspeed_config
 from soulray.train.split import split_by_question, split_manifest
 from soulray.train.storage import local_dir, upload_dir, write_json
@@ -66,17 +66,9 @@ def prepare(config: FinetuneConfig, *, dialogues: pa.Table, prepared_uri: str, s
                              "model": config.model.model_dump(mode="json"), "optim": config.optim.model_dump(mode="json")}
     with tempfile.TemporaryDirectory(prefix="soulray-prepare-") as scratch:
         folder = Path(scratch)
-        tokenizer = _tokenizer(config, train, folder)
-        render = None
-        if samples_config.format == "chat_template":
-            if not tokenizer.chat_template:
-                raise SoulrayError("samples.format=chat_template: the model's tokenizer has no chat template")
-            render = lambda messages, add_generation_prompt: tokenizer.apply_chat_template(  # noqa: E731
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        eos = tokenizer.eos_token_id if samples_config.format == "soulchat" else None
+        encoding = encoding_of(_tokenizer(config, train, folder), samples_config.format)
         for name, table in (("train", train), ("validation", validation)):
-            tokens = tokenize_dialogues(table, encode_batch=_encoder(tokenizer), eos_id=eos, fmt=samples_config.format,
-                                        render=render)
+            tokens = encoding.tokenize(table)
             samples = plan_samples(tokens, mode=samples_config.mode, max_input=samples_config.max_input_tokens,
                                    max_output=samples_config.max_output_tokens)
             write_arrow(tokens, folder / f"{name}-tokens.arrow")
@@ -128,6 +120,21 @@ def _tokenizer(config: FinetuneConfig, train: pa.Table, folder: Path) -> Any:
     model.save_pretrained(str(folder / INIT_MODEL))
     tokenizer.save_pretrained(str(folder / INIT_MODEL))
     return tokenizer
+
+
+def encoding_of(tokenizer: Any, fmt: Format) -> Encoding:
+    """The fine-tuning encoding of a Hugging Face tokenizer in format `fmt`: soulchat appends the eos id
+    to every reply; chat_template renders with the tokenizer's own template, whose end-of-turn marker
+    is part of the reply. Training and evaluation prompts both come from here."""
+    if fmt == "soulchat":
+        return Encoding(fmt="soulchat", encode_batch=_encoder(tokenizer), eos_id=tokenizer.eos_token_id)
+    if not tokenizer.chat_template:
+        raise SoulrayError("samples.format=chat_template: the model's tokenizer has no chat template")
+
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    return Encoding(fmt="chat_template", encode_batch=_encoder(tokenizer), eos_id=None, render=render)
 
 
 def _encoder(tokenizer: Any):

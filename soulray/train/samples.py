@@ -141,6 +141,45 @@ def tokenize_dialogues(table: pa.Table, *, encode_batch: EncodeBatch, eos_id: in
     return pa.table(columns, schema=TOKENS)
 
 
+# The reply a history is extended with to find where its next counselor turn would begin (never encoded
+# into a prompt: segments are encoded apart, and a chat template renders the prompt without it).
+_PENDING_REPLY = {"role": ROLE_ASSISTANT, "content": "…"}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How fine-tuning turns one model's dialogues into token ids. The fine-tuning job tokenizes its
+    samples with it and the evaluation builds its prompts with it, so a model is asked for a turn with
+    token for token the context that turn had in training (same rendering, same segment boundaries, no
+    special tokens the training did not add). prepare.encoding_of builds one from a tokenizer."""
+
+    fmt: Format
+    encode_batch: EncodeBatch
+    eos_id: int | None
+    render: Callable[..., str] | None = None
+
+    def tokenize(self, table: pa.Table) -> pa.Table:
+        return tokenize_dialogues(table, encode_batch=self.encode_batch, eos_id=self.eos_id, fmt=self.fmt,
+                                  render=self.render)
+
+    def contexts(self, histories: Sequence[Sequence[dict[str, str]]], *, max_input: int) -> list[list[int]]:
+        """For each history, the ids a per_turn sample holds before the counselor turn that follows it
+        (at most the last `max_input`, cut as plan_per_turn cuts them): the history is tokenized as a
+        dialogue by `tokenize` with one more counselor turn, and its target start is where the prompt ends."""
+        pending = [[*history, _PENDING_REPLY] for history in histories]
+        tokens = self.tokenize(pa.table({"id": list(range(len(pending))), "question_id": [""] * len(pending),
+                                         "messages": pending}))
+        contexts = []
+        for index, (ids, starts, ends) in enumerate(zip(tokens["input_ids"].to_pylist(),
+                                                        tokens["target_starts"].to_pylist(),
+                                                        tokens["target_ends"].to_pylist(), strict=True)):
+            if not ends or ends[-1] != len(ids):  # the pending turn is a target only after a user turn
+                raise SoulrayError(f"history {index}: no user turn for a counselor turn to answer")
+            start, _, _ = plan_per_turn(starts[-1:], ends[-1:], max_input=max_input, max_output=1)[0]
+            contexts.append(ids[start:starts[-1]])
+        return contexts
+
+
 def plan_per_turn(starts: Sequence[int], ends: Sequence[int], *, max_input: int, max_output: int
                   ) -> list[tuple[int, int, list[tuple[int, int]]]]:
     """(start, end, supervised spans) of one sample per target."""

@@ -99,16 +99,16 @@ def test_evaluate_end_to_end_and_rerun(ray_local, tmp_path, dialogues, tiny_chec
 
 def test_finetune_references_and_where_the_report_goes(tmp_path):
     from soulray.errors import SoulrayError
-    from soulray.evaluation import evaluation_home, resolve_checkpoint
+    from soulray.evaluation import evaluation_home, resolve_checkpoint, trained_samples
 
     runs = tmp_path / "smile" / "finetune"
     for name, finished in (("ft-a", True), ("ft-b", True), ("ft-c", False)):
         (runs / name / "model").mkdir(parents=True)
         (runs / name / "prepared").mkdir()
         (runs / name / "prepared" / "prepared.json").write_text(json.dumps(
-            {"model_uri": str(runs / name / "prepared" / "init-model")}))
+            {"model_uri": str(runs / name / "prepared" / "init-model"), "samples": {"run": name}}))
         if finished:
-            (runs / name / "model" / "training.json").write_text("{}")
+            (runs / name / "model" / "training.json").write_text(json.dumps({"samples": {"run": name}}))
     config = load_config(EvaluateConfig, None, [f"root={tmp_path}", "dataset=smile",
                                                 "models=[{name: m, checkpoint: 'finetune:latest'}]"])
     newest = max(("ft-a", "ft-b"), key=lambda name: (runs / name / "model" / "training.json").stat().st_mtime_ns)
@@ -117,6 +117,10 @@ def test_finetune_references_and_where_the_report_goes(tmp_path):
     assert resolve_checkpoint("/some/folder", config) == "/some/folder"
     with pytest.raises(SoulrayError, match="no finished fine-tuning export"):
         resolve_checkpoint("finetune:ft-c", config)
+    # prompted as trained: the run's samples settings, before and after; a soulray export's; none for others
+    assert trained_samples("finetune:ft-a:initial", config) == trained_samples("finetune:ft-a", config) == {"run": "ft-a"}
+    assert trained_samples(str(runs / "ft-b" / "model"), config) == {"run": "ft-b"}
+    assert trained_samples(str(tmp_path), config) is None
     # beside the evaluated model's training metrics, or under the dataset for any other model
     tuned = config.model_copy(update={"models": [config.models[0].model_copy(
         update={"checkpoint": str(runs / "ft-a" / "model")})]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from soulray.evaluate.samples import hash_split, listed_split, next_turn_samples, render_prompt
+from soulray.evaluate.samples import hash_split, listed_split, next_turn_samples
 from soulray.train.split import split_by_question, split_manifest
 
 
@@ -53,10 +53,3 @@ def test_samples_are_next_counselor_turns_chosen_by_seed(dialogues):
 
 def _reversed(table):
     return table.take(list(range(table.num_rows - 1, -1, -1)))
-
-
-def test_prompt_is_the_papers_rendering():
-    history = [{"role": "user", "content": "我失眠了"}, {"role": "assistant", "content": "多久了？"},
-               {"role": "user", "content": "一个月"}]
-    assert render_prompt(history) == "用户：我失眠了\n心理咨询师：多久了？\n用户：一个月\n心理咨询师："
-    assert render_prompt(history, eos="</s>") == "用户：我失眠了\n心理咨询师：多久了？</s>\n用户：一个月\n心理咨询师："
