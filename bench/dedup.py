@@ -35,6 +35,7 @@ from soulray.dedup.text import normalise  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "smilechat-sample"
 THRESHOLD, NUM_PERM, NGRAM = 0.8, 128, 5
+OBJECT_STORE_MB = 1500  # the scale runs' object store: more data than this spills to disk
 
 
 def run(workdir: Path, quick: bool) -> dict:
@@ -246,58 +247,71 @@ def bench_quality(*, bases: int) -> dict:
 
 # ---- scale -------------------------------------------------------------------------------------------
 
-def bench_scale(workdir: Path, sizes: list[int]) -> dict:
-    """Each size in a fresh process with its own local Ray (so peak memory is that size's): synthetic
-    PsyQA-shaped units, 10% near-duplicates, through dedup_dataset; wall time and peak memory (PSS
-    summed over the driver, Ray's daemons and workers, sampled every 0.5 s)."""
+def bench_scale(workdir: Path, sizes: list[int], *, object_store_mb: int = OBJECT_STORE_MB) -> dict:
+    """Each size in a fresh process with its own local Ray (so peak memory is that size's), reading
+    synthetic PsyQA-shaped units (10% near-duplicates) from Parquet as the jobs do, through
+    dedup_dataset with the default DedupConfig; wall time and peak memory (PSS summed over the driver,
+    Ray's daemons and workers, sampled every 0.5 s). The object store is capped at `object_store_mb`,
+    so what does not fit spills to disk and peak memory shows what the pipeline itself holds."""
     out = {}
     for rows in sizes:
+        source = _synthetic_units(rows, workdir)  # written here, so the measured process only reads
         result_path = workdir / f"scale-{rows}.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--scale-one", str(rows), "--workdir", str(workdir),
-                   "--result", str(result_path)]
+                   "--result", str(result_path), "--object-store-mb", str(object_store_mb)]
         subprocess.run(command, check=True, timeout=3600)
-        out[str(rows)] = json.loads(result_path.read_text())
+        out[str(rows)] = {**json.loads(result_path.read_text()), "source_mb": _size_mb(source)}
     return out
 
 
-def scale_one(rows: int, workdir: Path) -> dict:
+
+def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
     import ray
 
     from soulray.config import DedupConfig, RayConfig
     from soulray.dedup.stage import dedup_dataset
     from soulray.runtime import init_ray
 
-    source = workdir / f"synthetic-{rows}.parquet"
-    units = _synthetic_units(rows, source)
-    init_ray(RayConfig(num_cpus=4))
+    init_ray(RayConfig(num_cpus=4, object_store_mb=object_store_mb))
     sampler = _MemorySampler()
     sampler.start()
     started = time.perf_counter()
-    ds = ray.data.from_arrow(units)
+    # one read task per row group (25k rows), as the jobs' readers split sources; Ray's default of 200
+    # blocks at least makes hundreds of tiny tasks at the small sizes
+    ds = ray.data.read_parquet(str(workdir / f"units-{rows}"), override_num_blocks=max(1, -(-rows // 25_000)))
     marked, report = dedup_dataset(ds, config=DedupConfig())
     output_rows = marked.count()
     wall = time.perf_counter() - started
     sampler.stop()
     ray.shutdown()
     return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": sampler.peak / 1e6,
-            "output_rows": output_rows, "marked": report.marked, "clusters": report.clusters,
-            "considered": report.considered_rows, "seconds": report.seconds}
+            "object_store_mb": object_store_mb, "output_rows": output_rows, "marked": report.marked,
+            "clusters": report.clusters, "considered": report.considered_rows, "seconds": report.seconds}
 
 
-def _synthetic_units(rows: int, path: Path, planted_share: float = 0.05) -> list[pa.Table]:
-    """WORKING_UNIT rows from soulray.sources.synthetic. Its near-duplicate answers land under other
-    questions, so few whole units are near-duplicates; `planted_share` of rows are therefore replaced by
-    a recent unit with its answer perturbed the generator's way (Jaccard of the unit ~0.9)."""
+def _size_mb(path: Path) -> float:
+    return sum(part.stat().st_size for part in path.glob("*.parquet")) / 1e6
+
+
+def _synthetic_units(rows: int, workdir: Path, planted_share: float = 0.05) -> Path:
+    """A folder of WORKING_UNIT Parquet files from soulray.sources.synthetic (kept between runs). Its
+    near-duplicate answers land under other questions, so few whole units are near-duplicates;
+    `planted_share` of rows are therefore replaced by a recent unit with its answer perturbed the
+    generator's way (Jaccard of the unit ~0.9)."""
     from soulray.config import SourceSpec
     from soulray.schema import REJECT_MARK, record_id
     from soulray.sources import normalise_fragment, plan_fragments
     from soulray.sources.synthetic import _perturb, write_synthetic
 
+    folder = workdir / f"units-{rows}"
+    if (folder / "_done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"synthetic-{rows}.parquet"
     write_synthetic(path, rows, seed=0, near_duplicate_rate=0.1, chunk_rows=min(rows, 50_000))
     spec = SourceSpec(path=str(path), columns={"description": "description", "topic": "topic"})
     rng = np.random.default_rng(1)
-    tables = []
-    for fragment in plan_fragments(spec).fragments:
+    for index, fragment in enumerate(plan_fragments(spec).fragments):
         table = normalise_fragment(fragment, spec)
         for name, dtype in REJECT_MARK:
             if name not in table.column_names:
@@ -312,8 +326,10 @@ def _synthetic_units(rows: int, path: Path, planted_share: float = 0.05) -> list
                                                      columns["answer"][target])
         for name, values in columns.items():
             table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
-        tables += [table.slice(start, 25_000) for start in range(0, table.num_rows, 25_000)]
-    return tables
+        pq.write_table(table, folder / f"part-{index:05d}.parquet", row_group_size=25_000)
+    path.unlink()
+    (folder / "_done").touch()
+    return folder
 
 
 class _MemorySampler:
@@ -378,12 +394,16 @@ def markdown(result: dict) -> str:
             "pairs)" for name in ("labelled", "smilechat_sample"))]
     scale = result.get("scale")
     if scale:
-        lines += ["", "dedup_dataset on local Ray (this machine), synthetic PsyQA-shaped units (generator at 10% near-duplicate answers, plus 5% planted near-duplicate units), default DedupConfig:",
-                  "", "| rows | wall s | rows/s | peak PSS MB | marked | phases (s) |", "|---|---|---|---|---|---|"]
+        lines += ["", "dedup_dataset on local Ray (this machine), synthetic PsyQA-shaped units read from Parquet "
+                  "(generator at 10% near-duplicate answers, plus 5% planted near-duplicate units), default "
+                  "DedupConfig, object store capped (spills to disk beyond):",
+                  "", "| rows | source MB | object store MB | wall s | rows/s | peak PSS MB | marked | phases (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in scale.values():
             phases = ", ".join(f"{k} {v:.1f}" for k, v in row["seconds"].items())
-            lines.append(f"| {row['rows']:,} | {row['wall_s']:.1f} | {row['rows_per_s']:,.0f} | "
-                         f"{row['peak_pss_mb']:,.0f} | {sum(row['marked'].values()):,} | {phases} |")
+            lines.append(f"| {row['rows']:,} | {row.get('source_mb', 0):,.0f} | {row.get('object_store_mb', '-')} | "
+                         f"{row['wall_s']:.1f} | {row['rows_per_s']:,.0f} | {row['peak_pss_mb']:,.0f} | "
+                         f"{sum(row['marked'].values()):,} | {phases} |")
     return "\n".join(lines) + "\n"
 
 
@@ -393,20 +413,26 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write dedup.json and dedup.md here")
     parser.add_argument("--only", choices=["throughput", "quality", "scale"], help="run one part")
     parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help="where the scale runs' synthetic units are written (and reused)")
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--object-store-mb", type=int, default=OBJECT_STORE_MB, help="object store of each scale run")
+    parser.add_argument("--sizes", help="scale sizes, comma-separated (default 10k,100k,1M; --quick 10k,100k)")
     args = parser.parse_args()
     if args.scale_one:
-        Path(args.result).write_text(json.dumps(scale_one(args.scale_one, Path(args.workdir))))
+        result = scale_one(args.scale_one, Path(args.workdir), object_store_mb=args.object_store_mb)
+        Path(args.result).write_text(json.dumps(result))
         return 0
-    with tempfile.TemporaryDirectory() as workdir:
+    sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else None
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = args.workdir or scratch  # a kept --workdir reuses its synthetic units
         if args.only == "throughput":
             result = {"throughput": bench_throughput(count=400 if args.quick else 1500, repeats=3 if args.quick else 5)}
         elif args.only == "quality":
             result = {"quality": bench_quality(bases=150 if args.quick else 400)}
         elif args.only == "scale":
-            result = {"scale": bench_scale(Path(workdir), [10_000, 100_000] if args.quick
-                                           else [10_000, 100_000, 1_000_000])}
+            result = {"scale": bench_scale(Path(workdir), sizes or ([10_000, 100_000] if args.quick
+                                                                     else [10_000, 100_000, 1_000_000]),
+                                           object_store_mb=args.object_store_mb)}
         else:
             result = run(Path(workdir), args.quick)
     text = markdown(result)

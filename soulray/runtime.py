@@ -29,8 +29,9 @@ def init_ray(config: RayConfig) -> None:
         log.info("joined Ray cluster at %s", address)
         return
     num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
+    object_store = config.object_store_mb * 1024 * 1024 if config.object_store_mb else None
     ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True,
-             configure_logging=False)
+             configure_logging=False, object_store_memory=object_store)
     log.info("started a local Ray with %d logical CPUs", num_cpus)
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from soulray.dedup.lsh import band_keys
-from soulray.dedup.minhash import char_shingles, estimate_jaccard
+from soulray.dedup.minhash import ShingleSets, char_shingles, estimate_jaccard
 
 Keep = Literal["lowest_record_id", "longest"]
 Verify = Literal["none", "signature", "jaccard"]
@@ -65,16 +65,15 @@ def resolve(members: Members, rules: Rules) -> Decisions:
     if not len(members.ordinal):
         return Decisions(ordinal=np.zeros(0, np.int64), reason=[], detail=[], keeper=np.zeros(0, np.int64))
     pairs = exact_pairs(members.content_hash)
+    similarity = _Similarity(members, rules)
     if members.signatures is not None:
         candidates = bucket_pairs(members.signatures, bands=rules.bands, rows=rules.rows)
-        near_similarity = _similarity(members, rules, candidates)
         if rules.verify != "none":
-            keep = near_similarity >= rules.threshold
-            candidates, near_similarity = candidates[keep], near_similarity[keep]
+            candidates = candidates[similarity(candidates) >= rules.threshold]
         pairs = np.concatenate([pairs, candidates])
     labels = connected_components(len(members.ordinal), pairs)
     keepers = choose_keepers(labels, members, rules.keep)
-    return _decisions(members, rules, keepers)
+    return _decisions(members, keepers, similarity)
 
 
 def exact_pairs(content_hash: np.ndarray) -> np.ndarray:
@@ -156,30 +155,42 @@ def jaccard(left: str, right: str, ngram: int) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def _similarity(members: Members, rules: Rules, pairs: np.ndarray) -> np.ndarray:
-    if rules.verify == "jaccard":
-        if members.texts is None:
-            raise ValueError("verify='jaccard' needs the members' texts")
-        return np.array([jaccard(members.texts[a], members.texts[b], rules.ngram) for a, b in pairs])
-    return estimate_jaccard(members.signatures[pairs[:, 0]], members.signatures[pairs[:, 1]])
+class _Similarity:
+    """Similarity of member pairs as the rules measure it: true Jaccard of the shingle sets (each
+    member's set built once, in a compiled kernel: a row sits in many candidate pairs) or the
+    signatures' estimate."""
+
+    def __init__(self, members: Members, rules: Rules) -> None:
+        self.measure = "jaccard" if rules.verify == "jaccard" else "minhash_estimate"
+        self._members, self._ngram = members, rules.ngram
+        self._sets: ShingleSets | None = None
+
+    def __call__(self, pairs: np.ndarray) -> np.ndarray:
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        if self.measure == "minhash_estimate":
+            return estimate_jaccard(self._members.signatures[pairs[:, 0]], self._members.signatures[pairs[:, 1]])
+        if self._sets is None:
+            if self._members.texts is None:
+                raise ValueError("verify='jaccard' needs the members' texts")
+            self._sets = ShingleSets.of(self._members.texts, self._ngram)
+        return self._sets.jaccard(pairs)
 
 
-def _decisions(members: Members, rules: Rules, keepers: np.ndarray) -> Decisions:
+def _decisions(members: Members, keepers: np.ndarray, similarity: _Similarity) -> Decisions:
     marked = np.flatnonzero((keepers != np.arange(len(keepers))) & ~members.published)
+    exact = (members.content_hash[marked] == members.content_hash[keepers[marked]]).all(axis=1)
+    near = marked[~exact]
+    near_similarity = dict(zip(near.tolist(), similarity(np.stack([near, keepers[near]], axis=1)).tolist(),
+                               strict=True)) if len(near) and members.signatures is not None else {}
     reasons, details = [], []
-    for row in marked:
+    for row, is_exact in zip(marked.tolist(), exact.tolist(), strict=True):
         keeper = keepers[row]
-        exact = bool((members.content_hash[row] == members.content_hash[keeper]).all())
-        if exact:
-            similarity, measure = 1.0, "exact"
-        elif rules.verify == "jaccard":
-            similarity = jaccard(members.texts[row], members.texts[keeper], rules.ngram)
-            measure = "jaccard"
+        if is_exact:
+            value, measure = 1.0, "exact"
         else:
-            similarity = float(estimate_jaccard(members.signatures[row], members.signatures[keeper]))
-            measure = "minhash_estimate"
-        reasons.append(REASON_EXACT if exact else REASON_NEAR)
-        details.append(json.dumps({"kept": members.record_id[keeper], "similarity": round(similarity, 4),
+            value, measure = near_similarity[row], similarity.measure
+        reasons.append(REASON_EXACT if is_exact else REASON_NEAR)
+        details.append(json.dumps({"kept": members.record_id[keeper], "similarity": round(value, 4),
                                    "measure": measure, "kept_from": "published" if members.published[keeper]
                                    else "input"}, ensure_ascii=False))
     return Decisions(ordinal=members.ordinal[marked], reason=reasons, detail=details,

@@ -96,6 +96,30 @@ class MinHasher:
         return out
 
 
+@dataclass(frozen=True)
+class ShingleSets:
+    """The character n-gram sets of many texts, built once, for exact Jaccard of any pairs of them
+    (verifying LSH candidates). Sets of 64-bit hashes of the shingles (kernels.char_shingle_sets)."""
+
+    hashes: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, texts: Sequence[str | None] | pa.Array, ngram: int) -> ShingleSets:
+        offsets, data = _utf8_buffers(texts)
+        return cls(*kernels.char_shingle_sets(data, offsets, ngram))
+
+    def jaccard(self, pairs: np.ndarray) -> np.ndarray:
+        """Jaccard of the texts in each (left, right) row of `pairs` (same as `jaccard` below: 1.0 for
+        two empty texts)."""
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        out = np.empty(len(pairs), np.float64)
+        kernels.pair_jaccard(self.hashes, self.starts, self.sizes, np.ascontiguousarray(pairs[:, 0]),
+                             np.ascontiguousarray(pairs[:, 1]), out)
+        return out
+
+
 def to_lean_minhashes(signatures: np.ndarray, *, seed: int = 1) -> list:
     """datasketch LeanMinHash objects for signatures (for MinHashLSH, jaccard, serialisation)."""
     from datasketch import LeanMinHash
