@@ -88,6 +88,7 @@ class _Lane:
     in_flight: int = 0
     cooldown_until: float = 0.0
     consecutive_429: int = 0
+    backed_off_at: float = float("-inf")  # when the last 429 that lengthened the cool-down was settled
 
     @classmethod
     def for_limits(cls, limits: LaneLimits, now: float) -> _Lane:
@@ -133,7 +134,8 @@ class QuotaLedger:
         self.budget_usd = budget_usd
         self.spent_usd = 0.0
         self.reserved_usd = 0.0
-        self._open: dict[int, tuple[str, str, str, int, float]] = {}  # id → key, lane, model, tokens, cost
+        # id → key, lane, model, tokens, cost, when the call starts
+        self._open: dict[int, tuple[str, str, str, int, float, float]] = {}
         self._ids = itertools.count(1)
         self.rows_done = 0  # rows the callers finished (for progress; calls are counted per key)
 
@@ -174,7 +176,7 @@ class QuotaLedger:
         self.reserved_usd += estimated_cost
         state.count(model, "requests")
         reservation_id = next(self._ids)
-        self._open[reservation_id] = (name, lane_name, model, estimated_tokens, estimated_cost)
+        self._open[reservation_id] = (name, lane_name, model, estimated_tokens, estimated_cost, now + wait)
         return Reservation(id=reservation_id, key=name, wait_s=wait, estimated_tokens=estimated_tokens,
                            estimated_cost=estimated_cost)
 
@@ -183,7 +185,7 @@ class QuotaLedger:
                remaining_tokens: int | None = None, now: float | None = None) -> None:
         """status: ok | rate_limited | insufficient_quota | error (a failed call that may have cost nothing)."""
         now = time.monotonic() if now is None else now
-        name, lane_name, model, estimated_tokens, estimated_cost = self._open.pop(reservation_id)
+        name, lane_name, model, estimated_tokens, estimated_cost, started = self._open.pop(reservation_id)
         state = self.keys[name]
         lane = state.lanes[lane_name]
         lane.in_flight -= 1
@@ -202,7 +204,12 @@ class QuotaLedger:
             lane.consecutive_429 = 0
         elif status == "rate_limited":
             state.count(model, "rate_limited")
-            lane.consecutive_429 += 1
+            # a call made after the last back-off began and refused again is a repeat: back off longer.
+            # One made before is an echo of the same refusal (a burst answers every call in flight):
+            # counting those as repeats turned 16 calls in flight into a cool-down of minutes.
+            if started >= lane.backed_off_at:
+                lane.consecutive_429 += 1
+                lane.backed_off_at = now
             # honour Retry-After; without one back off 1, 2, 4 … 60 s; repeated 429s cool the lane longer
             pause = retry_after_s if retry_after_s is not None else min(60.0, 2.0 ** (lane.consecutive_429 - 1))
             lane.cooldown_until = max(lane.cooldown_until, now + pause * (1 + 0.5 * (lane.consecutive_429 - 1)))

@@ -218,6 +218,11 @@ class LLMCaller:
             self._settle(reservation.id, outcome)
             if result is not None:
                 return result
+            if outcome["status"] in ("rate_limited", "insufficient_quota"):
+                # the broker must hear of this 429 before this call asks again: queued settlements wait
+                # up to 20 ms, a reservation 5 ms, so the retry would be granted straight back into the
+                # burst (or the key without credit) it does not know about yet
+                await self._send_settlements()
             if outcome["status"] == "insufficient_quota":
                 continue  # that key is now disabled; the broker hands out another
             retries += 1

@@ -143,3 +143,18 @@ def test_snapshot_totals_per_key_and_per_model():
     assert sum(k["requests"] for k in snapshot["keys"].values()) == 3
     assert sum(k["models"].get("gpt-3.5-turbo", {}).get("cost_usd", 0) for k in snapshot["keys"].values()) == 1.0
     assert snapshot["spent_usd"] == 1.5
+
+
+def test_429s_of_calls_already_in_flight_are_one_burst_not_repeats():
+    """A burst refuses every call in flight at once. Those 429s are echoes of one refusal (the calls
+    were made before we knew): one back-off, not eight escalating ones. A call made after the back-off
+    and refused again is a repeat: that one cools the lane longer."""
+    ledger = QuotaLedger(keys(("a", 6000, 10**9)), now=0.0)
+    in_flight = [ledger.reserve("m", 10, 0.0, now=0.0) for _ in range(8)]
+    for grant in in_flight:  # without Retry-After: back off 1 s
+        ledger.settle(grant.id, status="rate_limited", now=0.1)
+    retry = ledger.reserve("m", 10, 0.0, now=0.1)
+    assert 0.9 <= retry.wait_s <= 1.0  # eight 429s would have meant minutes
+    ledger.settle(retry.id, status="rate_limited", now=retry.wait_s + 0.2)  # refused again after waiting
+    assert ledger.reserve("m", 10, 0.0, now=retry.wait_s + 0.2).wait_s >= 2.0  # 2 s × 1.5: longer
+    assert ledger.snapshot()["keys"]["a"]["rate_limited"] == 9  # every 429 still counted
