@@ -6,8 +6,9 @@ answer into sentences and lays them out as a multi-turn dialogue in the prompt's
 that are not rewrites get the evaluation's offline answers (judge ratings, next counselor turns; see
 soulray/evaluate/offline.py), as deterministic and as model-free. What it
 simulates faithfully is the behaviour of real APIs that soulray must cope with: per-key requests- and
-tokens-per-minute limits (429 + Retry-After + x-ratelimit-* headers), latency, 5xx errors, timeouts,
-malformed, truncated and refused completions, and keys without quota (`insufficient_quota`).
+tokens-per-minute limits (429 + Retry-After + x-ratelimit-* headers), bursts of 429 whatever the pacing,
+latency, 5xx errors, timeouts, malformed, truncated and refused completions, and keys without quota
+(`insufficient_quota`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,33 @@ class Faults:
     truncated: float = 0.0
     refusal: float = 0.0
     hang_s: float = 30.0  # how long a "timeout" request hangs before answering 504
+    # Bursts of 429: the provider refuses a key for a while however well it was paced (its own load,
+    # an organisation-wide limit the client cannot see). A key's burst starts at its `burst_every`-th
+    # request since its last burst and lasts `burst_s`; every request of that key inside gets 429.
+    # Whether a burst's 429s carry Retry-After (the time left in the burst, as OpenAI sends it) or no
+    # header at all (as some gateways and proxies answer) is `burst_retry_after`, cycled over the bursts
+    # of all keys in the order they start.
+    # Counted in requests, not drawn, so a test knows how many bursts a run of N calls meets.
+    burst_every: int = 0  # 0: no bursts
+    burst_s: float = 1.0
+    burst_retry_after: tuple[bool, ...] = (True, False)
+
+
+@dataclass
+class Burst:
+    """One burst of 429s on one key, and the calls it refused (each by `call_id`: a retry of a call
+    sends the same messages and seed, so a call refused twice in one burst shows up here twice)."""
+
+    started: float
+    until: float
+    retry_after: bool
+    refused: list[str] = field(default_factory=list)
+
+    def retry_headers(self, now: float) -> dict[str, str]:
+        if not self.retry_after:
+            return {}
+        left = max(self.until - now, 0.001)  # rounded up: a client that honours it lands after the burst
+        return {"Retry-After": str(math.ceil(left)), "retry-after-ms": str(math.ceil(left * 1000))}
 
 
 @dataclass
@@ -63,6 +91,24 @@ class KeyStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     log: list[tuple[float, int, str]] = field(default_factory=list)  # (time, tokens, lane) of every admission
+    bursts: list[Burst] = field(default_factory=list)
+    since_burst: int = 0  # requests since the last burst ended
+
+    def burst_at(self, now: float, faults: Faults, *, started_before: int) -> Burst | None:
+        """The burst this request falls in, starting one if it is the `burst_every`-th since the last
+        (`started_before`: bursts of all keys so far, for the Retry-After cycle)."""
+        if self.bursts and now < self.bursts[-1].until:
+            return self.bursts[-1]
+        if not faults.burst_every:
+            return None
+        self.since_burst += 1
+        if self.since_burst < faults.burst_every:
+            return None
+        self.since_burst = 0
+        cycle = faults.burst_retry_after
+        burst = Burst(started=now, until=now + faults.burst_s, retry_after=cycle[started_before % len(cycle)])
+        self.bursts.append(burst)
+        return burst
 
     def max_in_window(self, window_s: float = 60.0, lane: str | None = None) -> tuple[int, int]:
         """The most requests and tokens served inside any window of `window_s` (for quota checks), on
@@ -150,6 +196,7 @@ class LocalLLMServer:
             return {_key_label(key): {"requests": s.requests, "completed": s.completed, "rate_limited": s.rate_limited,
                                       "errors": s.errors, "prompt_tokens": s.prompt_tokens,
                                       "completion_tokens": s.completion_tokens,
+                                      "bursts": len(s.bursts), "burst_429": sum(len(b.refused) for b in s.bursts),
                                       "busiest_minute": _busiest(s), "lanes": {
                                           lane: _busiest(s, lane) for lane in sorted({name for _, _, name in s.log})}}
                     for key, s in self.stats.items()}
@@ -191,12 +238,19 @@ class LocalLLMServer:
         with self._lock:
             window = self._windows.setdefault((key, lane), _Window())
             now = time.monotonic()
-            wait = window.admit(now, prompt_tokens + completion_tokens, limits)
+            burst = stats.burst_at(now, self.config.faults,
+                                   started_before=sum(len(s.bursts) for s in self.stats.values()))
+            wait = 0.0 if burst else window.admit(now, prompt_tokens + completion_tokens, limits)
             headers = _ratelimit_headers(window, limits, now)
-            if wait:
+            if burst:
+                burst.refused.append(_call_id(model, messages, body.get("seed")))
+            if burst or wait:
                 stats.rate_limited += 1
             else:
                 stats.log.append((now, prompt_tokens + completion_tokens, lane))  # admissions: what limits count
+        if burst:
+            return _error(429, "rate_limit_exceeded", "Rate limit reached (injected burst).",
+                          {**headers, **burst.retry_headers(now)})
         if wait:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
             headers["retry-after-ms"] = str(int(wait * 1000))
@@ -326,6 +380,11 @@ def _split_block(block: str) -> tuple[str, str, str, str]:
 
 def _busiest(stats: KeyStats, lane: str | None = None) -> dict[str, int]:
     return dict(zip(("requests", "tokens"), stats.max_in_window(60.0, lane), strict=True))
+
+
+def _call_id(model: str, messages: object, seed: object) -> str:
+    """What stays the same across the retries of one call: model, messages and seed."""
+    return hashlib.sha256(json.dumps([model, messages, seed], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def _key_label(key: str) -> str:

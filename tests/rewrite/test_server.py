@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import openai
 import pytest
@@ -88,3 +89,36 @@ def test_latency_and_concurrency(llm):
 
     asyncio.run(many())
     assert list(server.stats_summary().values())[0]["completed"] == 20
+
+
+def test_bursts_of_429_whatever_the_pacing(llm):
+    """Every 3rd request (counted per key, from the end of the last burst) opens a burst: all of that
+    key's requests in it get 429, the first burst with Retry-After = the time left, the next without;
+    another key is not affected."""
+    server, url = llm(keys={"k": SimulatedKey(), "other": SimulatedKey()},
+                      faults=Faults(burst_every=3, burst_s=0.4, burst_retry_after=(True, False)))
+    client = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+
+    def call() -> float | None:
+        """None if served; else the Retry-After in seconds (0.0 when the 429 has none)."""
+        try:
+            client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt(), seed=7)
+        except openai.RateLimitError as error:
+            assert error.body["code"] == "rate_limit_exceeded"
+            return float(error.response.headers.get("retry-after-ms", 0)) / 1000
+        return None
+
+    assert [call(), call()] == [None, None]
+    first = [call(), call()]  # the 3rd request opens the burst; the 4th falls inside it
+    assert all(0 < wait <= 0.401 for wait in first) and first[1] <= first[0], first
+    openai.OpenAI(base_url=url, api_key="other", max_retries=0).chat.completions.create(
+        model="gpt-3.5-turbo", messages=prompt())  # bursts are per key
+    time.sleep(max(first))
+    assert [call(), call(), call()] == [None, None, 0.0]  # the second burst: 429 without Retry-After
+    time.sleep(0.45)
+    assert call() is None
+    bursts = server.stats["k"].bursts
+    assert [b.retry_after for b in bursts] == [True, False]
+    assert [len(b.refused) for b in bursts] == [2, 1] and len(set(bursts[0].refused)) == 1  # one call, twice
+    stats = server.stats_summary()["…k"]
+    assert (stats["requests"], stats["completed"], stats["rate_limited"], stats["burst_429"]) == (8, 5, 3, 3)

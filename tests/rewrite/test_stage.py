@@ -7,11 +7,15 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
 from soulray.regenerate import run
 from soulray.rewrite.server import Faults, LocalLLMServer, SimulatedKey
+from soulray.rewrite.stage import cost_of
 from soulray.store import open_version
+from tests.accounting import assert_accounted
 from tests.conftest import PLANTED_API_KEY, TEST_API_KEYS
 
 
@@ -19,7 +23,8 @@ def job(root: Path, url: str, keys: list[dict], *overrides: str, limit: int = 40
     return load_config(RegenerateConfig, DEMO_CONFIG, [
         f"storage.root={root}", f"rewrite.base_url={url}", f"rewrite.keys={json.dumps(keys)}", f"limit={limit}",
         "rewrite.actors=2", "rewrite.batch_size=8",
-        "filters.source=[]", "filters.dialogue=[]",  # the rewrite alone: tests/filters runs the job with them
+        # the rewrite alone: tests/filters and tests/dedup run the job with filters and dedup
+        "filters.source=[]", "filters.dialogue=[]", "dedup.source.enabled=false", "dedup.dialogue.enabled=false",
         *overrides])
 
 
@@ -60,30 +65,59 @@ def test_quotas_per_key_are_respected_and_shared(ray_local, llm, tmp_path):
     assert result.manifest.cost_usd > 0 and result.manifest.tokens["prompt"] > 0
 
 
-def test_faults_end_as_output_or_reject_and_rerun_pays_nothing(ray_local, llm, tmp_path):
-    faults = Faults(error_5xx=0.1, timeout=0.05, malformed=0.1, truncated=0.05, refusal=0.03, hang_s=3.0)
-    server, url = llm(faults=faults, keys=server_keys(SOULRAY_TEST_KEY_A=SimulatedKey(),
-                                                      SOULRAY_TEST_KEY_BROKE=SimulatedKey(insufficient_quota=True)))
-    keys = [key("SOULRAY_TEST_KEY_BROKE", rpm=100_000), key("SOULRAY_TEST_KEY_A", rpm=3000)]
-    config = job(tmp_path, url, keys, "rewrite.timeout_s=1", "rewrite.max_reasks=2", limit=60)
+def test_chaos_ends_as_output_or_reject_with_exact_accounting_and_rerun_pays_nothing(ray_local, llm, tmp_path):
+    """Issue 10's LLM chaos at once: 10% 5xx, 5% timeouts, 10% malformed (and truncated, refusals), a key
+    without quota, and bursts of 429 on each good key (every 15th request, 1 s, alternately with and
+    without Retry-After). Every row ends published or rejected once; the manifest's usage per key is
+    what the server counted; the broker backed off every burst; a rerun pays only for unfinished rows."""
+    faults = Faults(error_5xx=0.1, timeout=0.05, malformed=0.1, truncated=0.05, refusal=0.03, hang_s=3.0,
+                    burst_every=15, burst_s=1.0, burst_retry_after=(True, False))
+    good = {"SOULRAY_TEST_KEY_A": SimulatedKey(), "SOULRAY_TEST_KEY_B": SimulatedKey()}
+    server, url = llm(faults=faults, keys=server_keys(**good, SOULRAY_TEST_KEY_BROKE=SimulatedKey(insufficient_quota=True)))
+    keys = [key("SOULRAY_TEST_KEY_BROKE", rpm=100_000), key("SOULRAY_TEST_KEY_A", rpm=3000),
+            key("SOULRAY_TEST_KEY_B", rpm=3000)]
+    config = job(tmp_path, url, keys, "rewrite.timeout_s=1", "rewrite.max_reasks=2", "rewrite.batch_size=30", limit=60)
     result = run(config)
+    version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
+    assert_accounted(version)
     counts = result.manifest.counts
-    assert counts["input_rows"] == 60 == counts["output_rows"] + counts["rejected_rows"]
+    assert counts["input_rows"] == 60
     known = {"truncated", "no_role_prefix", "refusal", "retries_exhausted"}
     for stage, reasons in counts["by_stage"].items():
         assert stage in ("rewrite", "parse") and set(reasons) <= known, counts
-    version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
     data = version.to_table().to_pylist()
     assert max(row["attempts"] for row in data) > 1  # malformed completions were re-asked
     assert all(row["messages"][0]["role"] == "user" and row["messages"][-1]["role"] == "assistant" for row in data)
-    assert result.manifest.usage["keys"]["key_broke"]["disabled"].startswith("insufficient_quota")
-    first_calls = sum(s["requests"] for s in stats_by_env(server).values())
 
+    usage, served = result.manifest.usage["keys"], stats_by_env(server)
+    assert usage["key_broke"]["disabled"].startswith("insufficient_quota") and usage["key_broke"]["ok"] == 0
+    for env in [*good, "SOULRAY_TEST_KEY_BROKE"]:  # what we recorded per key is what the server counted
+        mine, theirs = usage[key(env)["name"]], served[env]
+        assert (mine["requests"], mine["ok"], mine["rate_limited"], mine["prompt_tokens"], mine["completion_tokens"]) \
+            == (theirs["requests"], theirs["completed"], theirs["rate_limited"], theirs["prompt_tokens"],
+                theirs["completion_tokens"]), (env, mine, theirs)
+        paid = cost_of(config.rewrite, "gpt-3.5-turbo", theirs["prompt_tokens"], theirs["completion_tokens"])
+        assert mine["cost_usd"] == pytest.approx(paid)
+    assert result.manifest.tokens["prompt"] == sum(s["prompt_tokens"] for s in served.values())
+
+    bursts = [burst for env in good for burst in server.stats[TEST_API_KEYS[env]].bursts]
+    assert {burst.retry_after for burst in bursts} == {True, False} and all(burst.refused for burst in bursts)
+    # every 429 was a burst's (the keys' own limits are far away), and the broker recorded each one
+    assert 0 < sum(usage[key(env)["name"]]["rate_limited"] for env in good) == sum(len(b.refused) for b in bursts)
+    # backed off: a call refused in a burst went again only after the burst (Retry-After honoured, or
+    # 1 s without one): a broker that ignored 429s would send it straight back into the same burst
+    for burst in bursts:
+        assert len(burst.refused) == len(set(burst.refused)), Counter(burst.refused).most_common(3)
+    print(f"bursts {[(b.retry_after, len(b.refused)) for b in bursts]}, calls "
+          f"{ {env: (s['requests'], s['rate_limited']) for env, s in served.items()} }, rejects {counts['by_stage']}")
+
+    first_calls = sum(s["requests"] for s in served.values())
     rerun = run(config)  # same sources, prompt, models: every completed call comes from the cache
     unfinished = sum(1 for r in version.to_table("rejects").to_pylist() if r["reason"] == "retries_exhausted")
     new_calls = sum(s["requests"] for s in stats_by_env(server).values()) - first_calls
     assert new_calls <= unfinished * (config.rewrite.max_retries + 1) * (config.rewrite.max_reasks + 1)
     assert rerun.manifest.counts["output_rows"] == counts["output_rows"]
+    assert_accounted(open_version("latest", root=str(tmp_path), dataset="smilechat-demo"))
 
 
 def test_cache_hits_mean_zero_calls_and_prompt_change_repays(ray_local, llm, tmp_path):

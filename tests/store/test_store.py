@@ -16,6 +16,7 @@ from soulray.fs import resolve
 from soulray.schema import UNIT, WORKING_UNIT
 from soulray.store import ShardTarget, VersionStore, build_manifest, open_version
 from soulray.store.shards import write_batch
+from tests.accounting import assert_accounted
 from tests.conftest import PLANTED_SECRET
 from tests.faulty_proxy import FaultyS3Proxy
 
@@ -114,9 +115,10 @@ def test_concurrent_publish_of_one_version_has_one_winner(store):
 
 
 def test_crash_before_manifest_leaves_no_version_and_gc_cleans(store):
-    store.commit(write_version(store, "v1", working_rows(8)))
+    store.commit(write_version(store, "v1", working_rows(8, rejected_every=3)))
     write_version(store, "v2", working_rows(8))  # shards written, then the "crash": no commit
     assert store.versions() == ["v1"] and store.latest() == "v1"
+    assert_accounted(open_version("latest", root=store.root, dataset="corpus", s3=store.s3))  # v1, whole
     with pytest.raises(StoreError, match="no such version"):
         store.manifest("v2")
     assert store.gc(min_age_s=3600) == []  # too young: a run might still be writing
@@ -186,9 +188,10 @@ def test_s3_faults_are_retried(s3_endpoint, s3_config, s3_bucket):
     with FaultyS3Proxy(s3_endpoint, rate=0.3, max_faults=4) as proxy:
         s3 = S3Config(**{**s3_config.model_dump(), "endpoint_url": proxy.endpoint})
         store = VersionStore(s3_bucket, "corpus", s3=s3)
-        store.commit(write_version(store, "v1", working_rows(40), pieces=4))
+        store.commit(write_version(store, "v1", working_rows(40, rejected_every=8), pieces=4))
         version = open_version("latest", root=s3_bucket, dataset="corpus", s3=s3, verify=True)
-        assert version.to_table().num_rows == 40
+        assert version.to_table().num_rows == 35
+        assert_accounted(version, record_ids=set(working_rows(40)["record_id"].to_pylist()))
         assert proxy.injected == 4  # 500s and 503 SlowDown, answered by retries on both clients
 
 
