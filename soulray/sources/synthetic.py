@@ -3,11 +3,18 @@
 Questions fall into SoulChat's 12 topics (shares from the poster, reference/SOULCHAT.md); each has
 several answers; a controllable share of answers are near-duplicates of an earlier answer (a few
 characters changed), so dedup has known work to do. The same seed always gives the same bytes.
+
+Answer bodies and question descriptions are drawn sentence by sentence from the bundled SMILECHAT demo
+(soulray/data/demo, CC0: a few thousand real sentences), so two unrelated rows share about as little
+text as two real answers do. (Built from ten template sentences, every pair of rows had a 5-gram
+Jaccard of 0.3-0.6, and MinHash-LSH saw most of a million rows as candidates of each other.)
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +36,7 @@ _SITUATIONS = ["最近工作压力很大", "和家人吵了一架", "考试没�
 _QUESTIONS = ["该怎么办？", "这正常吗？", "我该如何调整？", "有什么办法能走出来吗？", "是不是我的问题？"]
 _OPENINGS = ["你好，看到你的描述，能感受到你现在很辛苦。", "抱抱你，谢谢你愿意说出来。", "题主你好，",
              "读完你的文字，我能理解你的无助。", "你好呀，先给你一个拥抱。"]
-_BODIES = ["你的感受是真实的，也是可以被理解的。", "很多人在类似的处境下都会有这样的反应。",
-           "或许可以试着先照顾好自己的睡眠和饮食。", "和信任的人聊一聊，会让情绪有一个出口。",
-           "不妨把让你担心的事情写下来，一件一件地看。", "你已经做得很好了，不必对自己太苛刻。",
-           "如果情绪持续很久，也可以考虑寻求专业咨询师的帮助。", "试着接纳自己的不完美，这需要时间。",
-           "每天给自己留一点独处和放松的时间。", "你愿意多说一说那时候发生了什么吗？"]
+DEMO_QA = Path(__file__).resolve().parent.parent / "data" / "demo" / "qa.parquet"
 _CLOSINGS = ["希望你能慢慢好起来。", "愿你被温柔以待。", "加油，你并不孤单。", "祝好。", "我们一起努力。"]
 
 
@@ -86,14 +89,21 @@ def _pick(rng: np.random.Generator, options: list[str]) -> str:
 def _question(rng: np.random.Generator, topic: str) -> tuple[str, str]:
     subject, feeling, situation = _pick(rng, _SUBJECTS), _pick(rng, _FEELINGS), _pick(rng, _SITUATIONS)
     question = f"{situation}，{subject}{feeling}，{_pick(rng, _QUESTIONS)}"
-    details = "".join(f"{_pick(rng, _SUBJECTS)}{_pick(rng, _FEELINGS)}，因为{_pick(rng, _SITUATIONS)}。"
-                      for _ in range(int(rng.integers(2, 6))))
+    details = "".join(_pick(rng, _sentences("question")) for _ in range(int(rng.integers(1, 4))))
     return question, f"（{topic}）{details}"
 
 
 def _answer(rng: np.random.Generator) -> str:
-    body = "".join(_pick(rng, _BODIES) for _ in range(int(rng.integers(4, 12))))
+    body = "".join(_pick(rng, _sentences("answer")) for _ in range(int(rng.integers(3, 9))))
     return f"{_pick(rng, _OPENINGS)}{body}{_pick(rng, _CLOSINGS)}"
+
+
+@cache
+def _sentences(column: str) -> list[str]:
+    """The demo's sentences of one column (6-80 characters each, in file order: deterministic)."""
+    texts = pq.read_table(DEMO_QA, columns=[column])[column].to_pylist()
+    pieces = (piece.strip() for text in texts for piece in re.split(r"(?<=[。！？!?])", text or ""))
+    return [piece for piece in pieces if 6 <= len(piece) <= 80]
 
 
 def _perturb(rng: np.random.Generator, text: str) -> str:
