@@ -121,7 +121,8 @@ def dedup_stage(pipeline, config: DedupConfig, stage: str, stages: dict[str, Any
     log.info("%s", report.summary())
     stages[stage] = {"clusters": report.clusters, "rows_marked": report.rows_marked, "marked": report.marked,
                      "considered_rows": report.considered_rows, "bands": report.bands,
-                     "rows_per_band": report.rows_per_band, "candidate_edges": report.candidate_edges}
+                     "rows_per_band": report.rows_per_band, "candidate_edges": report.candidate_edges,
+                     "largest_component": report.largest_component}
     timings.update({f"{stage}_{phase}_s": seconds for phase, seconds in report.seconds.items()})
     if block_rows:  # small blocks again, so the rewrite spreads over every actor (see _normalise)
         marked = marked.repartition(max(1, -(-report.input_rows // block_rows)))

@@ -65,6 +65,7 @@ class DedupReport:
     bands: int = 0
     rows_per_band: int = 0
     candidate_edges: int = 0
+    largest_component: int = 0  # rows in the largest candidate component: it is resolved by one task
     clusters: int = 0  # clusters with at least one marked row
     marked: dict[str, int] = field(default_factory=dict)  # per reason
     seconds: dict[str, float] = field(default_factory=dict)
@@ -141,6 +142,12 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         report.candidate_edges = len(edges)
     with phases("components"):
         involved, component = _components(edges)
+        report.largest_component = int(np.bincount(component).max()) if len(component) else 0
+        if report.largest_component > max(100_000, report.considered_rows // 10):
+            log.warning("%s: %d rows form one candidate component (of %d rows); it is resolved in one task. "
+                        "Texts this alike (templates?) make most rows LSH candidates of each other: filter "
+                        "them first, or raise threshold or rows per band", stage, report.largest_component,
+                        report.considered_rows)
     if not len(involved):
         phases.seconds.update(resolve=0.0, mark=0.0)
         return _strip(work), report

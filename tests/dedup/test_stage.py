@@ -78,6 +78,7 @@ def test_units_marked_as_the_pure_core_decides(ray_local, smile_qa):
     assert report.considered_rows == table.num_rows - 3  # one pre-marked row, two empty texts
     assert report.clusters == len({kept for _, kept in marks.values()})
     assert set(report.seconds) == {"identify", "fingerprint", "buckets", "components", "resolve", "mark"}
+    assert 3 <= report.largest_component < table.num_rows // 2  # the A~B~C chain at least; not everything
 
     # the planted facts, by hand
     by_row = {r["source_row"]: r for r in rows}
