@@ -1,9 +1,9 @@
 """End to end: the regenerate job (`python jobs/regenerate.py`, every stage on, a local Ray of its own)
 over synthetic PsyQA-shaped sources of growing size, through `soulray serve-llm` at zero latency.
 
-Per size: wall time of the whole command, rows/s, and the peak resident memory of the job's process
-tree (driver, Ray's daemons and workers; sampled every 0.5 s, so a shorter spike can be missed; shared
-object-store pages are counted once per process that maps them, so it overstates). The figure that
+Per size: wall time of the whole command, rows/s, and the peak memory of the job's process tree
+(driver, Ray's daemons and workers: PSS, so shared object-store pages are split between the processes
+that map them rather than counted in each; sampled every 0.5 s, so a shorter spike can be missed). The figure that
 tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
 (1.00 = linear time).
 
@@ -14,6 +14,7 @@ tells how cost grows is rows/s at each size relative to rows/s at the smallest s
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -64,18 +65,21 @@ def _one_size(workdir: Path, rows: int, url: str) -> dict:
     job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while job.poll() is None:
-        peak = max(peak, _tree_rss(job.pid))
+        peak = max(peak, _tree_pss(job.pid))
         time.sleep(0.5)
     wall = time.perf_counter() - started
     output, errors = job.communicate()
     if job.returncode != 0:
         raise RuntimeError(f"e2e {rows}: the job failed:\n{errors[-3000:]}")
     counts = VersionStore(str(root), "smilechat-demo").manifest("latest").counts
-    return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_rss_mb": peak / 2**20,
-            "output_rows": counts["output_rows"], "rejected_rows": counts["rejected_rows"]}
+    if counts["output_rows"] + counts["rejected_rows"] != rows:
+        raise RuntimeError(f"e2e {rows}: {counts['output_rows']} published + {counts['rejected_rows']} rejected")
+    return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": peak / 1e6,
+            "output_rows": counts["output_rows"], "rejected_rows": counts["rejected_rows"],
+            "by_stage": counts["by_stage"]}
 
 
-def _tree_rss(pid: int) -> int:
+def _tree_pss(pid: int) -> int:
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
@@ -84,7 +88,7 @@ def _tree_rss(pid: int) -> int:
     total = 0
     for process in processes:
         try:
-            total += process.memory_info().rss
+            total += process.memory_full_info().pss
         except psutil.Error:
             continue
     return total
@@ -92,11 +96,11 @@ def _tree_rss(pid: int) -> int:
 
 def markdown(result: dict) -> str:
     lines = ["| regenerate job, end to end (zero-latency local LLM) | wall | rows/s | rate vs smallest | marginal rows/s "
-             "| peak RSS (tree) | published + rejected |", "|---|---|---|---|---|---|---|"]
+             "| peak PSS (tree) | published + rejected |", "|---|---|---|---|---|---|---|"]
     for point in result["points"]:
         marginal = f"{point['marginal_rows_per_s']:.0f}" if point["marginal_rows_per_s"] else "–"
         lines.append(f"| {point['rows']:,} rows | {point['wall_s']:.0f} s | {point['rows_per_s']:.0f} | "
-                     f"{point['rate_vs_smallest']:.2f}× | {marginal} | {point['peak_rss_mb']:,.0f} MB | "
+                     f"{point['rate_vs_smallest']:.2f}× | {marginal} | {point.get('peak_pss_mb', point.get('peak_rss_mb', 0)):,.0f} MB | "
                      f"{point['output_rows']:,} + {point['rejected_rows']:,} |")
     return "\n".join(lines)
 
@@ -104,9 +108,13 @@ def markdown(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(FULL_SIZES))
+    parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        print(markdown(run(Path(workdir), False, tuple(args.sizes))))
+        result = run(Path(workdir), False, tuple(args.sizes))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    print(markdown(result))
     return 0
 
 
