@@ -25,18 +25,19 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "smilechat-sa
 DEMO = Path(__file__).resolve().parents[1] / "soulray" / "data" / "demo"
 
 
-def fine_tune(root: Path, steps: int) -> str:
-    """A short fine-tuning run of the tiny model on the sample; returns its run name."""
+def fine_tune(root: Path) -> dict[str, Any]:
+    """The demo fine-tuning run (`make finetune`'s config: the tiny model, its steps, learning rate) on the
+    sample; returns its training facts."""
+    from soulray.cli import FINETUNE_DEMO_CONFIG
     from soulray.config import FinetuneConfig, load_config
     from soulray.finetune import run
 
-    config = load_config(FinetuneConfig, None, [
-        f"root={root}", "dataset=smile", "run_name=bench-eval", f"optim.steps={steps}", "optim.max_lr=1e-3",
-        "optim.warmup_steps=20", "optim.global_batch_size=16", "optim.micro_batch_size=4", "trainer.workers=2",
-        f"trainer.checkpoint_every={steps}", "trainer.validation_batches=0", "samples.max_input_tokens=256",
-        "samples.max_output_tokens=128", "samples.validation_share=0.05", "ray.num_cpus=4"])
-    run(config)
-    return "bench-eval"
+    config = load_config(FinetuneConfig, FINETUNE_DEMO_CONFIG, [
+        f"root={root}", "dataset=smile", "run_name=bench-eval", "samples.validation_share=0.05", "ray.num_cpus=4"])
+    result = run(config)
+    final = result.history[-1]
+    return {"steps": final["step"], "loss": final["loss"], "validation_loss": final.get("validation_loss"),
+            "epochs": final["epoch"], "tiny": config.model.tiny.model_dump(), "max_lr": config.optim.max_lr}
 
 
 def evaluate(root: Path, *, samples: int, max_new_tokens: int, judged: int) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def evaluate(root: Path, *, samples: int, max_new_tokens: int, judged: int) -> d
         "models=[{name: tiny-finetuned, checkpoint: 'finetune:bench-eval'}, "
         "{name: tiny-initial, checkpoint: 'finetune:bench-eval:initial'}, "
         "{name: offline-chat, endpoint_model: gpt-3.5-turbo}]",
-        f"decoding.max_new_tokens={max_new_tokens}", "decoding.max_input_tokens=256", "generation.actors=2",
+        f"decoding.max_new_tokens={max_new_tokens}", "generation.actors=2",
         "generation.batch_size=16", "generation.actor_num_cpus=1", "judge.enabled=true", f"judge.samples={judged}",
         "judge.runs=2", "ray.num_cpus=4"])
     started = time.perf_counter()
@@ -71,7 +72,7 @@ def plain_generate(model_folder: str, samples: list[dict[str, Any]], *, max_new_
     torch.set_num_threads(2)
     started = time.perf_counter()
     model, tokenizer = load_checkpoint(model_folder, s3=S3Config(), device="cpu", dtype="auto")
-    decoding = DecodingConfig(max_new_tokens=max_new_tokens, max_input_tokens=256)
+    decoding = DecodingConfig(max_new_tokens=max_new_tokens)
     trained = json.loads(Path(model_folder, "training.json").read_text())["samples"]
     prompt = prompt_format(tokenizer, trained=trained, decoding=decoding)
     ordered = sorted(samples, key=lambda s: sum(len(m["content"]) for m in s["history"]))
@@ -104,9 +105,9 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
     root = workdir / "evaluate-store"
     table = smilechat_dialogues(SAMPLE if SAMPLE.is_dir() else DEMO)
     publish_dialogues(table, root=str(root), dataset="smile")
-    steps, samples, max_new, judged = (200, 150, 128, 100) if quick else (400, 500, 160, 100)
+    samples, max_new, judged = (150, 128, 100) if quick else (500, 160, 100)
     started = time.perf_counter()
-    fine_tune(root, steps)
+    training = fine_tune(root)
     fine_tune_s = time.perf_counter() - started
     evaluation = evaluate(root, samples=samples, max_new_tokens=max_new, judged=judged)
 
@@ -123,7 +124,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
     metrics = evaluation["metrics"]
     keys = ("bleu-1", "bleu-2", "bleu-3", "bleu-4", "rouge-1", "rouge-2", "rouge-l")
     return {
-        "sample_dialogues": table.num_rows, "fine_tune_steps": steps, "fine_tune_s": fine_tune_s,
+        "sample_dialogues": table.num_rows, "fine_tune": training, "fine_tune_s": fine_tune_s,
         "samples": evaluation["samples"], "max_new_tokens": max_new, "split": evaluation["split"],
         "throughput": {"soulray_tokens": soulray_tokens, "soulray_s": soulray_s,
                        "soulray_tokens_per_s": soulray_tokens / soulray_s, "plain_tokens": plain["tokens"],
@@ -141,7 +142,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    speed, judge, metrics = result["throughput"], result["judge"], result["metrics"]
+    speed, judge, metrics, tuned = result["throughput"], result["judge"], result["metrics"], result["fine_tune"]
     keys = [("B-1", "bleu-1"), ("B-2", "bleu-2"), ("B-3", "bleu-3"), ("B-4", "bleu-4"), ("R-1", "rouge-1"),
             ("R-2", "rouge-2"), ("R-L", "rouge-l"), ("distinct-2", "distinct-2"), ("avg length", "avg-length")]
     lines = [
@@ -153,17 +154,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"{speed['ratio']:.2f}× |",
         f"| plain HF generate, 1 process, 2 threads (incl. model load) | {speed['plain_tokens']:,} | "
         f"{speed['plain_s']:.1f} | {speed['plain_tokens_per_s']:,.0f} | 1.00× |", "",
-        f"Fine-tuned ({result['fine_tune_steps']} steps, {result['fine_tune_s']:.0f} s) vs the same model before "
-        "fine-tuning, on the same samples (×100):", "",
+        f"Fine-tuned with the demo config ({tuned['steps']} steps = {tuned['epochs']:.2f} epochs, hidden "
+        f"{tuned['tiny']['hidden_size']} × {tuned['tiny']['layers']} layers, lr {tuned['max_lr']:g}; training loss "
+        f"{tuned['loss']:.2f}" + (f", validation loss {tuned['validation_loss']:.2f}" if tuned['validation_loss'] else "")
+        + f"; {result['fine_tune_s']:.0f} s) vs the same model before fine-tuning (its initial random weights), on "
+        "the same samples (×100):", "",
         "| model | " + " | ".join(label for label, _ in keys) + " |", "|---|" + "---|" * len(keys),
         *(f"| {model} | " + " | ".join(f"{scores[key]:.2f}" for _, key in keys) + " |"
           for model, scores in metrics.items()), "",
         "Fine-tuning moved up: " + ", ".join(f"{key} {'yes' if up else 'NO'}"
                                              for key, up in result["fine_tuning_moves_up"].items())
-        + f" (references average {metrics['tiny-finetuned']['reference-avg-length']:.0f} characters: character BLEU "
-          "pays a brevity penalty below that and none above, so an untrained model that fills every new token "
-          "with frequent characters can out-score a weakly trained one that stops early; ROUGE's F-score does not "
-          "reward length that way)", "",
+        + f" (references average {metrics['tiny-finetuned']['reference-avg-length']:.0f} characters; character BLEU "
+          "pays a brevity penalty below the reference's length and none above, so the untrained model, which fills "
+          "every new token, pays none)", "",
         f"Judge through the local server ({judge['model']} list price, {judge['runs']} runs per response): "
         f"{judge['calls']} calls for {judge['rated_responses']:.0f} responses, ${judge['cost_usd']:.4f}; "
         f"per 100 responses ${judge['cost_per_100_usd']:.4f}, "

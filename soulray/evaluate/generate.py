@@ -11,7 +11,7 @@ Prompts are token ids from the fine-tuning code itself (soulray.train.prepare.en
 and context length the checkpoint was trained with: a model is asked for a turn with exactly the ids
 its training sample of that turn held before the target. Rendering a string and tokenizing it whole
 would not be the same thing for every tokenizer: training encodes prompt and reply pieces apart, and a
-SentencePiece-style tokenizer marks the start of every piece, or merges across a boundary.
+SentencePiece-style tokenizer marks the start of every piece, and a BPE may merge across a boundary.
 """
 
 from __future__ import annotations
@@ -168,6 +168,8 @@ class CheckpointGenerator:
         self.model_name, self.decoding = model_name, decoding
         self.model, self.tokenizer = load_checkpoint(checkpoint, s3=s3, device=device, dtype=dtype)
         self.prompt = prompt_format(self.tokenizer, trained=trained, decoding=decoding)
+        log.info("%s: prompts in the %s format, at most %d tokens (from its %s)", model_name, self.prompt.fmt,
+                 self.prompt.max_input_tokens, self.prompt.source)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         samples = batch.to_pylist()
