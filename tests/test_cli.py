@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -49,14 +50,19 @@ def test_import_synth_inspect_export_gc(ray_local, tmp_path, capsys):
     assert pq.read_table(tmp_path / "syn.parquet").num_rows == 500
 
     root = tmp_path / "store"
-    # without the dialogue filters and dedup: the synthetic text is templated, ~10% of its offline
-    # rewrites repeat enough n-grams for the repetition screen, and 10% of its answers are planted near
-    # duplicates (tests/filters and tests/dedup cover those)
+    # without filters and dedup, so every row comes out: the synthetic text is real SMILECHAT sentences,
+    # some with crisis terms (source filters send those to review), its offline rewrites can trip the
+    # dialogue screens, and 10% of its answers are planted near duplicates (tests/filters, tests/dedup
+    # and bench/e2e.py run them on synthetic sources)
     assert main(["regenerate", "--set", f"storage.root={root}", "--set", f"sources.0.path={tmp_path / 'syn.parquet'}",
-                 "--set", "dataset=syn", "--set", "filters.dialogue=[]", "--set", "dedup.source.enabled=false",
-                 "--set", "dedup.dialogue.enabled=false"]) == 0
+                 "--set", "dataset=syn", "--set", "filters.source=[]", "--set", "filters.dialogue=[]",
+                 "--set", "dedup.source.enabled=false", "--set", "dedup.dialogue.enabled=false"]) == 0
     out = capsys.readouterr().out
-    assert "500 in = 500 out + 0 rejected" in out
+    # the offline rewrite of a real sentence can come back unparseable (a repeated role): a named reject
+    counted = re.search(r"500 in = (\d+) out \+ (\d+) rejected", out)
+    assert counted, out
+    published, rejected = int(counted[1]), int(counted[2])
+    assert published + rejected == 500 and published >= 490
 
     assert main(["inspect", "--root", str(root), "--dataset", "syn", "--verify"]) == 0
     out = capsys.readouterr().out
@@ -64,7 +70,7 @@ def test_import_synth_inspect_export_gc(ray_local, tmp_path, capsys):
     assert main(["export", "--root", str(root), "--dataset", "syn", "--output", str(tmp_path / "x.jsonl")]) == 0
     lines = (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()
     first = json.loads(lines[0])
-    assert len(lines) == 500 and first["messages"][0]["role"] == "user" and len(first["messages"]) >= 8
+    assert len(lines) == published and first["messages"][0]["role"] == "user" and len(first["messages"]) >= 8
     assert isinstance(first["id"], int) and first["topic"]
 
     assert main(["gc", "--root", str(root), "--dataset", "syn", "--min-age-s", "0"]) == 0
