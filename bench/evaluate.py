@@ -97,6 +97,37 @@ def _until_eos(ids: list[int], eos: int) -> int:
     return ids.index(eos) + 1 if eos in ids else len(ids)
 
 
+def eos_diagnosis(model_folder: str, samples: list[dict[str, Any]], *, trained: dict[str, Any]) -> dict[str, float]:
+    """Where a model would end its replies, teacher-forced along the references: the expected number of
+    end-of-turn draws before the reference's own end under the model's distribution and under the paper's
+    decoding (temperature 0.95, top-p 0.75), the share of those positions where eos is inside the top-p
+    nucleus, and P(eos) where the reference does end. Above 1 draw before the end, replies come out short."""
+    import torch
+    from transformers import TopPLogitsWarper
+
+    from soulray.config import DecodingConfig, S3Config
+    from soulray.evaluate.generate import load_checkpoint, prompt_format, prompt_ids
+
+    model, tokenizer = load_checkpoint(model_folder, s3=S3Config(), device="cpu", dtype="auto")
+    decoding, eos = DecodingConfig(), tokenizer.eos_token_id
+    prompts = prompt_ids(tokenizer, [s["history"] for s in samples], prompt_format(tokenizer, trained=trained,
+                                                                                   decoding=decoding))
+    raw, warped, inside, at_end = [], [], [], []
+    with torch.inference_mode():
+        for prompt, sample in zip(prompts, samples, strict=True):
+            target = tokenizer(sample["reference"], add_special_tokens=False)["input_ids"][:trained["max_output_tokens"] - 1]
+            logits = model(input_ids=torch.tensor([prompt + target + [eos]])).logits[0, len(prompt) - 1:-1]
+            plain = logits.softmax(-1)[:, eos]
+            nucleus = TopPLogitsWarper(decoding.top_p)(None, logits / decoding.temperature).softmax(-1)[:, eos]
+            raw.append(float(plain[:-1].sum()))
+            warped.append(float(nucleus[:-1].sum()))
+            inside.append(float((nucleus[:-1] > 0).float().mean()))
+            at_end.append(float(plain[-1]))
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {"samples": len(samples), "eos_draws_before_end": mean(raw), "eos_draws_before_end_decoded": mean(warped),
+            "eos_in_nucleus_share": mean(inside), "p_eos_at_end": mean(at_end)}
+
+
 def run(workdir: Path, quick: bool) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
@@ -117,8 +148,12 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
     soulray_tokens = sum(row["completion_tokens"] for row in tuned)
     soulray_s = evaluation["timings_s"]["generate_tiny-finetuned_s"]
     model_folder = str(root / "smile" / "finetune" / "bench-eval" / "model")
-    plain = plain_generate(model_folder, pq.read_table(folder / "samples.parquet").to_pylist(), max_new_tokens=max_new,
-                           batch_size=16)
+    held_out = pq.read_table(folder / "samples.parquet").to_pylist()
+    plain = plain_generate(model_folder, held_out, max_new_tokens=max_new, batch_size=16)
+    trained = json.loads(Path(model_folder, "training.json").read_text())["samples"]
+    initial_folder = str(root / "smile" / "finetune" / "bench-eval" / "prepared" / "init-model")
+    eos = {name: eos_diagnosis(path, held_out[:60], trained=trained)
+           for name, path in (("tiny-finetuned", model_folder), ("tiny-initial", initial_folder))}
     judge_usage, judge = evaluation["usage"]["judge"], evaluation["judge"]
     rated = judge["ratings"] / judge["runs"]
     metrics = evaluation["metrics"]
@@ -131,6 +166,7 @@ def run(workdir: Path, quick: bool) -> dict[str, Any]:
                        "plain_s": plain["wall_s"], "plain_tokens_per_s": plain["tokens_per_s"],
                        "ratio": (soulray_tokens / soulray_s) / plain["tokens_per_s"]},
         "metrics": metrics,
+        "eos": eos,
         "fine_tuning_moves_up": {key: metrics["tiny-finetuned"][key] > metrics["tiny-initial"][key] for key in keys},
         "judge": {"rated_responses": rated, "runs": judge["runs"], "calls": judge_usage["keys"]["local"]["requests"],
                   "cost_usd": judge_usage["cost_usd"], "cost_per_100_usd": 100 * judge_usage["cost_usd"] / rated,
@@ -162,6 +198,11 @@ def markdown(result: dict[str, Any]) -> str:
         "| model | " + " | ".join(label for label, _ in keys) + " |", "|---|" + "---|" * len(keys),
         *(f"| {model} | " + " | ".join(f"{scores[key]:.2f}" for _, key in keys) + " |"
           for model, scores in metrics.items()), "",
+        "Where replies end, teacher-forced along 60 references: expected end-of-turn draws before the reference's "
+        "own end, under the model's distribution → under the paper's decoding; share of those positions with eos "
+        "inside the top-p nucleus; P(eos) at the reference's end: " + "; ".join(
+            f"{name} {d['eos_draws_before_end']:.2f} → {d['eos_draws_before_end_decoded']:.2f}, "
+            f"{d['eos_in_nucleus_share']:.0%}, {d['p_eos_at_end']:.3f}" for name, d in result["eos"].items()) + ".", "",
         "Fine-tuning moved up: " + ", ".join(f"{key} {'yes' if up else 'NO'}"
                                              for key, up in result["fine_tuning_moves_up"].items())
         + f" (references average {metrics['tiny-finetuned']['reference-avg-length']:.0f} characters; character BLEU "
