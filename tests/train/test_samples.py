@@ -9,6 +9,7 @@ import pytest
 from soulray.errors import SoulrayError
 from soulray.train.samples import (
     IGNORE_INDEX,
+    Encoding,
     SampleStore,
     Segment,
     chat_template_segments,
@@ -135,3 +136,14 @@ def test_chat_template_that_rewrites_history_is_refused():
 
     with pytest.raises(SoulrayError, match="use samples.format=soulchat"):
         chat_template_segments(DIALOGUE, drops_history)
+
+
+def test_contexts_are_what_per_turn_samples_hold_before_their_target():
+    """What the evaluation prompts a model with (Encoding.contexts) for the turn after a history."""
+    encoding = Encoding(fmt="soulchat", encode_batch=char_encode, eos_id=EOS)
+    row = tokens_of(DIALOGUE).to_pylist()[0]
+    assert encoding.contexts([DIALOGUE[:1], DIALOGUE[:3]], max_input=1536) == \
+        [row["input_ids"][:11], row["input_ids"][:25]]
+    assert decode(encoding.contexts([DIALOGUE[:3]], max_input=5)[0]) == "理咨询师："  # cut as per_turn cuts
+    with pytest.raises(SoulrayError, match="history 0: no user turn"):
+        encoding.contexts([[{"role": "assistant", "content": "你好"}]], max_input=10)
