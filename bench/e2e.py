@@ -7,14 +7,15 @@ that map them rather than counted in each; sampled every 0.5 s, so a shorter spi
 tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
 (1.00 = linear time).
 
-    python bench/e2e.py --sizes 10000 100000           # what `make bench` runs
-    python bench/e2e.py --sizes 1000000                 # the 1M point: over an hour on 2 cores
+    python bench/e2e.py                                 # 10k, 100k and 1M, what `make bench` runs (~80 min on 2 cores)
+    python bench/e2e.py --sizes 10000 100000            # the first two (~10 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from soulray.sources.synthetic import write_synthetic  # noqa: E402
 from soulray.store import VersionStore  # noqa: E402
 
-FULL_SIZES, QUICK_SIZES = (10_000, 100_000), (2_000, 10_000)
+FULL_SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (2_000, 10_000)
 
 
 def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None) -> dict:
@@ -61,7 +62,7 @@ def _one_size(workdir: Path, rows: int, url: str) -> dict:
                "--set", f"sources=[{{path: {source}, columns: {{description: description, topic: topic}}}}]",
                "--set", f"storage.root={root}", "--set", f"rewrite.base_url={url}", "--set", "storage.rows_per_shard=20000",
                "--set", "rewrite.concurrency_per_actor=32"]
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while job.poll() is None:
@@ -71,12 +72,14 @@ def _one_size(workdir: Path, rows: int, url: str) -> dict:
     output, errors = job.communicate()
     if job.returncode != 0:
         raise RuntimeError(f"e2e {rows}: the job failed:\n{errors[-3000:]}")
-    counts = VersionStore(str(root), "smilechat-demo").manifest("latest").counts
+    manifest = VersionStore(str(root), "smilechat-demo").manifest("latest")
+    counts = manifest.counts
     if counts["output_rows"] + counts["rejected_rows"] != rows:
         raise RuntimeError(f"e2e {rows}: {counts['output_rows']} published + {counts['rejected_rows']} rejected")
     return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": peak / 1e6,
             "output_rows": counts["output_rows"], "rejected_rows": counts["rejected_rows"],
-            "by_stage": counts["by_stage"]}
+            "by_stage": counts["by_stage"], "timings_s": manifest.timings_s, "load_before": load,
+            "load_after": os.getloadavg()[0]}
 
 
 def _tree_pss(pid: int) -> int:
@@ -102,6 +105,24 @@ def markdown(result: dict) -> str:
         lines.append(f"| {point['rows']:,} rows | {point['wall_s']:.0f} s | {point['rows_per_s']:.0f} | "
                      f"{point['rate_vs_smallest']:.2f}× | {marginal} | {point.get('peak_pss_mb', point.get('peak_rss_mb', 0)):,.0f} MB | "
                      f"{point['output_rows']:,} + {point['rejected_rows']:,} |")
+    if all("timings_s" in point for point in result["points"]):
+        lines += ["", "Where the time went (the job's own phase timings, s). Ray Data streams, so each dedup's first "
+                  "phase (identify) runs everything upstream of it: source dedup's identify = read + source "
+                  "filters; dialogue dedup's identify = the rewrite + parse + dialogue filters; publish = writing "
+                  "the shards after the dialogue dedup.", "",
+                  "| rows | source: read + filters | source dedup, rest | rewrite + dialogue filters | dialogue dedup, rest "
+                  "| publish | whole job | load average before → after |", "|---|---|---|---|---|---|---|---|"]
+        for point in result["points"]:
+            times = point["timings_s"]
+
+            def phases(stage: str, first: bool, times: dict = times) -> float:
+                return sum(value for key, value in times.items()
+                           if key.startswith(f"{stage}_") and key.endswith("_s") and (key == f"{stage}_identify_s") == first)
+
+            lines.append(f"| {point['rows']:,} | {phases('dedup_source', True):.0f} | {phases('dedup_source', False):.0f} | "
+                         f"{phases('dedup_dialogue', True):.0f} | {phases('dedup_dialogue', False):.0f} | "
+                         f"{times.get('pipeline_s', 0):.0f} | {times.get('total_s', 0):.0f} | "
+                         f"{point['load_before']:.1f} → {point['load_after']:.1f} |")
     return "\n".join(lines)
 
 

@@ -230,65 +230,117 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 
 def machine() -> dict:
+    import psutil
+    import ray
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "pyarrow": pa.__version__}
+            "processor": model or platform.processor() or platform.machine(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "ray": ray.__version__,
+            "pyarrow": pa.__version__}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer repeats")
     parser.add_argument("--out", default="bench/results", help="folder for latest.md / latest.json")
+    parser.add_argument("--only", nargs="+", metavar="SECTION",
+                        help="run these sections only: e2e store rewrite finetune evaluate dedup filters")
     args = parser.parse_args()
     # API keys live in the environment before Ray starts, as node setup would put them: workers inherit it
     for index, name in enumerate(("BENCH_KEY_A", "BENCH_KEY_B", "BENCH_KEY_C")):
         os.environ[name] = f"sk-bench-{index}-{uuid.uuid4().hex}"
     rows, repeats = (50_000, 3) if args.quick else (300_000, 5)
     results: dict[str, dict] = {}
+    sections: dict[str, dict] = {}  # per section: wall seconds, load average before/after, error
+    out = Path(args.out)
     with tempfile.TemporaryDirectory() as workdir:
-        units = synthetic_units(rows, Path(workdir))
-        results["store_write_local"] = bench_store_write(units, f"{workdir}/store", S3Config(), 50_000, repeats)
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-        moto, endpoint = start_moto()
-        try:
-            s3 = S3Config(endpoint_url=endpoint, region="us-east-1")
-            boto3_client(s3).create_bucket(Bucket="bench")
-            results["store_write_s3_loopback"] = bench_store_write(units, "s3://bench/soulray", s3, 50_000, repeats)
-        finally:
-            moto.terminate()
-        results["rewrite_overhead_zero_latency"] = bench_rewrite_overhead(Path(workdir), 1_000 if args.quick else 3_000,
-                                                                          1 if args.quick else 3)
-        results["rewrite_quota_utilisation"] = bench_rewrite_quota(Path(workdir), 45.0 if args.quick else 150.0)
-        import train as train_bench  # bench/train.py, beside this script
+        work = Path(workdir)
 
-        results["finetune"] = train_bench.keep_plot(train_bench.run(Path(workdir), args.quick), Path(args.out))
-        import evaluate as evaluate_bench  # bench/evaluate.py, beside this script
+        def store_write() -> None:
+            units = synthetic_units(rows, work)
+            results["store_write_local"] = bench_store_write(units, f"{workdir}/store", S3Config(), 50_000, repeats)
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+            moto, endpoint = start_moto()
+            try:
+                s3 = S3Config(endpoint_url=endpoint, region="us-east-1")
+                boto3_client(s3).create_bucket(Bucket="bench")
+                results["store_write_s3_loopback"] = bench_store_write(units, "s3://bench/soulray", s3, 50_000, repeats)
+            finally:
+                moto.terminate()
 
-        results["evaluate"] = evaluate_bench.run(Path(workdir), args.quick)
-        import dedup as dedup_bench  # bench/dedup.py, beside this script
+        def rewrite() -> None:
+            results["rewrite_overhead_zero_latency"] = bench_rewrite_overhead(work, 1_000 if args.quick else 3_000,
+                                                                              1 if args.quick else 3)
+            results["rewrite_quota_utilisation"] = bench_rewrite_quota(work, 45.0 if args.quick else 150.0)
 
-        results["dedup"] = dedup_bench.run(Path(workdir), args.quick)
-        import e2e as e2e_bench  # bench/e2e.py, beside this script
+        # the bench/*.py beside this script, each also runnable alone
+        def e2e() -> None:
+            import e2e as e2e_bench
+            results["e2e"] = e2e_bench.run(work, args.quick)
 
-        results["e2e"] = e2e_bench.run(Path(workdir), args.quick)
-        import filters as filters_bench  # bench/filters.py, beside this script
+        def finetune() -> None:
+            import train as train_bench
+            results["finetune"] = train_bench.keep_plot(train_bench.run(work, args.quick), out)
 
-        results["filters"] = filters_bench.run(Path(workdir), args.quick)
-    write_report(Path(args.out), results, quick=args.quick)
-    return 0
+        def evaluate() -> None:
+            import evaluate as evaluate_bench
+            results["evaluate"] = evaluate_bench.run(work, args.quick)
+
+        def dedup() -> None:
+            import dedup as dedup_bench
+            results["dedup"] = dedup_bench.run(work, args.quick)
+
+        def filters() -> None:
+            import filters as filters_bench
+            results["filters"] = filters_bench.run(work, args.quick)
+
+        # the longest first: a section that fails is reported and the rest still run
+        every = {"e2e": e2e, "store": store_write, "rewrite": rewrite, "finetune": finetune,
+                 "evaluate": evaluate, "dedup": dedup, "filters": filters}
+        chosen = args.only or list(every)
+        unknown = sorted(set(chosen) - set(every))
+        if unknown:
+            parser.error(f"--only: no section {unknown}; the sections are {list(every)}")
+        for name in chosen:
+            started, load = time.perf_counter(), os.getloadavg()[0]
+            print(f"[bench] {name} ...", flush=True)
+            try:
+                every[name]()
+                error = None
+            except Exception as exc:  # noqa: BLE001 - reported in the table, the other sections still run
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                print(f"[bench] {name} failed: {error}", file=sys.stderr, flush=True)
+            sections[name] = {"wall_s": time.perf_counter() - started, "load_before": load,
+                              "load_after": os.getloadavg()[0], "error": error}
+            # after every section, so a long run that is stopped keeps what it measured
+            write_report(out, results, quick=args.quick, sections=sections, done=name == chosen[-1])
+    return 1 if any(section["error"] for section in sections.values()) else 0
 
 
-def write_report(out: Path, results: dict[str, dict], *, quick: bool) -> None:
+def write_report(out: Path, results: dict[str, dict], *, quick: bool, sections: dict[str, dict] | None = None,
+                 done: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    sections = sections or {}
     report = {"machine": machine(), "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "results": results}
+              "complete": done, "sections": sections, "results": results}
     (out / "latest.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# soulray benchmarks ({'quick' if quick else 'full'}, {report['when']})", "",
-             f"machine: {json.dumps(report['machine'])}", "",
-             "| benchmark | rows | soulray | baseline | ratio (soulray / baseline speed) |", "|---|---|---|---|---|"]
-    for name, result in results.items():
-        if "soulray_mb_per_s" not in result:
-            continue
+    lines = [f"# soulray benchmarks ({'quick' if quick else 'full'}, {report['when']}"
+             f"{'' if done else ', still running'})", "",
+             f"machine: {json.dumps(report['machine'])}", ""]
+    if sections:
+        lines += ["| section | wall | load average (1 min) before → after | |", "|---|---|---|---|"]
+        lines += [f"| {name} | {section['wall_s']:.0f} s | {section['load_before']:.1f} → {section['load_after']:.1f} | "
+                  f"{'FAILED: ' + section['error'].splitlines()[0] if section['error'] else 'ok'} |"
+                  for name, section in sections.items()]
+        lines += ["", f"load average is of the whole machine (it has {os.cpu_count()} CPUs): above that, something "
+                  "else was running and the absolute rates suffer; the ratios less so.", ""]
+    stores = {name: result for name, result in results.items() if "soulray_mb_per_s" in result}
+    if stores:
+        lines += ["| benchmark | rows | soulray | baseline | ratio (soulray / baseline speed) |", "|---|---|---|---|---|"]
+    for name, result in stores.items():
         lines.append(f"| {name} | {result['rows']} | {result['soulray_rows_per_s']:,.0f} rows/s, "
                      f"{result['soulray_mb_per_s']:.1f} MB/s | {result['baseline_rows_per_s']:,.0f} rows/s, "
                      f"{result['baseline_mb_per_s']:.1f} MB/s | {result['ratio']:.2f}× |")
