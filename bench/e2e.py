@@ -3,7 +3,7 @@ over synthetic PsyQA-shaped sources of growing size, through `soulray serve-llm`
 
 Per size: wall time of the whole command, rows/s, and the peak memory of the job's process tree
 (driver, Ray's daemons and workers: PSS, so shared object-store pages are split between the processes
-that map them rather than counted in each; sampled every 0.5 s, so a shorter spike can be missed). The figure that
+that map them rather than counted in each; sampled every second, so a shorter spike can be missed; the sampling costs ~8% of one core). The figure that
 tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
 (1.00 = linear time).
 
@@ -67,7 +67,7 @@ def _one_size(workdir: Path, rows: int, url: str) -> dict:
     peak = 0
     while job.poll() is None:
         peak = max(peak, _tree_pss(job.pid))
-        time.sleep(0.5)
+        time.sleep(1.0)
     wall = time.perf_counter() - started
     output, errors = job.communicate()
     if job.returncode != 0:

@@ -136,23 +136,25 @@ class ServerConfig:
 
 
 class _Window:
-    """Requests and tokens admitted in the last 60 s for one key."""
+    """Requests and tokens admitted in the last 60 s for one key. The token sum is kept as events enter
+    and leave, so a request costs O(1) however many the window holds (summing the window per request
+    made the server the bottleneck of a 250 requests/s benchmark: 15,000 events a sum)."""
 
     def __init__(self) -> None:
         self.events: deque[tuple[float, int]] = deque()
+        self.tokens = 0
 
     def trim(self, now: float) -> None:
         while self.events and self.events[0][0] <= now - 60.0:
-            self.events.popleft()
+            self.tokens -= self.events.popleft()[1]
 
     def admit(self, now: float, tokens: int, limits: SimulatedKey) -> float:
         """0 if admitted (and recorded), else seconds until it would be."""
         self.trim(now)
-        used = sum(t for _, t in self.events)
         if len(self.events) >= limits.rpm:
             return self.events[0][0] + 60.0 - now
-        if used + tokens > limits.tpm:
-            freed, wait = used + tokens - limits.tpm, 0.0
+        if self.tokens + tokens > limits.tpm:
+            freed, wait = self.tokens + tokens - limits.tpm, 0.0
             for moment, spent in self.events:
                 freed -= spent
                 wait = moment + 60.0 - now
@@ -160,6 +162,7 @@ class _Window:
                     break
             return max(wait, 0.001)
         self.events.append((now, tokens))
+        self.tokens += tokens
         return 0.0
 
 
@@ -394,7 +397,7 @@ def _key_label(key: str) -> str:
 
 def _ratelimit_headers(window: _Window, limits: SimulatedKey, now: float) -> dict[str, str]:
     window.trim(now)
-    used = sum(t for _, t in window.events)
+    used = window.tokens
     reset = (window.events[0][0] + 60.0 - now) if window.events else 0.0
     return {"x-ratelimit-limit-requests": str(limits.rpm), "x-ratelimit-limit-tokens": str(limits.tpm),
             "x-ratelimit-remaining-requests": str(max(0, limits.rpm - len(window.events))),

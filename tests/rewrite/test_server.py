@@ -10,7 +10,7 @@ import pytest
 
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.server import Faults, SimulatedKey
+from soulray.rewrite.server import Faults, SimulatedKey, _Window
 
 
 def prompt(text: str = "最近总是失眠，怎么办？") -> list[dict[str, str]]:
@@ -27,6 +27,20 @@ def test_models_and_a_parseable_rewrite(llm):
     assert response.usage.prompt_tokens > 100 and response.usage.completion_tokens > 20
     again = client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt(), seed=1)
     assert again.choices[0].message.content == response.choices[0].message.content  # deterministic
+
+
+def test_window_keeps_its_token_sum_as_events_enter_and_leave():
+    window, limits = _Window(), SimulatedKey(rpm=1_000, tpm=100)
+    for second in range(10):
+        assert window.admit(float(second), 10, limits) == 0.0
+    assert window.tokens == 100
+    assert window.admit(10.0, 10, limits) == pytest.approx(50.0)  # until the event at 0 s leaves the window
+    # 0 s has left, 90 + 25 > 100: the events at 1 s and 2 s must leave too, at 61 s and 62 s
+    assert window.admit(60.5, 25, limits) == pytest.approx(1.5)
+    assert window.admit(62.5, 25, limits) == 0.0  # 0, 1 and 2 s have left: 70 + 25 fits
+    assert window.tokens == sum(tokens for _, tokens in window.events) == 95
+    window.trim(200.0)
+    assert window.tokens == 0 and not window.events
 
 
 def test_rpm_limit_gives_429_with_retry_after_and_headers(llm):
