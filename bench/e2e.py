@@ -3,7 +3,7 @@ over synthetic PsyQA-shaped sources of growing size, through `soulray serve-llm`
 
 Per size: wall time of the whole command, rows/s, and the peak memory of the job's process tree
 (driver, Ray's daemons and workers: PSS, so shared object-store pages are split between the processes
-that map them rather than counted in each; sampled every second, so a shorter spike can be missed; the sampling costs ~8% of one core). The figure that
+that map them rather than counted in each; sampled every second, so a shorter spike can be missed; the sampling costs ~10% of one core). The figure that
 tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
 (1.00 = linear time).
 

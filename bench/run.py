@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -166,15 +167,15 @@ def bench_rewrite_overhead(workdir: Path, rows: int, repeats: int) -> dict:
     prompts = [template.render(u["question"], u["description"], u["answer"]) for u in units]
 
     async def plain_loop() -> None:
-        client = openai.AsyncOpenAI(base_url=url, api_key="plain", max_retries=0)
         semaphore = asyncio.Semaphore(64)
+        async with openai.AsyncOpenAI(base_url=url, api_key="plain", max_retries=0) as client:  # closed in the loop
 
-        async def one(messages):
-            async with semaphore:
-                response = await client.chat.completions.create(model="gpt-3.5-turbo", messages=messages)
-                return response.choices[0].message.content
+            async def one(messages):
+                async with semaphore:
+                    response = await client.chat.completions.create(model="gpt-3.5-turbo", messages=messages)
+                    return response.choices[0].message.content
 
-        await asyncio.gather(*(one(m) for m in prompts))
+            await asyncio.gather(*(one(m) for m in prompts))
 
     def soulray_job(size: int) -> float:
         config = load_config(RegenerateConfig, None, [
@@ -312,6 +313,7 @@ def main() -> int:
                 error = None
             except Exception as exc:  # noqa: BLE001 - reported in the table, the other sections still run
                 error = f"{type(exc).__name__}: {exc}"[:2000]
+                traceback.print_exc()
                 print(f"[bench] {name} failed: {error}", file=sys.stderr, flush=True)
             sections[name] = {"wall_s": time.perf_counter() - started, "load_before": load,
                               "load_after": os.getloadavg()[0], "error": error}
