@@ -35,10 +35,10 @@ test: $(STAMP)  ## the whole test suite (starts local Ray and a loopback S3 serv
 test-fast: $(STAMP)
 	$(BIN)/pytest -ra -m "not slow" $(PYTEST_ARGS)
 
-bench: $(STAMP)  ## the benchmark suite; writes bench/results/latest.{md,json}
+bench: $(STAMP)  ## the benchmark suite (~75 min on 2 cores; the 1M-row end-to-end run is 50 of them); writes bench/results/latest.{md,json}
 	$(BIN)/python bench/run.py --out bench/results
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP)  ## the same at small sizes (~10 min)
 	$(BIN)/python bench/run.py --quick --out bench/results
 
 lint: $(STAMP)
