@@ -164,10 +164,11 @@ def _murmur3_32(data, start, length):
 
 # ---- the kernels (`transform`: the address of a SHA-1 compression function) -------------------------
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _sha1_first_word(data, start, length, transform, context, block):
     """The first 4 bytes of SHA-1(data[start:start + length]) read little-endian (datasketch's
-    sha1_hash32)."""
+    sha1_hash32). Inlined into the shingle loop: as a call (five array arguments, each a struct
+    passed by value) it cost ~25 ns of the ~100 ns a shingle took (now ~77)."""
     for word in range(5):
         context[word] = _SHA1_IV[word]
     blocks = (length + 9 + 63) // 64  # message, 0x80, 8-byte bit length, in whole blocks
