@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)  ## the benchmark suite (~75 min on 2 cores; the 1M-row end-to-end run is 50 of them); writes bench/results/latest.{md,json}
 	$(BIN)/python bench/run.py --out bench/results
 
-bench-quick: $(STAMP)  ## the same at small sizes (~10 min)
+bench-quick: $(STAMP)  ## the same at small sizes (16 min here beside the test suite)
 	$(BIN)/python bench/run.py --quick --out bench/results
 
 lint: $(STAMP)
