@@ -7,8 +7,8 @@ that map them rather than counted in each; sampled every second, so a shorter sp
 tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
 (1.00 = linear time).
 
-    python bench/e2e.py                                 # 10k, 100k and 1M, what `make bench` runs (~80 min on 2 cores)
-    python bench/e2e.py --sizes 10000 100000            # the first two (~10 min)
+    python bench/e2e.py                                 # 10k, 100k and 1M, what `make bench` runs (~56 min on 2 cores)
+    python bench/e2e.py --sizes 10000 100000            # the first two (~7 min)
 """
 
 from __future__ import annotations

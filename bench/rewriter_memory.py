@@ -26,11 +26,9 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soulray.config import RegenerateConfig, SourceSpec, load_config  # noqa: E402
+from soulray.config import RegenerateConfig, load_config  # noqa: E402
 from soulray.rewrite.session import RewriteSession  # noqa: E402
 from soulray.rewrite.stage import Rewriter  # noqa: E402
-from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
-from soulray.sources.synthetic import write_synthetic  # noqa: E402
 from soulray.store import VersionStore  # noqa: E402
 
 
@@ -60,10 +58,10 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("SOULRAY_PROBE_KEY", f"sk-probe-{uuid.uuid4().hex}")  # before Ray: workers inherit it
     with tempfile.TemporaryDirectory() as workdir:
-        source = Path(workdir) / "units.parquet"
-        write_synthetic(source, args.rows, seed=3, near_duplicate_rate=0.0)
-        spec = SourceSpec(path=str(source), columns={"description": "description", "topic": "topic"})
-        units = pa.concat_tables([normalise_fragment(fragment, spec) for fragment in plan_fragments(spec).fragments])
+        from run import synthetic_units  # bench/run.py, beside this script
+
+        units = synthetic_units(args.rows, Path(workdir))
+        source = Path(workdir) / "synthetic.parquet"  # where synthetic_units wrote them
         config = load_config(RegenerateConfig, None, [
             "rewrite.keys=[{name: local, api_key_env: SOULRAY_PROBE_KEY, rpm: 10000000, tpm: 10000000000, "
             "max_concurrent: 64}]", f"sources=[{{path: {source}}}]", f"storage.root={workdir}/out"])
