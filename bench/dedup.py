@@ -33,7 +33,7 @@ from soulray.dedup.lsh import optimal_params  # noqa: E402
 from soulray.dedup.minhash import MinHasher, char_shingles, estimate_jaccard  # noqa: E402
 from soulray.dedup.text import normalise  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "smilechat-sample"
+SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "smilechat-sample"
 THRESHOLD, NUM_PERM, NGRAM = 0.8, 128, 5
 OBJECT_STORE_MB = 1500  # the scale runs' object store: more data than this spills to disk
 

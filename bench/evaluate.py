@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "smilechat-sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "smilechat-sample"
 DEMO = Path(__file__).resolve().parents[1] / "soulray" / "data" / "demo"
 
 

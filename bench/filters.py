@@ -41,7 +41,7 @@ from soulray.filters.pii import CANDIDATE, PiiDetector  # noqa: E402
 from soulray.filters.template import LIST_INTRO, LIST_ITEM  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "smilechat-sample"
+SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "smilechat-sample"
 BLOCK_ROWS = 5_000  # the clean job's block size
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "smilechat-sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "smilechat-sample"
 LIMITS = ["samples.max_input_tokens=256", "samples.max_output_tokens=128"]
 
 

@@ -30,7 +30,8 @@ for _name, _value in TEST_API_KEYS.items():
     os.environ.setdefault(_name, _value)
 
 DEMO_QA = Path(__file__).parent.parent / "soulray" / "data" / "demo" / "qa.parquet"
-SHARED_SAMPLE = Path(__file__).parent.parent.parent / "shared" / "data" / "smilechat-sample"
+# 2,000 real SMILECHAT rows (CC0), shipped with the tests: a fresh clone has nothing beside it.
+SMILECHAT_SAMPLE = Path(__file__).parent / "data" / "smilechat-sample"
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from soulray.schema import WORKING_DIALOGUE, WORKING_UNIT, dialogue_id, record_id
-from tests.conftest import SHARED_SAMPLE
+from tests.conftest import SMILECHAT_SAMPLE
 
 
 def units_table(rows: list[dict]) -> pa.Table:
@@ -37,9 +37,9 @@ def dialogues_table(rows: list[dict]) -> pa.Table:
 
 @pytest.fixture(scope="session")
 def smile_qa() -> list[dict]:
-    return pq.read_table(SHARED_SAMPLE / "qa.parquet").to_pylist()
+    return pq.read_table(SMILECHAT_SAMPLE / "qa.parquet").to_pylist()
 
 
 @pytest.fixture(scope="session")
 def smile_dialogs() -> list[dict]:
-    return pq.read_table(SHARED_SAMPLE / "dialogs.parquet").to_pylist()
+    return pq.read_table(SMILECHAT_SAMPLE / "dialogs.parquet").to_pylist()

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from soulray.clean import RAW_DIALOGUE, working_dialogues
 from soulray.schema import WORKING_DIALOGUE, WORKING_UNIT, record_id
-from tests.conftest import SHARED_SAMPLE
+from tests.conftest import SMILECHAT_SAMPLE
 
 LONG_ANSWER = "我能理解你现在的感受，这种不安很常见。"  # 19 characters, over every minimum
 
@@ -65,11 +65,11 @@ def dialogues(*rows: list[dict[str, str]] | dict[str, Any] | None) -> pa.Table:
 @lru_cache(maxsize=1)
 def smilechat() -> pa.Table:
     """The 2,000 real SMILECHAT dialogues of the shared sample as WORKING_DIALOGUE rows."""
-    raw = pq.read_table(SHARED_SAMPLE / "dialogs.parquet")
+    raw = pq.read_table(SMILECHAT_SAMPLE / "dialogs.parquet")
     rows = raw.num_rows
     return working_dialogues(pa.table({
         "id": raw["id"], "topic": pa.nulls(rows, pa.string()), "messages": raw["messages"],
-        "source_file": pa.array([str(SHARED_SAMPLE / "dialogs.parquet")] * rows),
+        "source_file": pa.array([str(SMILECHAT_SAMPLE / "dialogs.parquet")] * rows),
         "source_row": pa.array(range(rows), pa.int64())}, schema=RAW_DIALOGUE))
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from soulray.train.corpus import smilechat_dialogues
-from tests.conftest import SHARED_SAMPLE
+from tests.conftest import SMILECHAT_SAMPLE
 
 
 @pytest.fixture(scope="session")
 def smilechat():
-    return smilechat_dialogues(SHARED_SAMPLE, limit=240)
+    return smilechat_dialogues(SMILECHAT_SAMPLE, limit=240)
 
 
 @pytest.fixture(scope="session")
