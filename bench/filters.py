@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soulray.clean import RAW_DIALOGUE, working_dialogues  # noqa: E402
+from soulray.clean import raw_dialogues, working_dialogues  # noqa: E402
 from soulray.config import FiltersConfig, SourceSpec  # noqa: E402
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain  # noqa: E402
 from soulray.filters.dialogue import ENGLISH_SENTENCE, ROLE_LABEL  # noqa: E402
@@ -49,11 +49,7 @@ BLOCK_ROWS = 5_000  # the clean job's block size
 def smilechat_dialogues(rows: int) -> pa.Table:
     raw = pq.read_table(SAMPLE / "dialogs.parquet")
     tiles = pa.concat_tables([raw] * (rows // raw.num_rows + 1)).slice(0, rows)
-    count = tiles.num_rows
-    return working_dialogues(pa.table({
-        "id": tiles["id"], "topic": pa.nulls(count, pa.string()), "messages": tiles["messages"],
-        "source_file": pa.array(["dialogs.parquet"] * count), "source_row": pa.array(range(count), pa.int64())},
-        schema=RAW_DIALOGUE))
+    return working_dialogues(raw_dialogues(tiles, source_file="dialogs.parquet"))
 
 
 class Baseline:

@@ -34,7 +34,8 @@ from soulray.schema import (
     ROLE_USER,
     WORKING_DIALOGUE,
     canonical_text,
-    dialogue_id,
+    first_user_turn,
+    question_group,
 )
 from soulray.sources.importers import import_corpus
 from soulray.sources.reader import list_parquet_files, read_metadata, read_row_group
@@ -57,8 +58,9 @@ STAGE = "normalize"
 BLOCK_ROWS = 5_000  # rows per pipeline block: a filter batch of a few ms, many blocks per core
 # The role vocabularies of the corpora the importers know (SMILECHAT: client/counselor).
 ROLE_NAMES = {"user": ROLE_USER, "client": ROLE_USER, "assistant": ROLE_ASSISTANT, "counselor": ROLE_ASSISTANT}
-RAW_DIALOGUE = pa.schema([("id", pa.string()), ("topic", pa.string()), ("messages", pa.list_(MESSAGE)),
-                          ("source_file", pa.string()), ("source_row", pa.int64())])
+# The input as read: `id` and `question_id` as text (integer ids in decimal), null where absent.
+RAW_DIALOGUE = pa.schema([("id", pa.string()), ("question_id", pa.string()), ("topic", pa.string()),
+                          ("messages", pa.list_(MESSAGE)), ("source_file", pa.string()), ("source_row", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def detect_format(path: str) -> str:
 def _plan_json(path: str, fmt: str) -> InputPlan:
     with tempfile.TemporaryDirectory(prefix="soulray-clean-") as staging:
         table = import_corpus(fmt, path, Path(staging) / "dialogues.parquet")
+    table = table.append_column("question_id", pa.nulls(table.num_rows, pa.string()))  # the formats have none
     table = table.append_column("source_file", pa.array([str(path)] * table.num_rows, pa.string()))
     table = table.append_column("source_row", pa.array(np.arange(table.num_rows), pa.int64()))
     files = sorted(Path(path).rglob("*.json")) if Path(path).is_dir() else [Path(path)]
@@ -176,7 +179,7 @@ def _plan_json(path: str, fmt: str) -> InputPlan:
         digest.update(file.name.encode() + b"\0" + file.read_bytes())
     lineage = InputFile(uri=str(Path(path).resolve()), bytes=sum(file.stat().st_size for file in files),
                         rows=table.num_rows, fingerprint=digest.hexdigest())
-    return InputPlan(pieces=[], table=table.cast(RAW_DIALOGUE), inputs=[lineage])
+    return InputPlan(pieces=[], table=table.select(RAW_DIALOGUE.names).cast(RAW_DIALOGUE), inputs=[lineage])
 
 
 def _check_columns(uri: str, schema: pa.Schema) -> None:
@@ -212,15 +215,22 @@ def _read_pieces(batch: pa.Table, *, s3: S3Config):
 
 
 def read_piece(piece: Piece, *, s3: S3Config | None = None) -> pa.Table:
-    """One row group as RAW_DIALOGUE rows (id and topic as text, where they came from)."""
+    """One row group as RAW_DIALOGUE rows."""
     table = read_row_group(piece.uri, piece.row_group, s3=s3)
+    return raw_dialogues(table, source_file=piece.uri, first_row=piece.first_row)
+
+
+def raw_dialogues(table: pa.Table, *, source_file: str, first_row: int = 0) -> pa.Table:
+    """A table in the SoulChatCorpus layout (`messages`; optional `id`, `question_id`, `topic`) as
+    RAW_DIALOGUE rows (ids and topic as text, where they came from)."""
     rows = table.num_rows
     columns = {
-        "id": _text_column(table, "id", piece.uri, rows),
-        "topic": _text_column(table, "topic", piece.uri, rows),
+        "id": _text_column(table, "id", source_file, rows),
+        "question_id": _text_column(table, "question_id", source_file, rows),
+        "topic": _text_column(table, "topic", source_file, rows),
         "messages": table["messages"].combine_chunks().cast(pa.list_(MESSAGE)),
-        "source_file": pa.array([piece.uri] * rows, pa.string()),
-        "source_row": pa.array(np.arange(piece.first_row, piece.first_row + rows), pa.int64()),
+        "source_file": pa.array([source_file] * rows, pa.string()),
+        "source_row": pa.array(np.arange(first_row, first_row + rows), pa.int64()),
     }
     return pa.table(columns, schema=RAW_DIALOGUE)
 
@@ -236,16 +246,19 @@ def _text_column(table: pa.Table, name: str, uri: str, rows: int) -> pa.Array:
 
 # -- rows -------------------------------------------------------------------------------------------
 def working_dialogues(raw: pa.Table) -> pa.Table:
-    """RAW_DIALOGUE rows → WORKING_DIALOGUE rows: roles mapped to user/assistant, a content-based
-    record_id, and a reject mark on dialogues without messages."""
+    """RAW_DIALOGUE rows → WORKING_DIALOGUE rows: roles mapped to user/assistant, the input's id kept
+    (`<file name>:<row>` where it has none, as the source reader names answers without an id), a
+    content-based record_id, the question group, and a reject mark on dialogues without messages."""
     messages = _map_roles(raw["messages"].combine_chunks())
-    record_ids = [dialogue_record_id(turns) for turns in messages.to_pylist()]
+    turns_per_row = messages.to_pylist()
+    record_ids = [dialogue_record_id(turns) for turns in turns_per_row]
     empty = pc.fill_null(pc.equal(pc.list_value_length(messages), 0), True).to_numpy(zero_copy_only=False)
     rows = raw.num_rows
     columns = {
-        "id": [dialogue_id(record) for record in record_ids],
+        "id": _ids(raw),
         "record_id": record_ids,
-        "question_id": raw["id"],  # the corpus's own id, to trace a row back to it
+        "question_id": [given or question_group(first_user_turn(turns))
+                        for given, turns in zip(raw["question_id"].to_pylist(), turns_per_row, strict=True)],
         "topic": pc.fill_null(raw["topic"], ""),
         "messages": messages,
         "prompt_version": pa.nulls(rows, pa.string()),
@@ -264,6 +277,13 @@ def working_dialogues(raw: pa.Table) -> pa.Table:
         "reject_detail": pa.array(np.where(empty, "column 'messages' is null or an empty list", None), pa.string()),
     }
     return pa.table(columns, schema=WORKING_DIALOGUE)
+
+
+def _ids(raw: pa.Table) -> list[str]:
+    ids = raw["id"].to_pylist()
+    names, rows = raw["source_file"].to_pylist(), raw["source_row"].to_pylist()
+    return [given if given is not None else f"{name.rsplit('/', 1)[-1]}:{row}"
+            for given, name, row in zip(ids, names, rows, strict=True)]
 
 
 def dialogue_record_id(messages: list[dict[str, str]] | None) -> str:

@@ -42,11 +42,29 @@ UNIT = pa.schema(
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
-# A multi-turn dialogue, SoulChatCorpus layout plus provenance. `id` is an integer derived from
-# record_id (stable across reruns), as the release uses integer ids.
+# What the dialogue filter chain (soulray/filters/) measured of a kept row, one named float per measure;
+# null where that filter was not in the chain. A struct, not a map: Hugging Face `datasets` has no
+# dtype for Arrow maps (load_dataset("parquet", …) refuses the file), and a struct reads as a plain
+# dict in datasets, pandas and polars alike. A filter's score name must be a field here.
+SCORES = pa.struct([
+    ("crisis_turns", pa.float64()),  # ethics.CrisisScreen: turns matching the crisis screen
+    ("pii_redactions", pa.float64()),  # pii.PiiRedact: contact details replaced by placeholders
+    ("repetition", pa.float64()),  # quality.Repetition: share of repeated character windows
+    ("cjk_ratio", pa.float64()),  # quality.CjkRatio: share of CJK among letters
+    ("length_ratio", pa.float64()),  # quality.LengthRatio: longest / shortest counselor turn
+    ("advice_list_rate", pa.float64()),  # template.AdviceList: share of counselor turns that are lists
+])
+
+# A multi-turn dialogue, SoulChatCorpus layout plus provenance.
+# - `id`: the input's own id, kept as given and published as text (an integer id 7 becomes "7", so
+#   string and integer ids share one type): the corpus's `id` for `soulray clean`, the source's
+#   answer id for the regenerate job. Identity for caches and dedup is `record_id`, a content hash.
+# - `question_id`: the question a dialogue answers. Several dialogues answer one question (PsyQA has
+#   several answers per question, SMILECHAT rewrites each), and splits go by it (soulray/train/split.py)
+#   so no question is on both sides: the source's question id, else `question_group` of the question.
 DIALOGUE = pa.schema(
     [
-        ("id", pa.int64()),
+        ("id", pa.string()),
         ("record_id", pa.string()),
         ("question_id", pa.string()),
         ("topic", pa.string()),
@@ -60,9 +78,9 @@ DIALOGUE = pa.schema(
         ("cost_usd", pa.float64()),
         ("source_file", pa.string()),
         ("source_row", pa.int64()),
-        # Filled by the dialogue filter chain (soulray/filters/): every measure it took of a kept row
-        # (repetition, cjk_ratio, length_ratio, pii_redactions, …) and the screens that flagged it for review.
-        ("scores", pa.map_(pa.string(), pa.float64())),
+        # Filled by the dialogue filter chain: its measures of a kept row, and the screens that flagged
+        # it for review.
+        ("scores", SCORES),
         ("flags", pa.list_(pa.string())),
     ]
 )
@@ -71,6 +89,7 @@ DIALOGUE = pa.schema(
 REJECT = pa.schema(
     [
         ("record_id", pa.string()),
+        ("id", pa.string()),  # the input's id of the row: a dialogue's `id`, a rewrite unit's answer_id
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
@@ -100,9 +119,24 @@ def record_id(question: str | None, description: str | None, answer: str | None)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
-def dialogue_id(record: str) -> int:
-    """The integer `id` of a dialogue: the first 63 bits of its record_id."""
-    return int(record[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
+def question_group(question: str | None) -> str | None:
+    """The `question_id` of a question that came without one: a hash of its normalised text, so the
+    answers to one question share it however their rows are spread. Normalised beyond canonical_text
+    (NFKC: full-width and half-width forms alike; no whitespace; case folded), because copies of one
+    question differ in exactly those. None for a missing or blank question."""
+    if question is None:
+        return None
+    normal = "".join(unicodedata.normalize("NFKC", canonical_text(question)).casefold().split())
+    if not normal:
+        return None
+    return "q-" + hashlib.sha256(normal.encode("utf-8")).hexdigest()[:16]
+
+
+def first_user_turn(messages: list[dict[str, str]] | None) -> str | None:
+    """The question a dialogue answers, as far as the dialogue itself tells: its first client turn.
+    SMILECHAT opens every rewrite of a PsyQA answer with that PsyQA question, so the up to 10
+    dialogues that answer one question share it."""
+    return next((turn["content"] for turn in messages or [] if turn["role"] == ROLE_USER), None)
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

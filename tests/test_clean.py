@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.clean import detect_format, dialogue_record_id, run
+from soulray.clean import detect_format, dialogue_record_id, raw_dialogues, run, working_dialogues
 from soulray.cli import main
 from soulray.config import CleanConfig, load_config
 from soulray.errors import SourceError
+from soulray.evaluate.samples import hash_split, next_turn_samples
+from soulray.schema import DIALOGUE, REJECT, SCORES, question_group
 from soulray.store import open_version
+from soulray.store.export import export_jsonl
+from soulray.train.split import split_by_question
+from tests.conftest import SMILECHAT_SAMPLE
 from tests.filters.tables import good_dialogue
 
 DEMO_DIALOGS = "soulray/data/demo/dialogs.parquet"
@@ -31,7 +39,7 @@ def test_cleans_the_smilechat_demo_dialogues(ray_local, tmp_path):
     version = open_version("latest", root=str(tmp_path), dataset="cleaned", verify=True)
     data = version.to_table()
     source = pq.read_table(DEMO_DIALOGS)
-    assert set(data["question_id"].to_pylist()) <= set(source["id"].to_pylist())
+    assert set(data["id"].to_pylist()) <= set(source["id"].to_pylist())  # the corpus's own ids, kept
     assert data["scores"].null_count == 0 and data["model"].null_count == data.num_rows
     row = data.slice(0, 1).to_pylist()[0]
     assert row["record_id"] == dialogue_record_id(row["messages"])
@@ -49,9 +57,12 @@ def test_cleans_importer_json_and_maps_roles(ray_local, tmp_path):
     assert result.manifest.counts["by_stage"] == {"filter_dialogue": {"turn_count": 1},
                                                   "normalize": {"empty_dialogue": 1}}
     assert result.manifest.inputs[0].uri == str(path) and result.manifest.inputs[0].rows == 4
-    data = {row["question_id"]: row for row in open_version(
-        "latest", root=str(tmp_path / "out"), dataset="cleaned").to_table().to_pylist()}
+    version = open_version("latest", root=str(tmp_path / "out"), dataset="cleaned")
+    data = {row["id"]: row for row in version.to_table().to_pylist()}
+    assert set(data) == {"0", "1"}  # SoulChatCorpus's integer ids, as text
     assert data["1"]["messages"][1]["content"] == "可以加我微信 <WECHAT> 聊。" and data["1"]["topic"] == "情绪"
+    assert data["1"]["question_id"] == question_group(leaky[0]["content"])
+    assert sorted(version.to_table("rejects")["id"].to_pylist()) == ["2", "3"]
 
     smile = tmp_path / "smile"
     smile.mkdir()
@@ -82,3 +93,78 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     with pytest.raises(SourceError, match="notes.txt: neither Parquet nor a JSON list"):
         detect_format(str(tmp_path / "notes.txt"))
     assert not (tmp_path / "out").exists()
+
+
+# -- ids and question groups --------------------------------------------------------------------------
+def test_ids_are_kept_as_given_and_question_ids_come_from_the_input_when_it_has_them():
+    messages = [good_dialogue(8)] * 3
+    given = pa.table({"id": pa.array([7, 2**62, -1], pa.int64()), "question_id": ["psyqa-1", None, ""],
+                      "messages": messages})
+    rows = working_dialogues(raw_dialogues(given, source_file="s3://bucket/corpus/part-0.parquet")).to_pylist()
+    assert [row["id"] for row in rows] == ["7", str(2**62), "-1"]
+    assert [row["question_id"] for row in rows] == ["psyqa-1"] + [question_group(messages[0][0]["content"])] * 2
+    assert len({row["record_id"] for row in rows}) == 1  # identity stays the content hash
+
+    unnamed = pa.table({"messages": messages[:2]})
+    rows = working_dialogues(raw_dialogues(unnamed, source_file="/data/part-3.parquet", first_row=10)).to_pylist()
+    assert [row["id"] for row in rows] == ["part-3.parquet:10", "part-3.parquet:11"]  # as the source reader names them
+
+
+@pytest.fixture(scope="module")
+def cleaned_sample(ray_local, tmp_path_factory):
+    """The 2,000 real SMILECHAT dialogues of the shared sample through `soulray clean` with its defaults."""
+    root = tmp_path_factory.mktemp("cleaned-sample")
+    run(load_config(CleanConfig, None, [f"input.path={SMILECHAT_SAMPLE / 'dialogs.parquet'}", f"storage.root={root}"]))
+    return open_version("latest", root=str(root), dataset="cleaned", verify=True)
+
+
+def test_clean_keeps_ids_and_groups_the_answers_to_one_question(cleaned_sample, tmp_path):
+    source = pq.read_table(SMILECHAT_SAMPLE / "dialogs.parquet")["id"].to_pylist()
+    # the sample's own question ids (PsyQA questions; several SMILECHAT dialogues answer each one)
+    truth = {row["answer_id"]: row["question_id"] for row in pq.read_table(SMILECHAT_SAMPLE / "qa.parquet").to_pylist()}
+    data, rejects = cleaned_sample.to_table(), cleaned_sample.to_table("rejects")
+    for table in (data, rejects):
+        assert [source[row] for row in table["source_row"].to_pylist()] == table["id"].to_pylist()
+
+    groups, truths = defaultdict(set), defaultdict(set)
+    for row in data.select(["id", "question_id"]).to_pylist():
+        groups[row["question_id"]].add(truth[row["id"]])
+        truths[truth[row["id"]]].add(row["question_id"])
+    assert all(len(found) == 1 for found in groups.values()) and all(len(found) == 1 for found in truths.values())
+    assert max(pc.value_counts(data["question_id"]).field("counts").to_pylist()) >= 5
+
+    train, validation = split_by_question(data, validation_share=0.2, seed=3)
+    assert train.num_rows + validation.num_rows == data.num_rows and validation.num_rows > 50
+    sides = [{truth[answer] for answer in side["id"].to_pylist()} for side in (train, validation)]
+    assert not sides[0] & sides[1]  # no PsyQA question on both sides of the fine-tuning split
+    samples = next_turn_samples(data, held_out=hash_split(validation_share=0.2, seed=3), limit=None, seed=0)
+    by_record = dict(zip(data["record_id"].to_pylist(), data["id"].to_pylist(), strict=True))
+    assert samples.num_rows and not {truth[by_record[r]] for r in samples["record_id"].to_pylist()} & sides[0]
+
+    rows = export_jsonl(cleaned_sample, tmp_path / "corpus.jsonl")
+    exported = [json.loads(line) for line in (tmp_path / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows == data.num_rows and sorted(row["id"] for row in exported) == sorted(data["id"].to_pylist())
+    first = exported[0]
+    assert first["question_id"] == data.filter(pc.equal(data["id"], first["id"]))["question_id"][0].as_py()
+
+
+def test_published_data_and_rejects_load_in_datasets_polars_and_pyarrow(cleaned_sample, tmp_path):
+    """The ways people read a corpus: Hugging Face `datasets` (most fine-tuning tools), polars, pyarrow."""
+    import datasets
+
+    folder = cleaned_sample.uris("data")[0].rsplit("/data/", 1)[0]
+    counts = cleaned_sample.manifest.counts
+    for kind, schema, rows in (("data", DIALOGUE, counts["output_rows"]), ("rejects", REJECT, counts["rejected_rows"])):
+        files = f"{folder}/{kind}/*.parquet"
+        loaded = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / kind))
+        assert loaded.num_rows == rows > 0 and loaded.column_names == schema.names
+        assert isinstance(loaded[0]["id"], str)
+        frame = pl.read_parquet(files)
+        table = pq.read_table(f"{folder}/{kind}")
+        assert frame.height == table.num_rows == rows and table.schema.remove_metadata() == schema
+    first = datasets.load_dataset("parquet", data_files=f"{folder}/data/*.parquet", split="train",
+                                  cache_dir=str(tmp_path / "data"))[0]
+    assert set(first["scores"]) == set(SCORES.names) and first["scores"]["cjk_ratio"] > 0.5
+    assert first["messages"][0]["role"] == "user"
+    repetition = pl.read_parquet(f"{folder}/data/*.parquet")["scores"].struct.field("repetition")
+    assert repetition.null_count() == 0 and repetition.len() == counts["output_rows"]

@@ -71,7 +71,9 @@ def test_import_synth_inspect_export_gc(ray_local, tmp_path, capsys):
     lines = (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()
     first = json.loads(lines[0])
     assert len(lines) == published and first["messages"][0]["role"] == "user" and len(first["messages"]) >= 8
-    assert isinstance(first["id"], int) and first["topic"]
+    assert first["topic"] and first["id"].startswith(first["question_id"] + "-")
+    source = pq.read_table(tmp_path / "syn.parquet")  # ids are the source's answer ids, as given
+    assert {json.loads(line)["id"] for line in lines} <= set(source["answer_id"].to_pylist())
 
     assert main(["gc", "--root", str(root), "--dataset", "syn", "--min-age-s", "0"]) == 0
     assert "0 orphaned files" in capsys.readouterr().out

@@ -23,6 +23,7 @@ from soulray.filters.pii import PiiRedact
 from soulray.filters.quality import CjkRatio, LengthRatio, Repetition, TurnLength
 from soulray.filters.source import ForumWords, LengthCap, TooShort
 from soulray.filters.template import AdviceList, AiDisclosure
+from soulray.schema import SCORES
 
 if TYPE_CHECKING:
     import ray.data
@@ -32,7 +33,6 @@ DIALOGUE_STAGE = "filter_dialogue"
 FILTERS: dict[str, type[Filter]] = {cls.name: cls for cls in (
     ForumWords, LengthCap, TooShort, PiiRedact, CrisisScreen, EthicsBlocklist, DialogueFormat, AiDisclosure,
     AdviceList, Repetition, CjkRatio, TurnLength, LengthRatio)}
-SCORES_TYPE = pa.map_(pa.string(), pa.float64())
 FLAGS_TYPE = pa.list_(pa.string())
 
 
@@ -119,11 +119,12 @@ def _mark(table: pa.Table, drops: dict[int, tuple[str, str]], stage: str) -> pa.
 def _with_scores(table: pa.Table, scores: dict[str, np.ndarray], flags: dict[str, np.ndarray]) -> pa.Table:
     rows = table.num_rows
     if scores:
-        names = sorted(scores)
-        offsets = pa.array(np.arange(0, rows * len(names) + 1, len(names), dtype=np.int32))
-        keys = pa.array(np.tile(np.array(names, dtype=object), rows), pa.string())
-        items = pa.array(np.stack([scores[name] for name in names], axis=1).ravel(), pa.float64())
-        column = pa.MapArray.from_arrays(offsets, keys, items, type=SCORES_TYPE)
+        unknown = sorted(set(scores) - {field.name for field in SCORES})
+        if unknown:
+            raise ValueError(f"scores {unknown} are not fields of soulray.schema.SCORES; add them there")
+        fields = [pa.array(np.asarray(scores[field.name], dtype=np.float64)) if field.name in scores
+                  else pa.nulls(rows, field.type) for field in SCORES]
+        column = pa.StructArray.from_arrays(fields, fields=list(SCORES))
         table = table.set_column(table.schema.get_field_index("scores"), "scores", column)
     if flags:
         names = sorted(flags)

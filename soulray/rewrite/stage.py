@@ -24,7 +24,7 @@ from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.tokens import count_message_tokens
 from soulray.runtime import NAMESPACE
-from soulray.schema import WORKING_DIALOGUE, dialogue_id
+from soulray.schema import WORKING_DIALOGUE
 
 log = logging.getLogger(__name__)
 STAGE = "rewrite"
@@ -343,7 +343,7 @@ def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
 
 
 def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:
-    return {"id": dialogue_id(unit["record_id"]), "record_id": unit["record_id"], "question_id": unit["question_id"],
+    return {"id": unit["answer_id"], "record_id": unit["record_id"], "question_id": unit["question_id"],
             "topic": unit["topic"], "messages": None, "prompt_version": prompt_version, "model": None,
             "api_key_name": None, "attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
             "source_file": unit["source_file"], "source_row": unit["source_row"],

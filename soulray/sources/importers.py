@@ -4,7 +4,9 @@
   regenerate job reads.
 - SMILECHAT (one JSON file per dialogue, roles client/counselor) and SoulChatCorpus (one JSON array of
   `{id, topic, messages}`) → dialogue table (`id`, `topic`, `messages`); `qa=True` instead extracts
-  each dialogue's first client/counselor exchange, which in SMILECHAT is the original PsyQA pair.
+  each dialogue's first client/counselor exchange, which in SMILECHAT is the original PsyQA pair
+  (answer_id: the dialogue's id; question_id: `schema.question_group` of the question, shared by
+  every rewrite of one PsyQA question).
 
 Formats: ../shared/reference/SOULCHAT.md, "Source formats". Every structural problem is an error that
 names the file and the item.
@@ -21,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soulray.errors import SourceError
-from soulray.schema import MESSAGE, ROLE_ASSISTANT, ROLE_USER
+from soulray.schema import MESSAGE, ROLE_ASSISTANT, ROLE_USER, question_group
 
 QA_TABLE = pa.schema(
     [
@@ -96,7 +98,8 @@ def dialogues_to_table(dialogues: Iterable[tuple[str, str, list[dict[str, str]]]
     for dialogue_id, topic, turns in dialogues:
         if len(turns) < 2 or turns[0]["role"] != ROLE_USER or turns[1]["role"] != ROLE_ASSISTANT:
             continue  # no first exchange to extract; the regenerate job never sees it
-        rows["question_id"].append(dialogue_id)
+        # SMILECHAT rewrites one PsyQA question up to 10 times: its answers share the opening question
+        rows["question_id"].append(question_group(turns[0]["content"]))
         rows["answer_id"].append(dialogue_id)
         rows["topic"].append(topic)
         rows["question"].append(turns[0]["content"])

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from soulray.config import S3Config, SourceSpec
 from soulray.errors import SourceError
 from soulray.fs import Location, resolve
-from soulray.schema import WORKING_UNIT, record_id
+from soulray.schema import WORKING_UNIT, question_group, record_id
 
 STAGE = "normalize"
 _TEXT_FIELDS = ("question", "description", "topic")
@@ -218,7 +218,7 @@ class _UnitBuilder:
             if not ok:
                 bad.append(field)
         answers = self._answers(row)
-        question_id = texts["question_id"] or "q-" + hashlib.sha256(texts["question"].encode()).hexdigest()[:12]
+        question_id = texts["question_id"] or question_group(texts["question"]) or ""
         for index, (answer, answer_ok) in enumerate(answers):
             fields = dict(texts, question_id=question_id)
             fields["answer"] = answer

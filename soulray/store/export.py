@@ -1,4 +1,8 @@
-"""Export a version as JSONL in the SoulChatCorpus layout: {"id", "topic", "messages": [{role, content}]}."""
+"""Export a version as JSONL in the SoulChatCorpus layout: {"id", "topic", "messages": [{role, content}]}.
+
+`id` is the input's id as the version holds it (text, see schema.DIALOGUE); `record_id` (content hash)
+and `question_id` (the question group the fine-tuning split goes by) ride along.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from soulray.schema import ROLE_ASSISTANT, ROLE_USER, dialogue_id
+from soulray.schema import ROLE_ASSISTANT, ROLE_USER
 from soulray.store.reader import Version
 
 
@@ -28,5 +32,5 @@ def as_corpus_row(row: dict[str, Any]) -> dict[str, Any]:
     if messages is None:
         question = "\n".join(part for part in (row["question"], row.get("description") or "") if part)
         messages = [{"role": ROLE_USER, "content": question}, {"role": ROLE_ASSISTANT, "content": row["answer"]}]
-    return {"id": row.get("id", dialogue_id(row["record_id"])), "record_id": row["record_id"],
-            "topic": row.get("topic") or "", "messages": messages}
+    return {"id": row["id"] if "id" in row else row["answer_id"], "record_id": row["record_id"],
+            "question_id": row.get("question_id"), "topic": row.get("topic") or "", "messages": messages}

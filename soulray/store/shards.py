@@ -60,6 +60,7 @@ def write_batch(batch: pa.Table, target: ShardTarget) -> pa.Table:
     if rejected.num_rows:
         rejects = pa.table({
             "record_id": rejected["record_id"],
+            "id": _input_ids(rejected),
             "stage": rejected["reject_stage"],
             "reason": rejected["reject_reason"],
             "detail": rejected["reject_detail"],
@@ -68,6 +69,14 @@ def write_batch(batch: pa.Table, target: ShardTarget) -> pa.Table:
         }).cast(REJECT)
         infos += _write_pieces(rejects, "rejects", target)
     return pa.Table.from_pylist(infos, schema=SHARD_INFO)
+
+
+def _input_ids(rows: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """The input's id of each row: a dialogue's `id`, a rewrite unit's answer_id."""
+    for name in ("id", "answer_id"):
+        if name in rows.column_names:
+            return rows[name]
+    return pa.nulls(rows.num_rows, pa.string())
 
 
 def _split(batch: pa.Table) -> tuple[pa.Table, pa.Table]:

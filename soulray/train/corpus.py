@@ -10,14 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soulray.config import S3Config
-from soulray.schema import DIALOGUE, dialogue_id, record_id
+from soulray.schema import DIALOGUE, first_user_turn, question_group, record_id
 from soulray.store import ShardTarget, VersionStore, build_manifest
 from soulray.store.shards import write_batch
 
 
 def smilechat_dialogues(folder: str | Path, *, limit: int | None = None) -> pa.Table:
     """DIALOGUE rows from the SMILECHAT sample layout (dialogs.parquet + qa.parquet, joined on the
-    dialogue id = answer_id), keeping question_id so splits stay by question."""
+    dialogue id = answer_id): the dialogue's own id, and the question_id of its pair (else the group of
+    its opening question) so splits stay by question."""
     folder = Path(folder)
     dialogs = pq.read_table(folder / "dialogs.parquet")
     if limit is not None:
@@ -29,7 +30,8 @@ def smilechat_dialogues(folder: str | Path, *, limit: int | None = None) -> pa.T
                                                       strict=True)):
         pair = by_answer.get(source_id, {})
         record = record_id(pair.get("question") or source_id, "", pair.get("answer") or str(messages))
-        rows.append({"id": dialogue_id(record), "record_id": record, "question_id": pair.get("question_id") or source_id,
+        question_id = pair.get("question_id") or question_group(first_user_turn(messages))
+        rows.append({"id": source_id, "record_id": record, "question_id": question_id,
                      "topic": "", "messages": messages, "source_file": str(folder / "dialogs.parquet"),
                      "source_row": index})
     return pa.Table.from_pylist(rows, schema=DIALOGUE)

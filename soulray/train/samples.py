@@ -38,7 +38,7 @@ EncodeBatch = Callable[[list[str]], list[list[int]]]
 # One tokenized dialogue per row; targets are [start, end) token spans, end exclusive.
 TOKENS = pa.schema([
     ("row", pa.int64()),
-    ("dialogue_id", pa.int64()),
+    ("dialogue_id", pa.string()),  # the dialogue's `id`
     ("question_id", pa.string()),
     ("input_ids", pa.list_(pa.int32())),
     ("target_starts", pa.list_(pa.int32())),
@@ -136,7 +136,9 @@ def tokenize_dialogues(table: pa.Table, *, encode_batch: EncodeBatch, eos_id: in
                 ends.append(len(input_ids))
             else:
                 input_ids += piece
-        for name, value in zip(TOKENS.names, (row, ids[row], question_ids[row], input_ids, starts, ends), strict=True):
+        dialogue_id = None if ids[row] is None else str(ids[row])
+        for name, value in zip(TOKENS.names, (row, dialogue_id, question_ids[row], input_ids, starts, ends),
+                               strict=True):
             columns[name].append(value)
     return pa.table(columns, schema=TOKENS)
 

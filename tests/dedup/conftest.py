@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.schema import WORKING_DIALOGUE, WORKING_UNIT, dialogue_id, record_id
+from soulray.schema import WORKING_DIALOGUE, WORKING_UNIT, record_id
 from tests.conftest import SMILECHAT_SAMPLE
 
 
@@ -28,7 +28,7 @@ def dialogues_table(rows: list[dict]) -> pa.Table:
     out = []
     for index, row in enumerate(rows):
         rid = record_id(row["id"], "", str(index))
-        out.append({"id": dialogue_id(rid), "record_id": rid, "question_id": row["id"], "topic": "",
+        out.append({"id": row["id"], "record_id": rid, "question_id": row["id"], "topic": "",
                     "messages": row["messages"], "prompt_version": "smile", "model": "gpt-3.5-turbo",
                     "api_key_name": "", "attempts": 1, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                     "source_file": "dialogs.parquet", "source_row": index})

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soulray.clean import RAW_DIALOGUE, working_dialogues
+from soulray.clean import raw_dialogues, working_dialogues
 from soulray.schema import WORKING_DIALOGUE, WORKING_UNIT, record_id
 from tests.conftest import SMILECHAT_SAMPLE
 
@@ -53,7 +53,7 @@ def dialogues(*rows: list[dict[str, str]] | dict[str, Any] | None) -> pa.Table:
     for index, row in enumerate(rows):
         mark = row if isinstance(row, dict) else {}
         messages = mark.get("messages") if isinstance(row, dict) else row
-        full.append({"id": index, "record_id": f"{index:032x}", "question_id": f"q{index}", "topic": "",
+        full.append({"id": str(index), "record_id": f"{index:032x}", "question_id": f"q{index}", "topic": "",
                      "messages": messages, "prompt_version": None, "model": None, "api_key_name": None,
                      "attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                      "source_file": "test.parquet", "source_row": index, "scores": None, "flags": None,
@@ -65,12 +65,8 @@ def dialogues(*rows: list[dict[str, str]] | dict[str, Any] | None) -> pa.Table:
 @lru_cache(maxsize=1)
 def smilechat() -> pa.Table:
     """The 2,000 real SMILECHAT dialogues of the shared sample as WORKING_DIALOGUE rows."""
-    raw = pq.read_table(SMILECHAT_SAMPLE / "dialogs.parquet")
-    rows = raw.num_rows
-    return working_dialogues(pa.table({
-        "id": raw["id"], "topic": pa.nulls(rows, pa.string()), "messages": raw["messages"],
-        "source_file": pa.array([str(SMILECHAT_SAMPLE / "dialogs.parquet")] * rows),
-        "source_row": pa.array(range(rows), pa.int64())}, schema=RAW_DIALOGUE))
+    path = SMILECHAT_SAMPLE / "dialogs.parquet"
+    return working_dialogues(raw_dialogues(pq.read_table(path), source_file=str(path)))
 
 
 def reasons(table: pa.Table) -> list[str | None]:

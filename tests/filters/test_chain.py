@@ -47,8 +47,8 @@ def test_default_chain_over_the_smilechat_sample():
     assert {"turn_count", "not_ending_with_counselor", "repeated_role", "crisis_review"} <= set(counts)
     assert set(out.filter(pc.is_valid(out["reject_reason"]))["reject_stage"].to_pylist()) == {DIALOGUE_STAGE}
     scores = kept["scores"].to_pylist()[0]
-    assert {key for key, _ in scores} == {"advice_list_rate", "cjk_ratio", "crisis_turns", "length_ratio",
-                                          "pii_redactions", "repetition"}
+    assert {key for key, value in scores.items() if value is not None} == {
+        "advice_list_rate", "cjk_ratio", "crisis_turns", "length_ratio", "pii_redactions", "repetition"}
     assert table["scores"].null_count == table.num_rows  # the input table is not modified
 
 
@@ -58,7 +58,7 @@ def test_crisis_flag_fills_flags_and_keeps_the_row():
     out = dialogue_chain(CrisisSpec(name="crisis_screen", action="flag"))(dialogues(crisis, good_dialogue(8)))
     assert reasons(out) == [None, None]
     assert out["flags"].to_pylist() == [["crisis_screen"], None]
-    assert dict(out["scores"].to_pylist()[0])["crisis_turns"] == 1.0
+    assert out["scores"].to_pylist()[0]["crisis_turns"] == 1.0
 
 
 def test_details_quote_redacted_text_when_redaction_runs_first():

@@ -46,11 +46,14 @@ def test_filters_clean_sources_and_dialogues_and_explain_every_drop(ray_local, t
     version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo")
     data = {row["question_id"]: row for row in version.to_table().to_pylist()}
     assert set(data) == {"q0", "q4", "q5"}
+    assert [data[q]["id"] for q in ("q0", "q4", "q5")] == ["a0", "a4", "a5"]  # the source's answer ids, kept
     first_turn = data["q0"]["messages"][0]["content"]
     assert first_turn.startswith("你好，") and "<PHONE>" in first_turn and "13812345678" not in first_turn
-    scores = dict(data["q4"]["scores"])
-    assert {"repetition", "cjk_ratio", "length_ratio", "advice_list_rate", "pii_redactions"} <= set(scores)
+    scores = data["q4"]["scores"]
+    assert {"repetition", "cjk_ratio", "length_ratio", "advice_list_rate", "pii_redactions"} <= \
+        {name for name, value in scores.items() if value is not None}
     rejects = {row["source_row"]: row for row in version.to_table("rejects").to_pylist()}
+    assert {row: rejects[row]["id"] for row in rejects} == {1: "a1", 2: "a2", 3: "a3"}
     assert rejects[1]["detail"].startswith("terms 自杀 in question;")
     assert rejects[3]["stage"] == "filter_dialogue" and "我是" in rejects[3]["detail"]
 

@@ -57,6 +57,10 @@ def test_smilechat_files_round_trip(tmp_path):
     qa = import_corpus("smilechat", folder, tmp_path / "smile-qa.parquet", qa=True).to_pylist()
     first = next(d for d in dialogues if d["id"] == qa[0]["answer_id"])
     assert (qa[0]["question"], qa[0]["answer"]) == (first["messages"][0]["content"], first["messages"][1]["content"])
+    # the rewrites of one PsyQA question share its question_id, as the sample's own ids group them
+    truth = {row["answer_id"]: row["question_id"] for row in pq.read_table(DEMO_DIALOGS.parent / "qa.parquet").to_pylist()}
+    pairs = {(row["question_id"], truth[row["answer_id"]]) for row in qa}
+    assert len(pairs) == len({ours for ours, _ in pairs}) == len({theirs for _, theirs in pairs}) < len(qa)
 
 
 def test_soulchatcorpus_round_trip(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from soulray.config import ColumnMap, SourceSpec
 from soulray.errors import SourceError
-from soulray.schema import WORKING_UNIT, record_id
+from soulray.schema import WORKING_UNIT, question_group, record_id
 from soulray.sources import normalise_fragment, plan_fragments
 from tests.conftest import DEMO_QA
 
@@ -43,7 +43,7 @@ def test_row_numbers_continue_across_row_groups(tmp_path):
     assert units["source_row"].to_pylist() == list(range(10))
     # no ids in the file: question_id from the question text, answer_id from file and row
     assert units["answer_id"][4].as_py() == "qa.parquet:4"
-    assert units["question_id"][0].as_py().startswith("q-")
+    assert units["question_id"][0].as_py() == question_group("问题0")
 
 
 def test_column_mapping_and_integer_ids(tmp_path):

@@ -67,6 +67,7 @@ def test_publish_and_read_back(store):
                                                            if i % 10)
     rejects = version.to_table("rejects")
     assert rejects.num_rows == 5 and set(rejects["reason"].to_pylist()) == {"empty_answer"}
+    assert sorted(rejects["id"].to_pylist()) == ["a0", "a10", "a20", "a30", "a40"]  # the unit's answer id
     assert version.to_polars().height == 45
     counts = version.manifest.counts
     assert (counts["input_rows"], counts["output_rows"], counts["rejected_rows"]) == (50, 45, 5)
