@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -16,11 +15,12 @@ from soulray.cli import main
 from soulray.config import CleanConfig, load_config
 from soulray.errors import SourceError
 from soulray.evaluate.samples import hash_split, next_turn_samples
-from soulray.schema import DIALOGUE, REJECT, SCORES, question_group
+from soulray.schema import SCORES, question_group
 from soulray.store import open_version
 from soulray.store.export import export_jsonl
 from soulray.train.split import split_by_question
 from tests.conftest import SMILECHAT_SAMPLE
+from tests.consumers import assert_readable_by_consumers
 from tests.filters.tables import good_dialogue
 
 DEMO_DIALOGS = "soulray/data/demo/dialogs.parquet"
@@ -149,22 +149,10 @@ def test_clean_keeps_ids_and_groups_the_answers_to_one_question(cleaned_sample, 
 
 
 def test_published_data_and_rejects_load_in_datasets_polars_and_pyarrow(cleaned_sample, tmp_path):
-    """The ways people read a corpus: Hugging Face `datasets` (most fine-tuning tools), polars, pyarrow."""
-    import datasets
-
-    folder = cleaned_sample.uris("data")[0].rsplit("/data/", 1)[0]
-    counts = cleaned_sample.manifest.counts
-    for kind, schema, rows in (("data", DIALOGUE, counts["output_rows"]), ("rejects", REJECT, counts["rejected_rows"])):
-        files = f"{folder}/{kind}/*.parquet"
-        loaded = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / kind))
-        assert loaded.num_rows == rows > 0 and loaded.column_names == schema.names
-        assert isinstance(loaded[0]["id"], str)
-        frame = pl.read_parquet(files)
-        table = pq.read_table(f"{folder}/{kind}")
-        assert frame.height == table.num_rows == rows and table.schema.remove_metadata() == schema
-    first = datasets.load_dataset("parquet", data_files=f"{folder}/data/*.parquet", split="train",
-                                  cache_dir=str(tmp_path / "data"))[0]
-    assert set(first["scores"]) == set(SCORES.names) and first["scores"]["cjk_ratio"] > 0.5
-    assert first["messages"][0]["role"] == "user"
-    repetition = pl.read_parquet(f"{folder}/data/*.parquet")["scores"].struct.field("repetition")
-    assert repetition.null_count() == 0 and repetition.len() == counts["output_rows"]
+    first = assert_readable_by_consumers(cleaned_sample, cache=tmp_path)
+    row = first["data"][0]
+    assert isinstance(row["id"], str) and row["messages"][0]["role"] == "user"
+    assert set(row["scores"]) == set(SCORES.names) and row["scores"]["cjk_ratio"] > 0.5  # a plain dict
+    assert isinstance(first["rejects"][0]["id"], str) and first["rejects"][0]["reason"]
+    repetition = cleaned_sample.to_polars()["scores"].struct.field("repetition")
+    assert repetition.null_count() == 0 and repetition.len() == cleaned_sample.manifest.counts["output_rows"]

@@ -9,6 +9,7 @@ from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
 from soulray.regenerate import DryRun, run, summary
 from soulray.store import open_version
+from tests.consumers import assert_readable_by_consumers
 
 ANSWER = "我能理解你的感受。失眠真的很折磨人。我们可以先聊聊最近发生了什么。你愿意多说一些吗？"
 ROWS = [
@@ -54,6 +55,7 @@ def test_filters_clean_sources_and_dialogues_and_explain_every_drop(ray_local, t
         {name for name, value in scores.items() if value is not None}
     rejects = {row["source_row"]: row for row in version.to_table("rejects").to_pylist()}
     assert {row: rejects[row]["id"] for row in rejects} == {1: "a1", 2: "a2", 3: "a3"}
+    assert_readable_by_consumers(version, cache=tmp_path / "hf")
     assert rejects[1]["detail"].startswith("terms 自杀 in question;")
     assert rejects[3]["stage"] == "filter_dialogue" and "我是" in rejects[3]["detail"]
 
