@@ -3,6 +3,8 @@
 The paper's motivation is models that answer distress with "I'm sorry… here are some suggestions:
 1. … 2. …" instead of listening (reference/SOULCHAT.md); a rewrite model also leaks its own identity
 ("作为一个AI…"). Both are looked for in counselor turns only: a user may well write a numbered list.
+SMILECHAT's counselor turns also carry the forum answers they came from ("谢邀", "见字如面", hugs, the
+client addressed as "求助者，"); TemplateMarkers normalises, scores or rejects each by its rule.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from soulray.config import MarkerRule
 from soulray.filters.base import Filter, Verdict, drops_where, shorten
 from soulray.filters.batch import ASSISTANT, Batch
 
@@ -62,3 +65,90 @@ class AdviceList(Filter):
         return Verdict(scores={"advice_list_rate": rate}, drops=drops_where(
             batch, rate > self.max_rate, "advice_list",
             lambda row: f"{rate[row]:.0%} of counselor turns are lists of suggestions (> {self.max_rate:.0%})"))
+
+
+# What the run report counts as each marker's presence in a counselor turn, before and after the chain:
+# broader than the rules that normalise it (a hug in "抱抱自己" is advice, left alone, but still counted),
+# so the published share is an upper bound. Forum words (楼主, 题主…) are counted by their replacements.
+MARKERS = {
+    "xie_yao": r"谢邀|(?:感谢|谢谢)(?:你的|您的)?邀请",
+    "jian_zi_ru_mian": r"见字如面",
+    "hug": r"抱抱|#hug#|\[拥抱\]",
+    "vocative_client": r"(?:^|[。！？!?…～~\n])\s*(?:亲爱的)?(?:求助者|来访者)[，,]",
+    "analysis_template": r"以下是我的(?:分析|回答|看法)[:：]",
+    "stock_opening": r"^(?:你好|您好|亲爱的)?[，,！!。～~]?(?:非常|很|完全)?(?:能|可以)?(?:理解|明白|了解)(?:你|您)的(?:心情|感受)",
+}
+NORMALISED_PREFIX = "normalised:"  # how a row says in its `flags` that a marker was cut from it
+# A turn that a cut would leave without a letter or digit keeps its text: better a marker than an empty turn.
+_WORDLESS = r"^[\s\p{P}\p{S}]*$"
+
+
+def marker_rows(messages: pa.Array) -> dict[str, np.ndarray]:
+    """Bool per dialogue of `messages` (list<struct<role, content>>): a counselor turn holds the marker."""
+    flat = pc.list_flatten(messages)
+    parents = pc.list_parent_indices(messages).to_numpy(zero_copy_only=False)
+    counselor = pc.equal(flat.field("role"), "assistant").fill_null(False).to_numpy(zero_copy_only=False)
+    text = pc.fill_null(flat.field("content"), "")
+    found = {}
+    for name, pattern in MARKERS.items():
+        hits = pc.match_substring_regex(text, pattern).to_numpy(zero_copy_only=False) & counselor
+        found[name] = np.bincount(parents[hits], minlength=len(messages)) > 0
+    return found
+
+
+class TemplateMarkers(Filter):
+    """Forum and template leftovers in counselor turns, each normalised, scored or rejected by its rule."""
+
+    name = "template_markers"
+
+    def __init__(self, *, rules: list[MarkerRule]) -> None:
+        self.rules = list(rules)
+
+    def apply(self, batch: Batch) -> Verdict:
+        counselor = (batch.role == ASSISTANT) & batch.active[batch.row]
+        text, flags, scores, drops = batch.text, {}, {}, {}
+        for rule in self.rules:
+            hits = _matches(text, rule.pattern, counselor)
+            if rule.action == "normalise":
+                text, cut = _normalise(text, rule, hits)
+                rows = batch.per_row_any(cut)
+                flags[NORMALISED_PREFIX + rule.marker] = flags.get(NORMALISED_PREFIX + rule.marker, False) | rows
+            elif rule.action == "score":
+                name = "marker_" + rule.marker
+                scores[name] = scores.get(name, 0) + batch.per_row_count(hits).astype(np.float64)
+            else:
+                rows = batch.per_row_any(hits) & ~np.isin(np.arange(batch.num_rows), list(drops))
+                drops.update(drops_where(batch, rows, "marker_" + rule.marker, lambda row, hits=hits: _quote(
+                    batch, row, hits)))
+        flags = {name: rows for name, rows in flags.items() if np.any(rows)}
+        return Verdict(text=text if flags else None, flags=flags, scores=scores, drops=drops)
+
+
+def _matches(text: pa.Array, pattern: str, where: np.ndarray) -> np.ndarray:
+    found = np.zeros(len(text), dtype=bool)
+    positions = np.flatnonzero(where)
+    if positions.size:
+        subset = text.take(pa.array(positions))
+        found[positions] = pc.match_substring_regex(subset, pattern).to_numpy(zero_copy_only=False)
+    return found
+
+
+def _normalise(text: pa.Array, rule: MarkerRule, hits: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """`text` with the rule's matches replaced in the `hits` segments, except where that leaves no word."""
+    positions = np.flatnonzero(hits)
+    if not positions.size:
+        return text, hits
+    before = text.take(pa.array(positions))
+    after = pc.replace_substring_regex(before, pattern=rule.pattern, replacement=rule.replacement)
+    wordless = pc.match_substring_regex(after, _WORDLESS).to_numpy(zero_copy_only=False)
+    cut = np.zeros(len(text), dtype=bool)
+    cut[positions[~wordless]] = True
+    if not cut.any():
+        return text, cut
+    replacements = after.filter(pa.array(~wordless))
+    return pc.replace_with_mask(text, pa.array(cut), replacements), cut
+
+
+def _quote(batch: Batch, row: int, hits: np.ndarray) -> str:
+    index, _, text = next(s for s in batch.segments_of(row) if hits[batch.offsets[row] + s[0]])
+    return f"{batch.segment_name(row, index)}: {shorten(text)}"

@@ -11,15 +11,15 @@ from tests.filters.tables import dialogues, good_dialogue, turns
 def test_blocklist_screens_only_the_configured_roles():
     table = dialogues(turns("我是一名大学生", "你好，我是你的心理咨询师"), turns("我是一名大学生", "你好，欢迎你来"))
     batch = batch_from_table(table, "dialogue")
-    assert EthicsBlocklist(terms=["我是"], roles=["assistant"]).apply(batch).drops == {
+    assert EthicsBlocklist(terms=["我是"], patterns=[], roles=["assistant"]).apply(batch).drops == {
         0: ("ethics_blocklist", "terms 我是 in turn 2 (assistant)")}
-    assert set(EthicsBlocklist(terms=["我是"], roles=["user", "assistant"]).apply(batch).drops) == {0, 1}
-    assert EthicsBlocklist(terms=[], roles=["user"]).apply(batch).drops == {}
+    assert set(EthicsBlocklist(terms=["我是"], patterns=[], roles=["user", "assistant"]).apply(batch).drops) == {0, 1}
+    assert EthicsBlocklist(terms=[], patterns=[], roles=["user"]).apply(batch).drops == {}
 
 
 def test_blocklist_terms_are_literal_not_regex():
     batch = batch_from_table(dialogues(turns("a.b", "c+d")), "dialogue")
-    assert EthicsBlocklist(terms=["a*b", "c+d"], roles=["assistant"]).apply(batch).drops == {
+    assert EthicsBlocklist(terms=["a*b", "c+d"], patterns=[], roles=["assistant"]).apply(batch).drops == {
         0: ("ethics_blocklist", "terms c+d in turn 2 (assistant)")}
 
 
@@ -40,4 +40,4 @@ def test_crisis_flag_keeps_the_row_and_marks_it():
     crisis[0] = {"role": "user", "content": "我不想活了"}
     verdict = CrisisScreen(terms=CRISIS_TERMS, action="flag").apply(batch_from_table(dialogues(crisis, good_dialogue()),
                                                                                      "dialogue"))
-    assert verdict.drops == {} and verdict.flagged.tolist() == [True, False]
+    assert verdict.drops == {} and verdict.flags["crisis_screen"].tolist() == [True, False]

@@ -8,14 +8,15 @@ from soulray.filters.source import ForumWords, LengthCap, TooShort
 from tests.filters.tables import units
 
 
-def test_smile_rules_replace_in_order_and_drop_hug_fragments():
+def test_smile_rules_replace_in_order():
     table = units({"question": "楼主你好，题主的问题我也有", "answer": "抱抱楼主～阿凉觉得答主说得对。加油！"})
     batch = batch_from_table(table, "unit")
     verdict = ForumWords(rules=ForumWordsSpec(name="forum_words").rules).apply(batch)
     question, _, answer = verdict.text.to_pylist()
     assert question == "你好，你的问题我也有"  # 楼主你 → 你 before 楼主 → 你: no "你你好"
-    assert answer == "我觉得人说得对。加油！"
+    assert answer == "抱抱你～我觉得人说得对。加油！"  # hug greetings are template markers now
     assert not verdict.drops
+    assert verdict.flags["normalised:forum_word"].tolist() == [True]
 
 
 def test_rule_order_matters():
