@@ -353,6 +353,8 @@ class TurnLengthSpec(StrictModel):
 class LengthRatioSpec(StrictModel):
     name: Literal["length_ratio"]
     max_ratio: float = Field(8.0, gt=0, description="mean counselor turn over mean user turn (after the first)")
+    min_counselor_chars: float = Field(200, ge=0, description="a counselor whose turns average fewer characters "
+                                                              "is no lecturer, however short the client's replies")
 
 
 FilterSpec = Annotated[ForumWordsSpec | LengthCapSpec | TooShortSpec | PiiSpec | CrisisSpec | BlocklistSpec

@@ -75,7 +75,9 @@ class DialogueFormat(Filter):
     def _detail(self, batch: Batch, row: int, reason: str, segment_flags: dict[str, np.ndarray]) -> str:
         segments = batch.segments_of(row)
         if reason == "turn_count":
-            return f"{len(segments)} turns, outside {self.min_turns}-{self.max_turns or ''}"
+            if self.max_turns is None:
+                return f"{len(segments)} turns, fewer than {self.min_turns}"
+            return f"{len(segments)} turns, outside {self.min_turns}-{self.max_turns}"
         if reason in ("no_messages", "client_only"):
             return f"{len(segments)} turns, none by the counselor"
         if reason == "not_starting_with_user":
