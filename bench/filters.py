@@ -24,6 +24,7 @@ import re
 import statistics
 import sys
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -38,7 +39,9 @@ from soulray.config import FiltersConfig, SourceSpec  # noqa: E402
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain  # noqa: E402
 from soulray.filters.dialogue import ENGLISH_SENTENCE, ROLE_LABEL  # noqa: E402
 from soulray.filters.pii import CANDIDATE, PiiDetector  # noqa: E402
+from soulray.filters.source import replace_whole_words  # noqa: E402
 from soulray.filters.template import LIST_INTRO, LIST_ITEM  # noqa: E402
+from soulray.repair import TurnLimits, repair_messages  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "smilechat-sample"
@@ -67,7 +70,16 @@ class Baseline:
         self.role_label = re.compile(ROLE_LABEL)
         self.english = re.compile(ENGLISH_SENTENCE)
         self.crisis = re.compile("|".join(map(re.escape, specs["crisis_screen"].terms)))
-        self.blocklist = re.compile("|".join(map(re.escape, specs["ethics_blocklist"].terms)))
+        blocklist = specs["ethics_blocklist"]
+        self.blocklist = re.compile("|".join([re.escape(term) for term in blocklist.terms]
+                                             + [f"(?:{pattern})" for pattern in blocklist.patterns]))
+        self.forum_rules = specs["forum_words"].rules
+        # RE2 → Python re: \x{FE0F} is \uFE0F; a wordless turn is checked with unicodedata below
+        self.markers = [(rule, re.compile(rule.pattern.replace(r"\x{FE0F}", "\uFE0F")))
+                        for rule in specs["template_markers"].rules]
+        repair = specs["dialogue_repair"]
+        self.limits = TurnLimits(max_user_chars=repair.max_user_chars, max_first_user_chars=repair.max_first_user_chars,
+                                 max_assistant_chars=repair.max_assistant_chars)
         self.ai = re.compile("|".join(f"(?:{p})" for p in specs["ai_disclosure"].patterns).replace("(?i)", ""),
                              re.IGNORECASE)
         self.list_item, self.list_intro = re.compile(LIST_ITEM), re.compile(LIST_INTRO)
@@ -77,8 +89,41 @@ class Baseline:
 
     def __call__(self, messages: list[dict[str, str]] | None) -> str | None:
         turns = [dict(turn, content=self._redact(turn["content"] or "")) for turn in messages or []]
-        return (self._format(turns) or self._ethics(turns) or self._template(turns) or self._lengths(turns)
-                or self._repetition(turns) or self._cjk(turns))
+        turns = [dict(turn, content=self._forum_words(turn["content"])) for turn in turns]
+        turns = [dict(turn, content=self._markers(turn["content"])) if turn["role"] == "assistant" else turn
+                 for turn in turns]
+        reason = self._format_before_repair(turns)
+        if reason:
+            return reason
+        turns, _ = repair_messages(turns, limits=self.limits)
+        return (self._format(turns) or self._length_cap(turns) or self._ethics(turns) or self._template(turns)
+                or self._lengths(turns) or self._repetition(turns) or self._cjk(turns))
+
+    def _forum_words(self, text: str) -> str:
+        for rule in self.forum_rules:
+            if rule.pattern in text:
+                text = replace_whole_words(text, rule.pattern, rule.replacement)
+        return text
+
+    def _markers(self, text: str) -> str:
+        for rule, pattern in self.markers:
+            if rule.action == "normalise" and pattern.search(text):
+                cut = pattern.sub(rule.replacement, text)
+                if any(not unicodedata.category(char).startswith(("P", "S", "Z")) and not char.isspace() for char in cut):
+                    text = cut
+        return text
+
+    def _format_before_repair(self, turns: list[dict[str, str]]) -> str | None:
+        """What no repair changes: no turns, unknown roles, client-only dialogues."""
+        roles = [turn["role"] for turn in turns]
+        if not turns:
+            return "no_messages"
+        if any(role not in ("user", "assistant") for role in roles):
+            return "unknown_role"
+        return None if "assistant" in roles else "client_only"
+
+    def _length_cap(self, turns: list[dict[str, str]]) -> str | None:
+        return "too_long" if sum(len(turn["content"]) for turn in turns) > self.specs["length_cap"].max_chars else None
 
     def _redact(self, text: str) -> str:
         return self.detector.redact(text)[0] if self.candidate.search(text) else text
@@ -99,7 +144,7 @@ class Baseline:
             return "not_starting_with_user"
         if roles[-1] != "assistant":
             return "not_ending_with_counselor"
-        if not spec.min_turns <= len(turns) <= spec.max_turns:
+        if len(turns) < spec.min_turns or (spec.max_turns is not None and len(turns) > spec.max_turns):
             return "turn_count"
         if any(self.role_label.search(turn["content"]) for turn in turns):
             return "role_label_in_turn"
@@ -131,8 +176,9 @@ class Baseline:
                 return "turn_too_long"
         counselor = [len(t["content"]) for t in turns if t["role"] == "assistant"]
         user = [len(t["content"]) for t in turns[1:] if t["role"] == "user"]
-        if user and statistics.fmean(user) > 0 and \
-                statistics.fmean(counselor) / statistics.fmean(user) > self.specs["length_ratio"].max_ratio:
+        ratio_spec = self.specs["length_ratio"]
+        if user and statistics.fmean(user) > 0 and statistics.fmean(counselor) > ratio_spec.min_counselor_chars and \
+                statistics.fmean(counselor) / statistics.fmean(user) > ratio_spec.max_ratio:
             return "counselor_too_long"
         return None
 

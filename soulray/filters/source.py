@@ -33,7 +33,12 @@ class ForumWords(Filter):
         self.rules = list(rules)
 
     def apply(self, batch: Batch) -> Verdict:
-        text = batch.text
+        # one pass over every segment finds the few that hold any pattern; the rules run on those only
+        candidates = np.flatnonzero(batch.matches(self._any_pattern()))
+        if not candidates.size:
+            return Verdict()
+        before = batch.text.take(pa.array(candidates))
+        text = before
         for rule in self.rules:
             if rule.regex:
                 text = pc.replace_substring_regex(text, pattern=rule.pattern, replacement=rule.replacement)
@@ -41,10 +46,16 @@ class ForumWords(Filter):
                 text = _replace_whole_words(text, rule.pattern, rule.replacement)
             else:
                 text = pc.replace_substring(text, pattern=rule.pattern, replacement=rule.replacement)
-        changed = pc.not_equal(text, batch.text).to_numpy(zero_copy_only=False)
+        changed = pc.not_equal(text, before).to_numpy(zero_copy_only=False)
         if not changed.any():
             return Verdict()
-        return Verdict(text=text, flags={FLAG: batch.per_row_any(changed)})
+        mask = np.zeros(len(batch.text), dtype=bool)
+        mask[candidates[changed]] = True
+        new_text = pc.replace_with_mask(batch.text, pa.array(mask), text.filter(pa.array(changed)))
+        return Verdict(text=new_text, flags={FLAG: batch.per_row_any(mask)})
+
+    def _any_pattern(self) -> str:
+        return "|".join(rule.pattern if rule.regex else re.escape(rule.pattern) for rule in self.rules)
 
 
 @cache

@@ -106,6 +106,9 @@ class TemplateMarkers(Filter):
 
     def apply(self, batch: Batch) -> Verdict:
         counselor = (batch.role == ASSISTANT) & batch.active[batch.row]
+        # one pass over the counselor turns finds the few that any rule matches; each rule runs on those
+        counselor &= batch.matches("|".join(f"(?:{rule.pattern})" for rule in self.rules), counselor) \
+            if self.rules else False
         text, flags, scores, drops = batch.text, {}, {}, {}
         for rule in self.rules:
             hits = _matches(text, rule.pattern, counselor)
@@ -115,7 +118,7 @@ class TemplateMarkers(Filter):
                 flags[NORMALISED_PREFIX + rule.marker] = flags.get(NORMALISED_PREFIX + rule.marker, False) | rows
             elif rule.action == "score":
                 name = "marker_" + rule.marker
-                scores[name] = scores.get(name, 0) + batch.per_row_count(hits).astype(np.float64)
+                scores[name] = scores.get(name, np.zeros(batch.num_rows)) + batch.per_row_count(hits)
             else:
                 rows = batch.per_row_any(hits) & ~np.isin(np.arange(batch.num_rows), list(drops))
                 drops.update(drops_where(batch, rows, "marker_" + rule.marker, lambda row, hits=hits: _quote(
