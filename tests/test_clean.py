@@ -28,7 +28,10 @@ def test_cleans_the_smilechat_demo_dialogues(ray_local, tmp_path):
     # 2-utterance Q&As are no dialogues; the 46 that end with the client's thanks are repaired
     assert set(counts["by_stage"]["filter_dialogue"]) >= {"turn_count"}
     assert "not_ending_with_counselor" not in counts["by_stage"]["filter_dialogue"]
-    assert result.manifest.profile["flags"]["repair:trailing_client"] > 0
+    assert result.manifest.profile["flags"]["repair:trailing_client"] == 46
+    assert result.manifest.profile["markers_in"]["xie_yao"] == 5 and result.manifest.profile["markers_out"]["xie_yao"] == 0
+    report = (tmp_path / "cleaned" / "versions" / result.manifest.version / "report" / "report.md").read_text()
+    assert "| repair:trailing_client | 46 |" in report and "| xie_yao | 5 | 1.7% | 0 | 0.0% |" in report
     assert result.manifest.job == "clean" and result.manifest.inputs[0].rows == 300
 
     version = open_version("latest", root=str(tmp_path), dataset="cleaned", verify=True)

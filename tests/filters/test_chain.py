@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -61,6 +62,17 @@ def test_crisis_flag_fills_flags_and_keeps_the_row():
     assert reasons(out) == [None, None]
     assert out["flags"].to_pylist() == [["crisis_screen"], None]
     assert dict(out["scores"].to_pylist()[0])["crisis_turns"] == 1.0
+
+
+def test_flags_set_before_the_chain_are_kept():
+    """The parser's repairs arrive in `flags`; the chain adds its own beside them."""
+    crisis = good_dialogue(8)
+    crisis[2] = {"role": "user", "content": "我有时候想死"}
+    table = dialogues(crisis, good_dialogue(8))
+    table = table.set_column(table.schema.get_field_index("flags"), "flags",
+                             pa.array([["repair:trailing_client"], None], pa.list_(pa.string())))
+    out = dialogue_chain(CrisisSpec(name="crisis_screen", action="flag"))(table)
+    assert out["flags"].to_pylist() == [["repair:trailing_client", "crisis_screen"], None]
 
 
 def test_details_quote_redacted_text_when_redaction_runs_first():
