@@ -58,7 +58,7 @@ from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain  # noqa: E
 from soulray.filters.dialogue import ENGLISH_SENTENCE, ROLE_LABEL  # noqa: E402
 from soulray.filters.pii import CANDIDATE, PiiDetector  # noqa: E402
 from soulray.filters.source import replace_whole_words  # noqa: E402
-from soulray.filters.template import LIST_INTRO, LIST_ITEM  # noqa: E402
+from soulray.filters.template import ADVICE_CUE, LIST_INTRO, LIST_ITEM  # noqa: E402
 from soulray.repair import TurnLimits, repair_messages  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
 from soulray.store.shards import profile  # noqa: E402
@@ -102,6 +102,7 @@ class Baseline:
         self.ai = re.compile("|".join(f"(?:{p})" for p in specs["ai_disclosure"].patterns).replace("(?i)", ""),
                              re.IGNORECASE)
         self.list_item, self.list_intro = re.compile(LIST_ITEM), re.compile(LIST_INTRO)
+        self.advice_cue = re.compile(ADVICE_CUE)
         self.han = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
         self.word = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u0370-\u04ff\u3040-\u30ff\uac00-\ud7af\uff10-\uff19"
                                r"\uff21-\uff3a\uff41-\uff5a\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
@@ -182,8 +183,8 @@ class Baseline:
         if any(self.ai.search(text) for text in counselor):
             return "ai_disclosure"
         spec = self.specs["advice_list"]
-        lists = sum(len(self.list_item.findall(text)) >= spec.min_items or bool(self.list_intro.search(text))
-                    for text in counselor)
+        lists = sum((len(self.list_item.findall(text)) >= spec.min_items and bool(self.advice_cue.search(text)))
+                    or bool(self.list_intro.search(text)) for text in counselor)
         return "advice_list" if lists / len(counselor) > spec.max_rate else None
 
     def _lengths(self, turns: list[dict[str, str]]) -> str | None:

@@ -20,6 +20,10 @@ from soulray.filters.batch import ASSISTANT, Batch
 # An item marker: 1. 1、 1） 一、 at the start or after a space or punctuation; (1) and ① anywhere
 LIST_ITEM = r"(?:^|[\s：:。；;！!？?，,])(?:[1-9][\.、．)）]|[一二三四五六七八九][、．])|[（(][1-9][)）]|[①②③④⑤⑥⑦⑧⑨]"
 LIST_INTRO = r"以下(?:是|为|有)?(?:一些|几点|几个|几种)?(?:建议|方法|办法|方式|做法|步骤)"
+# A numbered list is one of suggestions only beside an advice word: SMILECHAT counselors also number
+# their recap of the client's problems ("我了解到你有以下问题：1.…2.…") and their questions ("回答以下几个
+# 问题：1、…"), which were 3 of the 7 advice_list rejects of the sample (issue 16's review).
+ADVICE_CUE = r"建议|方法|办法|技巧|尝试|试试|试着|不妨"
 
 
 class AiDisclosure(Filter):
@@ -59,7 +63,8 @@ class AdviceList(Filter):
         if marked.size:
             counted = pc.count_substring_regex(batch.text.take(pa.array(marked)), LIST_ITEM)
             items[marked] = counted.to_numpy(zero_copy_only=False)
-        listing = (items >= self.min_items) | batch.matches(LIST_INTRO, counselor)
+        numbered = items >= self.min_items
+        listing = (numbered & batch.matches(ADVICE_CUE, numbered)) | batch.matches(LIST_INTRO, counselor)
         turns = batch.per_row_count(counselor)
         rate = np.divide(batch.per_row_count(listing), turns, out=np.zeros(batch.num_rows), where=turns > 0)
         return Verdict(scores={"advice_list_rate": rate}, drops=drops_where(

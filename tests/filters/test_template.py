@@ -106,3 +106,18 @@ def test_a_marker_rule_can_reject():
     rule = MarkerRule(marker="xie_yao", pattern="谢邀", action="reject")
     verdict = TemplateMarkers(rules=[rule]).apply(batch_from_table(markers("谢邀。抛开个性因素", "你好"), "dialogue"))
     assert verdict.drops == {0: ("marker_xie_yao", "turn 2 (assistant): 谢邀。抛开个性因素")}
+
+
+@pytest.mark.parametrize("text, listing", [
+    # smile-44311: the counselor numbers the client's problems, no advice
+    ("根据你的描述，我了解到你有以下问题：1.缺乏学习动力和浪费空闲时间；2.学习上浑水摸鱼且缺乏自制力；3.渴望在内心产生观念改变。", False),
+    # smile-37575: numbered questions
+    ("比如，回答以下几个问题：1、你们是因为什么而结婚的呢？2、你们结婚多久了？", False),
+    ("我建议你：1. 规律作息；2. 适当运动。", True),
+    ("你可以试试：（1）写日记（2）散步。", True),
+])
+def test_a_numbered_recap_or_questions_is_no_list_of_suggestions(text, listing):
+    dialogue = good_dialogue(8)
+    dialogue[1] = {"role": "assistant", "content": text}
+    verdict = AdviceList(min_items=2, max_rate=0.0).apply(batch_from_table(dialogues(dialogue), "dialogue"))
+    assert verdict.scores["advice_list_rate"].tolist() == [0.25 if listing else 0.0]
