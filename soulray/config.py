@@ -217,6 +217,8 @@ _CLAUSE_END = r"[！!。，,～~…\s\x{FE0F}]*"
 _NOT_CLAUSE = r"[^。！？!?…～~，,\n]"
 _HUG = rf"(?:先|想|很想|好想)?抱抱(?:你|啊|呀|哦|{_NOT_CLAUSE[:-1]}自己它她他我]{{0,10}}的你?)?"
 _HUG_OFFER = rf"(?:先|想|很想|好想|我想|我先)?(?:给你|送你|送上)(?:一个|一份)?{_NOT_CLAUSE}{{0,8}}抱抱"
+# a counselor turn opening with a stock empathy formula (the sample's most shared first sentences)
+STOCK_OPENING = r"^(?:你好|您好|亲爱的)?[，,！!。～~]?(?:非常|很|完全)?(?:能|可以)?(?:理解|明白|了解)(?:你|您)的(?:心情|感受)"
 TEMPLATE_RULES = [  # in order: a hug before the 谢邀 or 见字如面 it precedes ("【抱抱】见字如面！")
     ("hug", r"()(?:【抱抱】|\[抱抱\]|\[拥抱\]|#hug#)", "normalise"),
     ("hug", rf"{_SENTENCE_START}(?:{_HUG}|{_HUG_OFFER})[。！？!?…～~，,]+", "normalise"),
@@ -226,8 +228,7 @@ TEMPLATE_RULES = [  # in order: a hug before the 谢邀 or 见字如面 it prece
     ("jian_zi_ru_mian", rf"{_SENTENCE_START}见字如面{_CLAUSE_END}", "normalise"),
     ("vocative_client", rf"{_SENTENCE_START}(?:亲爱的)?(?:求助者|来访者)[，,]\s*", "normalise"),
     ("analysis_template", r"()以下是我的(?:分析|回答|看法)[:：]\s*", "normalise"),
-    ("stock_opening", r"^(?:你好|您好|亲爱的)?[，,！!。～~]?(?:非常|很|完全)?(?:能|可以)?(?:理解|明白|了解)(?:你|您)的(?:心情|感受)",
-     "score"),
+    ("stock_opening", STOCK_OPENING, "score"),
 ]
 
 

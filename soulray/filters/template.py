@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.config import MarkerRule
+from soulray.config import STOCK_OPENING, MarkerRule
 from soulray.filters.base import Filter, Verdict, drops_where, shorten
 from soulray.filters.batch import ASSISTANT, Batch
 
@@ -38,12 +38,8 @@ class AiDisclosure(Filter):
         if not self.pattern:
             return Verdict()
         hits = batch.matches(self.pattern, batch.role == ASSISTANT)
-
-        def detail(row: int) -> str:
-            index, _, text = next(s for s in batch.segments_of(row) if hits[batch.offsets[row] + s[0]])
-            return f"{batch.segment_name(row, index)}: {shorten(text)}"
-
-        return Verdict(drops=drops_where(batch, batch.per_row_any(hits), "ai_disclosure", detail))
+        return Verdict(drops=drops_where(batch, batch.per_row_any(hits), "ai_disclosure",
+                                         lambda row: quote_hit(batch, row, hits)))
 
 
 class AdviceList(Filter):
@@ -81,7 +77,7 @@ MARKERS = {
     "hug": r"抱抱|#hug#|\[拥抱\]",
     "vocative_client": r"(?:^|[。！？!?…～~\n])\s*(?:亲爱的)?(?:求助者|来访者)[，,]",
     "analysis_template": r"以下是我的(?:分析|回答|看法)[:：]",
-    "stock_opening": r"^(?:你好|您好|亲爱的)?[，,！!。～~]?(?:非常|很|完全)?(?:能|可以)?(?:理解|明白|了解)(?:你|您)的(?:心情|感受)",
+    "stock_opening": STOCK_OPENING,
 }
 NORMALISED_PREFIX = "normalised:"  # how a row says in its `flags` that a marker was cut from it
 # A turn that a cut would leave without a letter or digit keeps its text: better a marker than an empty turn.
@@ -116,7 +112,7 @@ class TemplateMarkers(Filter):
             if self.rules else False
         text, flags, scores, drops = batch.text, {}, {}, {}
         for rule in self.rules:
-            hits = _matches(text, rule.pattern, counselor)
+            hits = batch.with_text(text).matches(rule.pattern, counselor)
             if rule.action == "normalise":
                 text, cut = _normalise(text, rule, hits)
                 rows = batch.per_row_any(cut)
@@ -126,19 +122,10 @@ class TemplateMarkers(Filter):
                 scores[name] = scores.get(name, np.zeros(batch.num_rows)) + batch.per_row_count(hits)
             else:
                 rows = batch.per_row_any(hits) & ~np.isin(np.arange(batch.num_rows), list(drops))
-                drops.update(drops_where(batch, rows, "marker_" + rule.marker, lambda row, hits=hits: _quote(
-                    batch, row, hits)))
+                drops.update(drops_where(batch, rows, "marker_" + rule.marker,
+                                         lambda row, hits=hits: quote_hit(batch, row, hits)))
         flags = {name: rows for name, rows in flags.items() if np.any(rows)}
         return Verdict(text=text if flags else None, flags=flags, scores=scores, drops=drops)
-
-
-def _matches(text: pa.Array, pattern: str, where: np.ndarray) -> np.ndarray:
-    found = np.zeros(len(text), dtype=bool)
-    positions = np.flatnonzero(where)
-    if positions.size:
-        subset = text.take(pa.array(positions))
-        found[positions] = pc.match_substring_regex(subset, pattern).to_numpy(zero_copy_only=False)
-    return found
 
 
 def _normalise(text: pa.Array, rule: MarkerRule, hits: np.ndarray) -> tuple[pa.Array, np.ndarray]:
@@ -157,6 +144,7 @@ def _normalise(text: pa.Array, rule: MarkerRule, hits: np.ndarray) -> tuple[pa.A
     return pc.replace_with_mask(text, pa.array(cut), replacements), cut
 
 
-def _quote(batch: Batch, row: int, hits: np.ndarray) -> str:
+def quote_hit(batch: Batch, row: int, hits: np.ndarray) -> str:
+    """A reject detail: the first segment of `row` that `hits` (bool per segment) marks, quoted short."""
     index, _, text = next(s for s in batch.segments_of(row) if hits[batch.offsets[row] + s[0]])
     return f"{batch.segment_name(row, index)}: {shorten(text)}"
