@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from soulray.filters.base import Filter, Verdict
 from soulray.filters.batch import ASSISTANT, ROLE_CODES, ROLE_NAMES, USER, Batch
-from soulray.repair import FLAG_PREFIX, MERGE_SEPARATOR, REPAIRS, TurnLimits, plan_repair
+from soulray.repair import FLAG_PREFIX, MERGE_SEPARATOR, REPAIRS, Repair, TurnLimits, plan_repair
 
 
 class DialogueRepair(Filter):
@@ -28,7 +28,7 @@ class DialogueRepair(Filter):
 
     def apply(self, batch: Batch) -> Verdict:
         candidates = np.flatnonzero(needs_repair(batch) & batch.active)
-        plans = {}
+        plans: dict[int, Repair] = {}
         for row in candidates:
             start, end = int(batch.offsets[row]), int(batch.offsets[row + 1])
             roles = [ROLE_NAMES[int(code)] for code in batch.role[start:end]]
@@ -55,7 +55,7 @@ def needs_repair(batch: Batch) -> np.ndarray:
     return has & ((first == ASSISTANT) | (last == USER) | batch.per_row_any(same))
 
 
-def _restructure(batch: Batch, plans: dict) -> Batch:
+def _restructure(batch: Batch, plans: dict[int, Repair]) -> Batch:
     """The batch with the planned rows' segments replaced: kept segments by index, merged ones new."""
     merged_texts: list[str] = []
     merged_roles: list[int] = []
