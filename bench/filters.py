@@ -3,6 +3,7 @@ filter drops from the SMILECHAT sample.
 
     python bench/filters.py --quick        # about a minute
     python bench/filters.py                # more rows and repeats
+    python bench/filters.py --rules-only   # issue 16's figures: reasons before/after, repairs, markers
 
 - Speed: the default dialogue chain over SMILECHAT dialogues (the real 2,000, tiled), one thread, as a
   ratio against the same rules written per row in plain Python `re` (`baseline_row` below), measured in
@@ -13,6 +14,10 @@ filter drops from the SMILECHAT sample.
   numbers, order and tracking numbers, dates, prices, timestamps.
 - Drops: for each default filter, the share of the sample it drops in the chain (first reason wins)
   and alone, with two examples each, so a person can judge the defaults.
+- Rules (issue 16): each reject reason's share under the previous and the current defaults, on the
+  sample and the demo dialogues; repairs and normalisations made; each template marker's share in
+  and out; the 我是 screen's hits before and after; and the rows drawn for a person's review (up to 30
+  per reason, fixed seed), whose verdicts are in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import re
 import statistics
 import sys
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -34,12 +40,28 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soulray.clean import raw_dialogues, working_dialogues  # noqa: E402
-from soulray.config import FiltersConfig, SourceSpec  # noqa: E402
+from soulray.config import (  # noqa: E402
+    AdviceListSpec,
+    AiDisclosureSpec,
+    BlocklistSpec,
+    CjkRatioSpec,
+    CrisisSpec,
+    DialogueFormatSpec,
+    FiltersConfig,
+    LengthRatioSpec,
+    PiiSpec,
+    RepetitionSpec,
+    SourceSpec,
+    TurnLengthSpec,
+)
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain  # noqa: E402
 from soulray.filters.dialogue import ENGLISH_SENTENCE, ROLE_LABEL  # noqa: E402
 from soulray.filters.pii import CANDIDATE, PiiDetector  # noqa: E402
-from soulray.filters.template import LIST_INTRO, LIST_ITEM  # noqa: E402
+from soulray.filters.source import replace_whole_words  # noqa: E402
+from soulray.filters.template import ADVICE_CUE, LIST_INTRO, LIST_ITEM  # noqa: E402
+from soulray.repair import TurnLimits, repair_messages  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
+from soulray.store.shards import profile  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "smilechat-sample"
 BLOCK_ROWS = 5_000  # the clean job's block size
@@ -63,18 +85,61 @@ class Baseline:
         self.role_label = re.compile(ROLE_LABEL)
         self.english = re.compile(ENGLISH_SENTENCE)
         self.crisis = re.compile("|".join(map(re.escape, specs["crisis_screen"].terms)))
-        self.blocklist = re.compile("|".join(map(re.escape, specs["ethics_blocklist"].terms)))
+        blocklist = specs["ethics_blocklist"]
+        self.blocklist = re.compile("|".join([re.escape(term) for term in blocklist.terms]
+                                             + [f"(?:{pattern})" for pattern in blocklist.patterns]))
+        self.forum_rules = specs["forum_words"].rules
+        # RE2 → Python re: \x{FE0F} is \uFE0F; a wordless turn is checked with unicodedata below
+        self.markers = [(rule, re.compile(rule.pattern.replace(r"\x{FE0F}", "\uFE0F")))
+                        for rule in specs["template_markers"].rules]
+        repair = specs["dialogue_repair"]
+        self.limits = TurnLimits(max_user_chars=repair.max_user_chars, max_first_user_chars=repair.max_first_user_chars,
+                                 max_assistant_chars=repair.max_assistant_chars)
         self.ai = re.compile("|".join(f"(?:{p})" for p in specs["ai_disclosure"].patterns).replace("(?i)", ""),
                              re.IGNORECASE)
         self.list_item, self.list_intro = re.compile(LIST_ITEM), re.compile(LIST_INTRO)
+        self.advice_cue = re.compile(ADVICE_CUE)
         self.han = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
         self.word = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u0370-\u04ff\u3040-\u30ff\uac00-\ud7af\uff10-\uff19"
                                r"\uff21-\uff3a\uff41-\uff5a\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 
     def __call__(self, messages: list[dict[str, str]] | None) -> str | None:
         turns = [dict(turn, content=self._redact(turn["content"] or "")) for turn in messages or []]
-        return (self._format(turns) or self._ethics(turns) or self._template(turns) or self._lengths(turns)
-                or self._repetition(turns) or self._cjk(turns))
+        turns = [dict(turn, content=self._forum_words(turn["content"])) for turn in turns]
+        turns = [dict(turn, content=self._markers(turn["content"])) if turn["role"] == "assistant" else turn
+                 for turn in turns]
+        reason = self._format_before_repair(turns)
+        if reason:
+            return reason
+        turns, _ = repair_messages(turns, limits=self.limits)
+        return (self._format(turns) or self._length_cap(turns) or self._ethics(turns) or self._template(turns)
+                or self._lengths(turns) or self._repetition(turns) or self._cjk(turns))
+
+    def _forum_words(self, text: str) -> str:
+        for rule in self.forum_rules:
+            if rule.pattern in text:
+                text = replace_whole_words(text, rule.pattern, rule.replacement)
+        return text
+
+    def _markers(self, text: str) -> str:
+        for rule, pattern in self.markers:
+            if rule.action == "normalise" and pattern.search(text):
+                cut = pattern.sub(rule.replacement, text)
+                if any(not unicodedata.category(char).startswith(("P", "S", "Z")) and not char.isspace() for char in cut):
+                    text = cut
+        return text
+
+    def _format_before_repair(self, turns: list[dict[str, str]]) -> str | None:
+        """What no repair changes: no turns, unknown roles, client-only dialogues."""
+        roles = [turn["role"] for turn in turns]
+        if not turns:
+            return "no_messages"
+        if any(role not in ("user", "assistant") for role in roles):
+            return "unknown_role"
+        return None if "assistant" in roles else "client_only"
+
+    def _length_cap(self, turns: list[dict[str, str]]) -> str | None:
+        return "too_long" if sum(len(turn["content"]) for turn in turns) > self.specs["length_cap"].max_chars else None
 
     def _redact(self, text: str) -> str:
         return self.detector.redact(text)[0] if self.candidate.search(text) else text
@@ -95,7 +160,7 @@ class Baseline:
             return "not_starting_with_user"
         if roles[-1] != "assistant":
             return "not_ending_with_counselor"
-        if not spec.min_turns <= len(turns) <= spec.max_turns:
+        if len(turns) < spec.min_turns or (spec.max_turns is not None and len(turns) > spec.max_turns):
             return "turn_count"
         if any(self.role_label.search(turn["content"]) for turn in turns):
             return "role_label_in_turn"
@@ -114,8 +179,8 @@ class Baseline:
         if any(self.ai.search(text) for text in counselor):
             return "ai_disclosure"
         spec = self.specs["advice_list"]
-        lists = sum(len(self.list_item.findall(text)) >= spec.min_items or bool(self.list_intro.search(text))
-                    for text in counselor)
+        lists = sum((len(self.list_item.findall(text)) >= spec.min_items and bool(self.advice_cue.search(text)))
+                    or bool(self.list_intro.search(text)) for text in counselor)
         return "advice_list" if lists / len(counselor) > spec.max_rate else None
 
     def _lengths(self, turns: list[dict[str, str]]) -> str | None:
@@ -127,8 +192,9 @@ class Baseline:
                 return "turn_too_long"
         counselor = [len(t["content"]) for t in turns if t["role"] == "assistant"]
         user = [len(t["content"]) for t in turns[1:] if t["role"] == "user"]
-        if user and statistics.fmean(user) > 0 and \
-                statistics.fmean(counselor) / statistics.fmean(user) > self.specs["length_ratio"].max_ratio:
+        ratio_spec = self.specs["length_ratio"]
+        if user and statistics.fmean(user) > 0 and statistics.fmean(counselor) > ratio_spec.min_counselor_chars and \
+                statistics.fmean(counselor) / statistics.fmean(user) > ratio_spec.max_ratio:
             return "counselor_too_long"
         return None
 
@@ -352,15 +418,107 @@ def _reasons_with_examples(out: pa.Table, ids: list[str]) -> dict[str, dict]:
     return dict(sorted(found.items(), key=lambda item: -item[1]["count"]))
 
 
+# -- issue 16: repairs, rules and markers, before and after -------------------------------------------------
+DEMO = Path(__file__).resolve().parent.parent / "soulray" / "data" / "demo" / "dialogs.parquet"
+REVIEW_SEED, REVIEW_PER_REASON = 16, 30
+
+
+def previous_defaults() -> list:
+    """The default dialogue chain before issue 16: 8-20 utterances, no repairs, no forum-word or marker
+    step, SoulChat's 我是 as a substring, the length ratio alone."""
+    return [PiiSpec(name="pii_redact"), DialogueFormatSpec(name="dialogue_format", min_turns=8, max_turns=20),
+            CrisisSpec(name="crisis_screen"), BlocklistSpec(name="ethics_blocklist", terms=["我是", "自杀", "跳楼"], patterns=[]),
+            AiDisclosureSpec(name="ai_disclosure"), AdviceListSpec(name="advice_list"), TurnLengthSpec(name="turn_length"),
+            LengthRatioSpec(name="length_ratio", min_counselor_chars=0), RepetitionSpec(name="repetition"),
+            CjkRatioSpec(name="cjk_ratio")]
+
+
+def dialogues_of(path: Path) -> pa.Table:
+    return working_dialogues(raw_dialogues(pq.read_table(path), source_file=path.name))
+
+
+def bench_rules() -> dict:
+    """Per input (the 2,000-dialogue sample; the 300 demo dialogues, a subset of it): the share of each
+    reject reason under the previous and the current defaults, the repairs and normalisations made, each
+    marker's share in and out, the 我是 screen's hits before and after, and the rows a person reviews
+    (up to 30 per reason, drawn with a fixed seed; the verdicts are in bench/RESULTS.md)."""
+    found = {}
+    for name, path in (("smilechat-sample", SAMPLE / "dialogs.parquet"), ("demo", DEMO)):
+        table = dialogues_of(path)
+        before = build_chain(previous_defaults(), stage=DIALOGUE_STAGE, kind="dialogue")(table)
+        after = build_chain(FiltersConfig().dialogue, stage=DIALOGUE_STAGE, kind="dialogue")(table)
+        kept = after.filter(pc.is_null(after["reject_reason"]))
+        facts = profile(after, kept)
+        found[name] = {
+            "rows": table.num_rows,
+            "before": dict(Counter(before["reject_reason"].to_pylist())),
+            "after": dict(Counter(after["reject_reason"].to_pylist())),
+            "flags": facts.get("flags", {}), "markers_in": facts["markers_in"], "markers_out": facts["markers_out"],
+            "published": kept.num_rows, "blocklist": _blocklist_hits(table),
+            "review": _review_sample(after, table["question_id"].to_pylist()),
+        }
+    return found
+
+
+def _blocklist_hits(table: pa.Table) -> dict[str, int]:
+    """Dialogues whose counselor turns hit SoulChat's 我是 substring, and the narrowed default patterns."""
+    spec = BlocklistSpec(name="ethics_blocklist")
+    messages = table["messages"].combine_chunks()
+    flat = pc.list_flatten(messages)
+    parents = pc.list_parent_indices(messages).to_numpy(zero_copy_only=False)
+    counselor = pc.equal(flat.field("role"), "assistant").to_numpy(zero_copy_only=False)
+    hits = {}
+    for label, pattern in (("substring 我是", "我是"), ("self-identification patterns", "|".join(spec.patterns))):
+        matched = pc.match_substring_regex(flat.field("content"), pattern).to_numpy(zero_copy_only=False) & counselor
+        hits[label] = len(set(parents[matched].tolist()))
+    return hits
+
+
+def _review_sample(out: pa.Table, ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for index, (reason, detail) in enumerate(zip(out["reject_reason"].to_pylist(), out["reject_detail"].to_pylist(),
+                                                 strict=True)):
+        if reason is not None:
+            rows.setdefault(reason, []).append((ids[index], detail))
+    rng = random.Random(REVIEW_SEED)
+    for reason, items in rows.items():
+        rng.shuffle(items)
+        rows[reason] = sorted(items[:REVIEW_PER_REASON])
+    return rows
+
+
+def rules_markdown(rules: dict) -> list[str]:
+    lines = []
+    for name, facts in rules.items():
+        rows = facts["rows"]
+        reasons = sorted(set(facts["before"]) | set(facts["after"]), key=lambda r: (r is None, -facts["before"].get(r, 0)))
+        lines += [f"Default dialogue chain on {name} ({rows:,} dialogues), previous defaults → current:", "",
+                  "| reason | before | after |", "|---|---|---|"]
+        for reason in reasons:
+            label = "(published)" if reason is None else reason
+            lines.append(f"| {label} | {facts['before'].get(reason, 0) / rows:.1%} | {facts['after'].get(reason, 0) / rows:.1%} |")
+        published = max(facts["published"], 1)
+        lines += ["", "| flag (published rows) | rows | share |", "|---|---|---|"]
+        lines += [f"| {flag} | {count} | {count / published:.1%} |" for flag, count in sorted(facts["flags"].items())]
+        lines += ["", "| marker (counselor turns) | share in | share published |", "|---|---|---|"]
+        lines += [f"| {marker} | {facts['markers_in'][marker] / rows:.1%} | {facts['markers_out'][marker] / published:.1%} |"
+                  for marker in sorted(facts["markers_in"])]
+        lines += ["", "我是 screen, dialogues hit: " + ", ".join(f"{k} {v}" for k, v in facts["blocklist"].items()), ""]
+    return lines
+
+
 # -- entry points ---------------------------------------------------------------------------------------
 def run(workdir: Path, quick: bool) -> dict:
     """All three, sized for --quick or a full run. `workdir` is unused: everything stays in memory."""
     del workdir
     rows, repeats, per_type = (10_000, 3, 300) if quick else (40_000, 5, 1_000)
-    return {"throughput": bench_throughput(rows, repeats), "pii": bench_pii(per_type), "drops": bench_drops()}
+    return {"throughput": bench_throughput(rows, repeats), "pii": bench_pii(per_type), "drops": bench_drops(),
+            "rules": bench_rules()}
 
 
 def markdown(result: dict) -> str:
+    if "throughput" not in result:  # --rules-only
+        return "\n".join(["## Filters: repairs, rules and markers (issue 16)", ""] + rules_markdown(result["rules"]))
     speed, pii, drops = result["throughput"], result["pii"], result["drops"]
     lines = ["## Filters", "",
              f"Default dialogue chain, one thread, {speed['rows']:,} SMILECHAT dialogues ({speed['chars'] / speed['rows']:.0f} "
@@ -393,6 +551,8 @@ def markdown(result: dict) -> str:
         f"Source chain on the sample's {drops['units']:,} Q&A units: {drops['source_kept_share']:.1%} kept; "
         + ", ".join(f"{reason} {entry['share']:.1%} (e.g. {entry['examples'][0]})"
                     for reason, entry in drops["source_in_chain"].items())]
+    if "rules" in result:
+        lines += ["", "Repairs, rules and markers (issue 16):", ""] + rules_markdown(result["rules"])
     return "\n".join(lines)
 
 
@@ -400,8 +560,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rows and repeats")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    parser.add_argument("--rules-only", action="store_true", help="only the before/after rule figures and the "
+                                                                 "review sample (seconds)")
     args = parser.parse_args()
-    result = run(Path("."), args.quick)
+    result = {"rules": bench_rules()} if args.rules_only else run(Path("."), args.quick)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(markdown(result))

@@ -2,7 +2,7 @@
 
 Locally (starts a local Ray; the SMILECHAT sample's dialogues; writes ./output):
     python jobs/clean.py --input soulray/data/demo/dialogs.parquet --output output
-    python jobs/clean.py --input SoulChatCorpus.json --output /tmp/soulray --set filters.dialogue.1.min_turns=4
+    python jobs/clean.py --input SoulChatCorpus.json --output /tmp/soulray --set filters.dialogue.4.min_turns=8
 On a cluster (joins the cluster the job runs on):
     ray job submit --working-dir . -- python jobs/clean.py --input s3://bucket/corpus/ --output s3://bucket/soulray
 The story of the job is in soulray/clean.py; this script only reads the command line.

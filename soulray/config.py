@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from soulray.errors import ConfigError
+from soulray.repair import TurnLimits
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 DatasetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -182,9 +183,11 @@ class RewriteConfig(StrictModel):
 PiiType = Literal["email", "url", "id", "bankcard", "phone", "ip", "qq", "wechat"]
 Role = Literal["user", "assistant"]
 
-# SMILE's forum-word replacements, in its order, then its removal of fragments containing 抱抱.
+# SMILE's forum-word replacements, in its order. Each is a whole-word rule (jieba segmentation): "题主"
+# inside "问题主要" is no forum word, and replacing it corrupted text ("问你要"). SMILE also dropped every
+# fragment containing 抱抱; that cut advice such as "请你静下心来，抱抱自己", so hug greetings are now one
+# of the template markers below instead.
 SMILE_FORUM_RULES = [("楼主你", "你"), ("题主你", "你"), ("楼主", "你"), ("题主", "你"), ("阿凉", "我"), ("答主", "人")]
-HUG_FRAGMENT = r"[^。！？!?～~，,；;\n]*抱抱[^。！？!?～~，,；;\n]*[。！？!?～~，,；;]*"
 # Self-harm and suicide vocabulary (incl. SoulChat's 自杀 and 跳楼); literal substrings.
 CRISIS_TERMS = ["自杀", "轻生", "自尽", "寻死", "想死", "不想活", "活不下去", "结束生命", "结束自己的生命", "了结自己",
                 "割腕", "跳楼", "跳河", "上吊", "吞药", "自残", "自伤", "伤害自己", "遗书"]
@@ -194,19 +197,75 @@ AI_DISCLOSURE_PATTERNS = [
     r"(?:人工智能|AI)语言模型",
     r"(?i)as an ai|language model",
 ]
+# SoulChat screened the string 我是; in SMILECHAT's counselor turns 32 of 34 such rows were ordinary speech
+# ("告诉自己：“我是重要的”", "如果我是你的话", "我是谁"). What the screen is for: the counselor saying it
+# is an AI, a model, an assistant or a bot, or introducing itself by a role name ("你好，我是你的支持者。").
+SELF_INTRODUCTION_PATTERNS = [
+    r"我(?:只|就)?是(?:一个|一名|一位|一款|个)?(?:AI|ai|人工智能|语言模型|智能助手|AI助手|助手|聊天机器人|机器人|"
+    r"虚拟助手|bot|Bot|程序)",
+    r"我是(?:你的|您的|一名|一位|一个|这里的|本次的|今天的)?(?:专业的?)?(?:心理)?(?:咨询师|咨询顾问|治疗师|心理医生|"
+    r"心理学家|支持者|倾听者|陪伴者)",
+]
+# Forum and template leftovers in counselor turns (SMILECHAT's answers were forum posts: "谢邀", letters
+# opening "见字如面", hugs, the client addressed as "求助者，"). Normalised: the marker and the punctuation
+# after it are cut where it stands at the start of a sentence (\1 keeps what came before), and never where
+# the cut would leave a turn without words. Scored: stock empathy openings, a style choice, as
+# marker_stock_opening (counselor turns opening with one). The run report shows each marker's share
+# before and after (soulray/filters/template.py, MARKERS).
+_SENTENCE_START = r"(^|[。！？!?…～~\n])\s*"
+_CLAUSE_END = r"[！!。，,～~…\s\x{FE0F}]*"
+_NOT_CLAUSE = r"[^。！？!?…～~，,\n]"
+_HUG = rf"(?:先|想|很想|好想)?抱抱(?:你|啊|呀|哦|{_NOT_CLAUSE[:-1]}自己它她他我]{{0,10}}的你?)?"
+_HUG_OFFER = rf"(?:先|想|很想|好想|我想|我先)?(?:给你|送你|送上)(?:一个|一份)?{_NOT_CLAUSE}{{0,8}}抱抱"
+# a counselor turn opening with a stock empathy formula (the sample's most shared first sentences)
+STOCK_OPENING = r"^(?:你好|您好|亲爱的)?[，,！!。～~]?(?:非常|很|完全)?(?:能|可以)?(?:理解|明白|了解)(?:你|您)的(?:心情|感受)"
+TEMPLATE_RULES = [  # in order: a hug before the 谢邀 or 见字如面 it precedes ("【抱抱】见字如面！")
+    ("hug", r"()(?:【抱抱】|\[抱抱\]|\[拥抱\]|#hug#)", "normalise"),
+    ("hug", rf"{_SENTENCE_START}(?:{_HUG}|{_HUG_OFFER})[。！？!?…～~，,]+", "normalise"),
+    ("hug", rf"([，,])(?:{_HUG}|{_HUG_OFFER})[，,]", "normalise"),
+    ("xie_yao", rf"(^|[。！？!?…～~\n，,])\s*(?:首先)?(?:谢邀|(?:非常)?(?:感谢|谢谢)(?:你的|您的)?邀请(?:回答)?(?:和信任)?)"
+                rf"{_CLAUSE_END}", "normalise"),
+    ("jian_zi_ru_mian", rf"{_SENTENCE_START}见字如面{_CLAUSE_END}", "normalise"),
+    ("vocative_client", rf"{_SENTENCE_START}(?:亲爱的)?(?:求助者|来访者)[，,]\s*", "normalise"),
+    ("analysis_template", r"()以下是我的(?:分析|回答|看法)[:：]\s*", "normalise"),
+    ("stock_opening", STOCK_OPENING, "score"),
+]
 
 
 class ReplaceRule(StrictModel):
     pattern: str = Field(min_length=1)
     replacement: str = ""
     regex: bool = Field(False, description="pattern is an RE2 regular expression, not literal text")
+    whole_word: bool = Field(False, description="literal only: the pattern's first word must be a whole word of "
+                                                "the text (jieba): 题主 in 题主你好, not in 问题主要")
 
 
 class ForumWordsSpec(StrictModel):
     name: Literal["forum_words"]
-    rules: list[ReplaceRule] = Field(default_factory=lambda: [ReplaceRule(pattern=p, replacement=r)
-                                                              for p, r in SMILE_FORUM_RULES]
-                                     + [ReplaceRule(pattern=HUG_FRAGMENT, regex=True)])
+    rules: list[ReplaceRule] = Field(default_factory=lambda: [ReplaceRule(pattern=p, replacement=r, whole_word=True)
+                                                              for p, r in SMILE_FORUM_RULES])
+
+    @model_validator(mode="after")
+    def _whole_words_are_literal(self) -> ForumWordsSpec:
+        for index, rule in enumerate(self.rules):
+            if rule.whole_word and rule.regex:
+                raise ValueError(f"rules.{index}: whole_word applies to literal patterns, not regex ones")
+        return self
+
+
+class MarkerRule(StrictModel):
+    marker: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the marker's name in flags, scores and reasons")
+    pattern: str = Field(min_length=1, description="RE2, matched in counselor turns")
+    action: Literal["normalise", "score", "reject"] = Field(
+        description="normalise: replace the match with `replacement` (\\1 … refer to groups); score: count matching "
+                    "turns as marker_<marker>; reject: drop the row as marker_<marker>")
+    replacement: str = Field(r"\1", description="normalise only")
+
+
+class TemplateMarkersSpec(StrictModel):
+    name: Literal["template_markers"]
+    rules: list[MarkerRule] = Field(default_factory=lambda: [MarkerRule(marker=m, pattern=p, action=a)
+                                                             for m, p, a in TEMPLATE_RULES])
 
 
 class LengthCapSpec(StrictModel):
@@ -238,15 +297,26 @@ class CrisisSpec(StrictModel):
 
 class BlocklistSpec(StrictModel):
     name: Literal["ethics_blocklist"]
-    terms: list[str] = Field(default_factory=lambda: ["我是", "自杀", "跳楼"], description="SoulChat's strings")
+    terms: list[str] = Field(default_factory=lambda: ["自杀", "跳楼"], description="SoulChat's strings, literal")
+    patterns: list[str] = Field(default_factory=lambda: list(SELF_INTRODUCTION_PATTERNS),
+                                description="RE2: SoulChat's 我是, narrowed to self-identification")
     roles: list[Role] = Field(default_factory=lambda: ["assistant"],
                               description="whose text is screened; a user saying 我是… is no ethics problem")
 
 
 class DialogueFormatSpec(StrictModel):
     name: Literal["dialogue_format"]
-    min_turns: int = Field(8, ge=2, description="utterances, user and counselor together (SoulChat: 8-20)")
-    max_turns: int = Field(20, ge=2)
+    min_turns: int = Field(4, ge=2, description="utterances, user and counselor together; 8-20 is SoulChat's "
+                                               "instruction to the rewriting model (rewrite.min_turns/max_turns)")
+    max_turns: int | None = Field(None, ge=2, description="none: long dialogues are bounded by length_cap")
+
+
+class DialogueRepairSpec(StrictModel):
+    name: Literal["dialogue_repair"]
+    max_user_chars: int = Field(TurnLimits.max_user_chars, ge=1, description="merge same-role turns only within "
+                                                                               "turn_length's limits")
+    max_first_user_chars: int = Field(TurnLimits.max_first_user_chars, ge=1)
+    max_assistant_chars: int = Field(TurnLimits.max_assistant_chars, ge=1)
 
 
 class AiDisclosureSpec(StrictModel):
@@ -274,30 +344,42 @@ class CjkRatioSpec(StrictModel):
 
 class TurnLengthSpec(StrictModel):
     name: Literal["turn_length"]
-    max_user_chars: int = Field(500, ge=1)
-    max_first_user_chars: int = Field(1800, ge=1, description="the first user turn carries the source question")
-    max_assistant_chars: int = Field(700, ge=1, description="about SoulChat's 512 training output tokens")
+    max_user_chars: int = Field(TurnLimits.max_user_chars, ge=1)
+    max_first_user_chars: int = Field(TurnLimits.max_first_user_chars, ge=1,
+                                      description="the first user turn carries the source question")
+    max_assistant_chars: int = Field(TurnLimits.max_assistant_chars, ge=1,
+                                     description="about SoulChat's 512 training output tokens")
 
 
 class LengthRatioSpec(StrictModel):
     name: Literal["length_ratio"]
     max_ratio: float = Field(8.0, gt=0, description="mean counselor turn over mean user turn (after the first)")
+    min_counselor_chars: float = Field(200, ge=0, description="a counselor whose turns average fewer characters "
+                                                              "is no lecturer, however short the client's replies")
 
 
 FilterSpec = Annotated[ForumWordsSpec | LengthCapSpec | TooShortSpec | PiiSpec | CrisisSpec | BlocklistSpec
-                       | DialogueFormatSpec | AiDisclosureSpec | AdviceListSpec | RepetitionSpec | CjkRatioSpec
-                       | TurnLengthSpec | LengthRatioSpec, Field(discriminator="name")]
-DIALOGUE_ONLY_FILTERS = ("dialogue_format", "advice_list", "turn_length", "length_ratio")
+                       | DialogueFormatSpec | DialogueRepairSpec | TemplateMarkersSpec | AiDisclosureSpec
+                       | AdviceListSpec | RepetitionSpec | CjkRatioSpec | TurnLengthSpec | LengthRatioSpec,
+                       Field(discriminator="name")]
+DIALOGUE_ONLY_FILTERS = ("dialogue_format", "dialogue_repair", "advice_list", "turn_length", "length_ratio")
+# A whole dialogue's characters: about twice the longest of the 2,000 sample dialogues (2,385; p99.9 2,181),
+# and more than per-turn training keeps of a history (SoulChat: 1,536 input tokens).
+MAX_DIALOGUE_CHARS = 4000
 
 
 def _default_source_chain() -> list[FilterSpec]:
     # rewrite text first (so every later detail quotes redacted text), then the cheap drops
-    return [ForumWordsSpec(name="forum_words"), PiiSpec(name="pii_redact"), LengthCapSpec(name="length_cap"),
-            TooShortSpec(name="too_short"), CrisisSpec(name="crisis_screen")]
+    return [ForumWordsSpec(name="forum_words"), TemplateMarkersSpec(name="template_markers"), PiiSpec(name="pii_redact"),
+            LengthCapSpec(name="length_cap"), TooShortSpec(name="too_short"), CrisisSpec(name="crisis_screen")]
 
 
 def _default_dialogue_chain() -> list[FilterSpec]:
-    return [PiiSpec(name="pii_redact"), DialogueFormatSpec(name="dialogue_format"), CrisisSpec(name="crisis_screen"),
+    # rewrite text first (forum words, template markers, PII), then repair the structure of what is left,
+    # then judge it: a row is rejected only for what no repair or normalisation fixed
+    return [PiiSpec(name="pii_redact"), ForumWordsSpec(name="forum_words"), TemplateMarkersSpec(name="template_markers"),
+            DialogueRepairSpec(name="dialogue_repair"), DialogueFormatSpec(name="dialogue_format"),
+            LengthCapSpec(name="length_cap", max_chars=MAX_DIALOGUE_CHARS), CrisisSpec(name="crisis_screen"),
             BlocklistSpec(name="ethics_blocklist"), AiDisclosureSpec(name="ai_disclosure"),
             AdviceListSpec(name="advice_list"), TurnLengthSpec(name="turn_length"),
             LengthRatioSpec(name="length_ratio"), RepetitionSpec(name="repetition"), CjkRatioSpec(name="cjk_ratio")]

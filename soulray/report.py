@@ -63,6 +63,7 @@ def markdown(manifest: Manifest, *, charts: list[str]) -> str:
     lines += ["", "## Topics before and after", "", "| label | topic | rows in | published |", "|---|---|---|---|"]
     for label, topic, before, after in _topic_rows(manifest):
         lines.append(f"| {label} | {topic or '(none)'} | {before} | {after} |")
+    lines += _repairs_and_markers(manifest)
     utterances = manifest.profile.get("utterances", {})
     if utterances:
         lines += ["", "## Utterances per dialogue", "", "| utterances | dialogues |", "|---|---|"]
@@ -73,6 +74,27 @@ def markdown(manifest: Manifest, *, charts: list[str]) -> str:
     if charts:
         lines += ["", "## Charts", ""] + [f"![{name}]({name})" for name in charts]
     return "\n".join(lines) + "\n"
+
+
+def _repairs_and_markers(manifest: Manifest) -> list[str]:
+    """Published rows per repair, normalisation and review flag; each template marker's share of the
+    input and of the published rows (soulray/filters/template.py, MARKERS)."""
+    lines = []
+    flags = manifest.profile.get("flags", {})
+    if flags:
+        lines += ["", "## Repairs, normalisations and review flags (published rows)", "",
+                  "| flag | rows | share of published |", "|---|---|---|"]
+        published = max(manifest.counts.get("output_rows", 0), 1)
+        lines += [f"| {name} | {count} | {count / published:.1%} |" for name, count in sorted(flags.items())]
+    markers_in, markers_out = manifest.profile.get("markers_in", {}), manifest.profile.get("markers_out", {})
+    if markers_in:
+        rows_in, rows_out = max(manifest.counts.get("input_rows", 0), 1), max(manifest.counts.get("output_rows", 0), 1)
+        lines += ["", "## Template and forum markers in counselor turns", "",
+                  "| marker | rows in | share in | published rows | share published |", "|---|---|---|---|---|"]
+        for name in sorted(markers_in):
+            before, after = markers_in[name], markers_out.get(name, 0)
+            lines.append(f"| {name} | {before} | {before / rows_in:.1%} | {after} | {after / rows_out:.1%} |")
+    return lines
 
 
 def _usage_tables(usage: dict[str, Any]) -> list[str]:

@@ -53,6 +53,9 @@ SCORES = pa.struct([
     ("cjk_ratio", pa.float64()),  # quality.CjkRatio: share of CJK among letters
     ("length_ratio", pa.float64()),  # quality.LengthRatio: longest / shortest counselor turn
     ("advice_list_rate", pa.float64()),  # template.AdviceList: share of counselor turns that are lists
+    # template.TemplateMarkers: counselor turns opening with a stock sentence (config.TEMPLATE_RULES, a style
+    # choice scored rather than cut); a new "score" rule there needs its marker_<name> field here
+    ("marker_stock_opening", pa.float64()),
 ])
 
 # A multi-turn dialogue, SoulChatCorpus layout plus provenance.

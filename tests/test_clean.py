@@ -33,7 +33,13 @@ def test_cleans_the_smilechat_demo_dialogues(ray_local, tmp_path):
     counts = result.manifest.counts
     assert counts["input_rows"] == 300 == counts["output_rows"] + counts["rejected_rows"]
     assert list(counts["by_stage"]) == ["filter_dialogue"]
-    assert {"turn_count", "not_ending_with_counselor"} <= set(counts["by_stage"]["filter_dialogue"])
+    # 2-utterance Q&As are no dialogues; the 46 that end with the client's thanks are repaired
+    assert set(counts["by_stage"]["filter_dialogue"]) >= {"turn_count"}
+    assert "not_ending_with_counselor" not in counts["by_stage"]["filter_dialogue"]
+    assert result.manifest.profile["flags"]["repair:trailing_client"] == 46
+    assert result.manifest.profile["markers_in"]["xie_yao"] == 5 and result.manifest.profile["markers_out"]["xie_yao"] == 0
+    report = (tmp_path / "cleaned" / "versions" / result.manifest.version / "report" / "report.md").read_text()
+    assert "| repair:trailing_client | 46 |" in report and "| xie_yao | 5 | 1.7% | 0 | 0.0% |" in report
     assert result.manifest.job == "clean" and result.manifest.inputs[0].rows == 300
 
     version = open_version("latest", root=str(tmp_path), dataset="cleaned", verify=True)
@@ -72,17 +78,18 @@ def test_cleans_importer_json_and_maps_roles(ray_local, tmp_path):
         (smile / f"smile-{index}.json").write_text(json.dumps(turns, ensure_ascii=False), encoding="utf-8")
     assert detect_format(str(smile)) == "smilechat"
     result = run(load_config(CleanConfig, None, [f"input.path={smile}", f"storage.root={tmp_path / 'out2'}"]))
-    assert result.manifest.counts["output_rows"] == 1
-    assert result.manifest.counts["by_stage"] == {"filter_dialogue": {"not_starting_with_user": 1}}
+    # the second opens with the counselor and ends with the client: both repaired, 6 utterances kept
+    assert result.manifest.counts["output_rows"] == 2 and result.manifest.counts["by_stage"] == {}
+    assert result.manifest.profile["flags"] == {"repair:leading_counselor": 1, "repair:trailing_client": 1}
 
 
 def test_clean_command(ray_local, tmp_path, capsys):
     assert main(["clean", "--input", DEMO_DIALOGS, "--output", str(tmp_path), "--dataset", "smile-clean",
-                 "--set", "filters.dialogue.1.min_turns=2"]) == 0
+                 "--set", "filters.dialogue.4.min_turns=2"]) == 0
     out = capsys.readouterr().out
     assert "published smile-clean version" in out and "300 in = " in out
     manifest = open_version("latest", root=str(tmp_path), dataset="smile-clean").manifest
-    assert manifest.config["filters"]["dialogue"][1] == {"name": "dialogue_format", "min_turns": 2, "max_turns": 20}
+    assert manifest.config["filters"]["dialogue"][4] == {"name": "dialogue_format", "min_turns": 2, "max_turns": None}
 
 
 def test_bad_inputs_name_the_file(tmp_path, capsys):

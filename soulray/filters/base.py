@@ -2,8 +2,10 @@
 
 A Verdict names, for each row it drops, a reason and a human-readable detail (only for rows still
 active: a row already rejected keeps its first reason). A filter that rewrites text (redaction,
-forum-word replacement) returns the new segment column; one that measures returns per-row scores,
-which kept rows carry into the published data.
+forum-word replacement) returns the new segment column; one that repairs a dialogue's structure
+(soulray/filters/repair.py) returns a whole new Batch; one that measures returns per-row scores, which
+kept rows carry into the published data, and named per-row flags (a review screen's hits, the repairs
+and normalisations made), which they carry in `flags`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class Verdict:
     drops: dict[int, tuple[str, str]] = field(default_factory=dict)  # row → (reason, detail)
     text: pa.Array | None = None  # new text of every segment, or None when unchanged
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # name → float64 per row
-    flagged: np.ndarray | None = None  # bool per row: kept, but marked for a person to review
+    flags: dict[str, np.ndarray] = field(default_factory=dict)  # name → bool per row, into the row's `flags`
+    batch: Batch | None = None  # a restructured batch (segments dropped or merged), or None when unchanged
 
 
 class Filter(ABC):

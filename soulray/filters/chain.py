@@ -21,8 +21,9 @@ from soulray.filters.dialogue import DialogueFormat
 from soulray.filters.ethics import CrisisScreen, EthicsBlocklist
 from soulray.filters.pii import PiiRedact
 from soulray.filters.quality import CjkRatio, LengthRatio, Repetition, TurnLength
+from soulray.filters.repair import DialogueRepair
 from soulray.filters.source import ForumWords, LengthCap, TooShort
-from soulray.filters.template import AdviceList, AiDisclosure
+from soulray.filters.template import AdviceList, AiDisclosure, TemplateMarkers
 from soulray.schema import SCORES
 
 if TYPE_CHECKING:
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 SOURCE_STAGE = "filter_source"
 DIALOGUE_STAGE = "filter_dialogue"
 FILTERS: dict[str, type[Filter]] = {cls.name: cls for cls in (
-    ForumWords, LengthCap, TooShort, PiiRedact, CrisisScreen, EthicsBlocklist, DialogueFormat, AiDisclosure,
-    AdviceList, Repetition, CjkRatio, TurnLength, LengthRatio)}
+    ForumWords, TemplateMarkers, LengthCap, TooShort, PiiRedact, CrisisScreen, EthicsBlocklist, DialogueRepair,
+    DialogueFormat, AiDisclosure, AdviceList, Repetition, CjkRatio, TurnLength, LengthRatio)}
 FLAGS_TYPE = pa.list_(pa.string())
 
 
@@ -60,11 +61,13 @@ class Chain:
                 active = batch.active.copy()
                 active[list(verdict.drops)] = False
                 batch = _replace(batch, active=active)
+            if verdict.batch is not None:
+                batch, text_changed = _replace(verdict.batch, active=batch.active), True
             if verdict.text is not None:
                 batch, text_changed = _replace(batch, text=verdict.text), True
             scores.update(verdict.scores)
-            if verdict.flagged is not None:
-                flags[item.name] = verdict.flagged
+            for name, rows in verdict.flags.items():
+                flags[name] = flags[name] | rows if name in flags else rows
         out = write_back(table, batch) if text_changed else table
         out = _mark(out, drops, self.stage)
         return _with_scores(out, scores, flags) if self.kind == "dialogue" else out
@@ -127,7 +130,11 @@ def _with_scores(table: pa.Table, scores: dict[str, np.ndarray], flags: dict[str
         column = pa.StructArray.from_arrays(fields, fields=list(SCORES))
         table = table.set_column(table.schema.get_field_index("scores"), "scores", column)
     if flags:
+        # flags set before the chain (the parser's repairs) stay, then this chain's, by name
         names = sorted(flags)
-        values = [[name for name in names if flags[name][row]] or None for row in range(rows)]
-        table = table.set_column(table.schema.get_field_index("flags"), "flags", pa.array(values, FLAGS_TYPE))
+        before = table["flags"].to_pylist()
+        values = [(before[row] or []) + [name for name in names if flags[name][row] and name not in (before[row] or [])]
+                  for row in range(rows)]
+        table = table.set_column(table.schema.get_field_index("flags"), "flags",
+                                 pa.array([value or None for value in values], FLAGS_TYPE))
     return table

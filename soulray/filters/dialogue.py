@@ -1,10 +1,16 @@
 """Dialogue format: the structure SoulChat's prompt asks for and SMILE checked by rule.
 
-Starts with the user, ends with the counselor (SoulChat prompt rule 1), roles alternate, 8-20 turns by
-default (rule 3, read as utterances as in soulray/rewrite/parse.py), no empty turn, no role label left
+Starts with the user, ends with the counselor (SoulChat prompt rule 1), roles alternate, at least 4
+utterances by default, no empty turn, no role label left
 inside a turn and no English sentence in the last turn (SMILE's rejection rules). The released SMILECHAT
 still holds client-only, one-turn and repeated-role dialogues (reference/SOULCHAT.md); each gets its own
-reason here.
+reason here. The rows this rejects for structure are what the repair step before it
+(soulray/filters/repair.py) could not repair.
+
+SoulChat's "8-20 轮" (rule 3) is its instruction to the rewriting model, not a property of good existing
+dialogues: the parser holds rewrites to it (rewrite.min_turns/max_turns), while this filter's default
+accepts 4 utterances and up, with no upper count (real SMILECHAT dialogues of 22-30 utterances are
+good; length_cap bounds long dialogues by characters instead).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ class DialogueFormat(Filter):
     name = "dialogue_format"
     kinds = ("dialogue",)
 
-    def __init__(self, *, min_turns: int, max_turns: int) -> None:
+    def __init__(self, *, min_turns: int, max_turns: int | None) -> None:
         self.min_turns, self.max_turns = min_turns, max_turns
 
     def apply(self, batch: Batch) -> Verdict:
@@ -54,7 +60,7 @@ class DialogueFormat(Filter):
             ("repeated_role", batch.per_row_any(same_as_previous)),
             ("not_starting_with_user", first_role != USER),
             ("not_ending_with_counselor", last_role != ASSISTANT),
-            ("turn_count", (turns < self.min_turns) | (turns > self.max_turns)),
+            ("turn_count", (turns < self.min_turns) | (turns > (self.max_turns or turns.max(initial=0)))),
             ("role_label_in_turn", batch.per_row_any(labelled)),
             ("english_in_last_turn", batch.per_row_any(english)),
         ]
@@ -69,6 +75,8 @@ class DialogueFormat(Filter):
     def _detail(self, batch: Batch, row: int, reason: str, segment_flags: dict[str, np.ndarray]) -> str:
         segments = batch.segments_of(row)
         if reason == "turn_count":
+            if self.max_turns is None:
+                return f"{len(segments)} turns, fewer than {self.min_turns}"
             return f"{len(segments)} turns, outside {self.min_turns}-{self.max_turns}"
         if reason in ("no_messages", "client_only"):
             return f"{len(segments)} turns, none by the counselor"

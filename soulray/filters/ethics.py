@@ -1,6 +1,10 @@
 """Ethics screens: SoulChat's blocklist, and a crisis/self-harm screen whose hits a person reviews.
 
 SoulChat filtered samples containing special strings such as 我是, 自杀, 跳楼 (reference/SOULCHAT.md).
+As a substring, 我是 rejected ordinary speech (32 of the 34 SMILECHAT dialogues it hit: "我是谁",
+"告诉自己：“我是重要的”", "如果我是你的话"); the default blocklist keeps 自杀 and 跳楼 as terms and
+screens 我是 as patterns for what it was for: the counselor saying it is an AI, a model, an assistant or
+a bot, or introducing itself by a role name (config.SELF_INTRODUCTION_PATTERNS).
 Crisis talk is treated apart: it is exactly where a bad generated answer hurts, so its rows are never
 dropped silently. With action `reject` (the default, matching the paper's removal) a row goes to the
 reject table with reason `crisis_review` and the terms it matched, where a person can find every one;
@@ -18,15 +22,15 @@ from soulray.filters.batch import Batch
 
 
 class TermMatcher:
-    """Literal terms, matched over every segment at once by one regex alternation."""
+    """Literal terms and RE2 patterns, matched over every segment at once by one regex alternation."""
 
-    def __init__(self, terms: list[str]) -> None:
-        self.terms = list(terms)
-        self.pattern = "|".join(re.escape(term) for term in self.terms)
+    def __init__(self, terms: list[str], patterns: list[str] = ()) -> None:
+        self.terms, self.patterns = list(terms), list(patterns)
+        self.pattern = "|".join([re.escape(term) for term in self.terms] + [f"(?:{p})" for p in self.patterns])
 
     def segments(self, batch: Batch, roles: list[str] | None = None) -> np.ndarray:
         """Bool per segment: contains a term (and has one of `roles`, if given)."""
-        if not self.terms:
+        if not self.pattern:
             return np.zeros(len(batch.text), dtype=bool)
         return batch.matches(self.pattern, batch.role_mask(roles) if roles is not None else None)
 
@@ -37,6 +41,8 @@ class TermMatcher:
             if not hits[batch.offsets[row] + index]:
                 continue
             found += [term for term in self.terms if term in text and term not in found]
+            found += [match.group() for pattern in self.patterns for match in [re.search(pattern, text)]
+                      if match and match.group() not in found]
             where.append(batch.segment_name(row, index))
         return f"terms {', '.join(found)} in {', '.join(where)}"
 
@@ -44,8 +50,8 @@ class TermMatcher:
 class EthicsBlocklist(Filter):
     name = "ethics_blocklist"
 
-    def __init__(self, *, terms: list[str], roles: list[str]) -> None:
-        self.matcher, self.roles = TermMatcher(terms), list(roles)
+    def __init__(self, *, terms: list[str], patterns: list[str], roles: list[str]) -> None:
+        self.matcher, self.roles = TermMatcher(terms, patterns), list(roles)
 
     def apply(self, batch: Batch) -> Verdict:
         hits = self.matcher.segments(batch, self.roles)
@@ -64,7 +70,7 @@ class CrisisScreen(Filter):
         count = batch.per_row_count(hits).astype(np.float64)
         scores = {"crisis_turns": count}
         if self.action == "flag":
-            return Verdict(scores=scores, flagged=count > 0)
+            return Verdict(scores=scores, flags={self.name: count > 0})
         return Verdict(scores=scores, drops=drops_where(
             batch, count > 0, "crisis_review",
             lambda row: self.matcher.describe(batch, row, hits) + "; kept out of the data for a person to review"))

@@ -12,6 +12,9 @@ Sources of the rules:
 - Bank cards: ISO/IEC 7812 Luhn check, plus the issuer prefixes and lengths of the schemes issued in
   China (UnionPay 62/60/65/81 with 16-19 digits, Visa, Mastercard, Amex, JCB, Diners).
 - Mainland mobile numbers: 1[3-9] + 9 digits (MIIT numbering plan), optional +86/0086, separators.
+- IPv4 addresses: four dotted numbers are also enumerations and dates in Chinese text ("1.2.3.4冰冷的",
+  "排卵期第8.9.10.11天"), so a dotted quad counts only with evidence: a port after it, a URL scheme or
+  @ before it, or an IP/端口/地址/服务器… word within `context_chars`.
 - QQ numbers (5-12 digits) and WeChat IDs (a letter then 5-19 letters, digits, _ or -) look like any
   other token, so they count only next to a context word (QQ, 微信, vx, …).
 """
@@ -58,6 +61,9 @@ _PATTERNS = {
     "ip": re.compile(r"(?<![0-9.])(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
                      r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?![0-9]|\.[0-9])"),
 }
+_IP_EVIDENCE = re.compile(r"(?i)ip|端口|地址|服务器|主机|网址|网关|路由|局域网|内网|外网|公网|host|ping|dns")
+_PORT = re.compile(r"[:：][0-9]{1,5}(?![0-9])")
+_URL_BEFORE = re.compile(r"(?:://|@)$")
 # Words that say a long number is not personal: an order, tracking or serial number.
 _NOT_PERSONAL = re.compile(r"订单|单号|运单|快递|物流|流水|交易号|编号|工号|学号|序列号|型号|批号|发票|车次|航班")
 
@@ -179,11 +185,15 @@ class PiiDetector:
             start, end = match.span()
             if kind == "url":
                 end -= len(match.group()) - len(match.group().rstrip(".,;:!?)'"))
-            if self._valid(kind, match.group(), text[max(0, start - self.context_chars):start]):
+            if self._valid(kind, match.group(), text[max(0, start - self.context_chars):start],
+                           text[end:end + self.context_chars]):
                 found.append((start, end))
         return found
 
-    def _valid(self, kind: str, value: str, before: str) -> bool:
+    def _valid(self, kind: str, value: str, before: str, after: str) -> bool:
+        if kind == "ip":
+            return bool(_PORT.match(after) or _URL_BEFORE.search(before) or _IP_EVIDENCE.search(before)
+                        or _IP_EVIDENCE.search(after))
         if kind == "id":
             return resident_id_valid(digits_of(value))
         if kind in ("bankcard", "phone") and _NOT_PERSONAL.search(before):

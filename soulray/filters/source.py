@@ -1,17 +1,27 @@
 """Source cleaning before the rewrite, after SMILE (Qiu et al.): forum words, a length cap, too-short text.
 
 SMILE replaced forum vocabulary in order (楼主你/题主你 → 你, 楼主/题主 → 你, 阿凉 → 我, 答主 → 人), dropped
-fragments containing 抱抱, and kept Q&As under 1,800 characters (reference/SOULCHAT.md, "SMILE").
+fragments containing 抱抱, and kept Q&As under 1,800 characters (reference/SOULCHAT.md, "SMILE"). A plain
+substring replacement corrupts words that contain a forum word ("问题主要" → "问你要", "回答主观" →
+"回人观"), so the default rules are whole-word rules: jieba segments the (few) segments that hold a
+pattern, and an occurrence counts only where its first word is a word of the segment. The 抱抱 rule is
+narrowed to hug greetings among the template markers (soulray/filters/template.py).
 """
 
 from __future__ import annotations
 
+import re
+from functools import cache
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from soulray.config import ReplaceRule
 from soulray.filters.base import Filter, Verdict, drops_where
 from soulray.filters.batch import ASSISTANT, USER, Batch
+
+FLAG = "normalised:forum_word"  # rows whose text a rule changed, in their `flags`
 
 
 class ForumWords(Filter):
@@ -23,13 +33,84 @@ class ForumWords(Filter):
         self.rules = list(rules)
 
     def apply(self, batch: Batch) -> Verdict:
-        text = batch.text
+        # one pass over every segment finds the few that hold any pattern; the rules run on those only
+        candidates = np.flatnonzero(batch.matches(self._any_pattern()))
+        if not candidates.size:
+            return Verdict()
+        before = batch.text.take(pa.array(candidates))
+        text = before
         for rule in self.rules:
             if rule.regex:
                 text = pc.replace_substring_regex(text, pattern=rule.pattern, replacement=rule.replacement)
+            elif rule.whole_word:
+                text = _replace_whole_words(text, rule.pattern, rule.replacement)
             else:
                 text = pc.replace_substring(text, pattern=rule.pattern, replacement=rule.replacement)
-        return Verdict(text=text)
+        changed = pc.not_equal(text, before).to_numpy(zero_copy_only=False)
+        if not changed.any():
+            return Verdict()
+        mask = np.zeros(len(batch.text), dtype=bool)
+        mask[candidates[changed]] = True
+        new_text = pc.replace_with_mask(batch.text, pa.array(mask), text.filter(pa.array(changed)))
+        return Verdict(text=new_text, flags={FLAG: batch.per_row_any(mask)})
+
+    def _any_pattern(self) -> str:
+        return "|".join(rule.pattern if rule.regex else re.escape(rule.pattern) for rule in self.rules)
+
+
+@cache
+def _tokenizer():
+    """jieba's default tokenizer, loaded once per process (about a second: DESIGN.md)."""
+    import jieba
+
+    jieba.setLogLevel(60)
+    jieba.initialize()
+    return jieba.dt
+
+
+def whole_word_spans(text: str, pattern: str, word: str) -> list[int]:
+    """Starts of the occurrences of `pattern` in `text` whose leading `word` is a whole word of `text`
+    by jieba's segmentation: 题主 in '题主你好' (题主/你好) yes, in '问题主要' (问题/主要) no."""
+    starts = [match.start() for match in re.finditer(re.escape(pattern), text)]
+    if not starts:
+        return []
+    head = len(word)
+    boundaries, position = {0}, 0
+    tokenizer = _tokenizer()
+    for token in tokenizer.cut(text):
+        position += len(token)
+        boundaries.add(position)
+    kept, end = [], -1
+    for start in starts:
+        if start >= end and start in boundaries and start + head in boundaries:
+            kept.append(start)
+            end = start + len(pattern)
+    return kept
+
+
+def replace_whole_words(text: str, pattern: str, replacement: str) -> str:
+    """SMILE's "楼主你 → 你" keeps the 你: a pattern that ends with its replacement has the rest as its word."""
+    word = pattern[: -len(replacement)] if replacement and pattern.endswith(replacement) else pattern
+    pieces, position = [], 0
+    for start in whole_word_spans(text, pattern, word):
+        pieces += [text[position:start], replacement]
+        position = start + len(pattern)
+    return "".join(pieces) + text[position:] if pieces else text
+
+
+def _replace_whole_words(text: pa.Array, pattern: str, replacement: str) -> pa.Array:
+    """Whole-word replacement over a segment column: jieba runs only on segments holding the pattern."""
+    candidates = np.flatnonzero(pc.match_substring(text, pattern).to_numpy(zero_copy_only=False))
+    if not candidates.size:
+        return text
+    before = text.take(pa.array(candidates)).to_pylist()
+    after = [replace_whole_words(value, pattern, replacement) for value in before]
+    changed = np.zeros(len(text), dtype=bool)
+    changed[candidates] = [new != old for new, old in zip(after, before, strict=True)]
+    if not changed.any():
+        return text
+    return pc.replace_with_mask(text, pa.array(changed),
+                                pa.array([new for new, old in zip(after, before, strict=True) if new != old], pa.string()))
 
 
 class LengthCap(Filter):

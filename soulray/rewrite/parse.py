@@ -2,7 +2,9 @@
 
 Accepts what real models write: full- and half-width colons, both role vocabularies (用户/心理咨询师 and
 求助者/支持者, plus common variants), blank lines, markdown bold around labels, and a leading analysis
-section (the SoulChat prompt asks for one: "请逐步分析…"). Rejects what SMILE rejected, by name.
+section (the SoulChat prompt asks for one: "请逐步分析…"). Repairs what soulray/repair.py repairs (a
+completion that ends with the client's thanks keeps its dialogue, minus the thanks, instead of being
+re-asked at a new call's price), and rejects what SMILE rejected and no repair fixed, by name.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from soulray.repair import TurnLimits, repair_messages
 from soulray.schema import ROLE_ASSISTANT, ROLE_USER
 
 USER_LABELS = ("用户", "求助者", "来访者", "访客", "client", "Client", "User", "user")
@@ -27,6 +30,7 @@ class Parsed:
     messages: list[dict[str, str]] | None
     reason: str | None = None
     detail: str | None = None
+    repairs: tuple[str, ...] = ()  # soulray/repair.py's kinds, when the messages were repaired
 
     @property
     def ok(self) -> bool:
@@ -38,7 +42,7 @@ def _role(label: str) -> str:
 
 
 def parse_completion(text: str | None, finish_reason: str | None = "stop", *, min_turns: int = 8,
-                     max_turns: int = 20) -> Parsed:
+                     max_turns: int = 20, limits: TurnLimits = TurnLimits()) -> Parsed:
     """Turns are utterances: the paper's 2,300,248 samples over 339,529 dialogues (≈6.8 counselor turns,
     ≈13.6 utterances each) fit "8-20 轮" read as utterances, not as exchanges."""
     if finish_reason == "length":
@@ -63,15 +67,17 @@ def parse_completion(text: str | None, finish_reason: str | None = "stop", *, mi
         if _REFUSAL.search(text):
             return Parsed(None, "refusal", text[:80])
         return Parsed(None, "no_role_prefix", "no line starts with a role label")
-    return _validate([{"role": role, "content": content} for role, content in turns], min_turns, max_turns)
+    return _validate([{"role": role, "content": content} for role, content in turns], min_turns, max_turns, limits)
 
 
-def _validate(messages: list[dict[str, str]], min_turns: int, max_turns: int) -> Parsed:
+def _validate(messages: list[dict[str, str]], min_turns: int, max_turns: int, limits: TurnLimits) -> Parsed:
     if len(messages) == 1:
         return Parsed(None, "single_line", "only one utterance")
     for index, message in enumerate(messages):
         if not message["content"]:
             return Parsed(None, "empty_turn", f"turn {index + 1} is empty")
+    messages, repairs = repair_messages(messages, limits=limits)
+    for index, message in enumerate(messages):
         if index and message["role"] == messages[index - 1]["role"]:
             return Parsed(None, "repeated_role", f"turns {index} and {index + 1} are both {message['role']}")
     if messages[0]["role"] != ROLE_USER:
@@ -82,7 +88,7 @@ def _validate(messages: list[dict[str, str]], min_turns: int, max_turns: int) ->
         return Parsed(None, "turn_count", f"{len(messages)} utterances, outside {min_turns}-{max_turns}")
     if _ENGLISH.search(messages[-1]["content"]):
         return Parsed(None, "english_in_last_turn", messages[-1]["content"][:60])
-    return Parsed(messages)
+    return Parsed(messages, repairs=repairs)
 
 
 def render_dialogue(messages: list[dict[str, str]], user_label: str = "用户", assistant_label: str = "心理咨询师") -> str:

@@ -52,6 +52,7 @@ class Faults:
     malformed: float = 0.0
     truncated: float = 0.0
     refusal: float = 0.0
+    trailing_client: float = 0.0  # a good dialogue, then the client's thanks (as real models often end)
     hang_s: float = 30.0  # how long a "timeout" request hangs before answering 504
     # Bursts of 429: the provider refuses a key for a while however well it was paced (its own load,
     # an organisation-wide limit the client cannot see). A key's burst starts at its `burst_every`-th
@@ -283,7 +284,7 @@ class LocalLLMServer:
     def _draw_fault(self) -> str | None:
         faults = self.config.faults
         draw = self._rng.random()
-        for name in ("error_5xx", "timeout", "malformed", "truncated", "refusal"):
+        for name in ("error_5xx", "timeout", "malformed", "truncated", "refusal", "trailing_client"):
             draw -= getattr(faults, name)
             if draw < 0:
                 return name
@@ -303,6 +304,9 @@ class LocalLLMServer:
             return re.sub(r"^[^：:\n]{1,6}[：:]", "", dialogue, flags=re.MULTILINE), "stop"
         if fault == "truncated":
             return dialogue[: len(dialogue) // 2], "length"
+        if fault == "trailing_client":
+            user_label = dialogue.split("：", 1)[0]
+            return f"{dialogue}\n{user_label}：谢谢你的鼓励，我会努力的。", "stop"
         return dialogue, "stop"
 
     # -- running ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import ConfigError
+from soulray.repair import FLAG_PREFIX
 from soulray.rewrite.broker import Reservation
 from soulray.rewrite.cache import ResponseCache, call_key
 from soulray.rewrite.parse import parse_completion
@@ -302,6 +303,7 @@ class Rewriter(LLMCaller):
                                           max_turns=self.config.max_turns)
                 if parsed.ok:
                     row["messages"] = parsed.messages
+                    row["flags"] = [FLAG_PREFIX + kind for kind in parsed.repairs] or None
                     return row
         return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
 

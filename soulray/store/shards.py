@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -133,14 +134,40 @@ def _transient(exc: OSError) -> bool:
 
 def profile(batch: pa.Table, kept: pa.Table) -> dict[str, dict[str, int]]:
     """Distributions the run report shows, counted where the rows already are: topics of every input
-    row (before any drop) and utterances per published dialogue."""
+    row (before any drop), utterances per published dialogue, published rows per flag (review screens,
+    repairs, normalisations), and rows holding each template marker in and out."""
     found: dict[str, dict[str, int]] = {}
     if "topic" in batch.column_names:
         found["topics_in"] = _value_counts(batch["topic"])
     if "messages" in kept.column_names and kept.num_rows:
         lengths = _value_counts(pc.list_value_length(kept["messages"]))
         found["utterances"] = {str(length): count for length, count in lengths.items()}
+    if "flags" in kept.column_names and kept.num_rows:
+        flags = pc.list_flatten(kept["flags"])
+        if len(flags):
+            found["flags"] = _value_counts(flags)
+    if "messages" in batch.column_names and batch.num_rows:
+        found.update(_marker_profile(batch, kept))
     return found
+
+
+def _marker_profile(batch: pa.Table, kept: pa.Table) -> dict[str, dict[str, int]]:
+    """markers_in: rows holding a marker now, or flagged as cut from them (every row, as read);
+    markers_out: published rows holding it."""
+    from soulray.filters.template import NORMALISED_PREFIX, marker_rows
+
+    now = marker_rows(batch["messages"].combine_chunks())
+    flags = batch["flags"].combine_chunks() if "flags" in batch.column_names else pa.nulls(batch.num_rows, pa.list_(pa.string()))
+    cut: dict[str, np.ndarray] = {}
+    if flags.null_count < len(flags):
+        parents = pc.list_parent_indices(flags).to_numpy(zero_copy_only=False)
+        values = np.asarray(pc.list_flatten(flags).to_pylist(), dtype=object)
+        for name in now:
+            rows = parents[values == NORMALISED_PREFIX + name]
+            cut[name] = np.bincount(rows, minlength=batch.num_rows) > 0
+    markers_in = {name: int(np.count_nonzero(rows | cut.get(name, False))) for name, rows in now.items()}
+    after = marker_rows(kept["messages"].combine_chunks()) if kept.num_rows else {}
+    return {"markers_in": markers_in, "markers_out": {name: int(np.count_nonzero(rows)) for name, rows in after.items()}}
 
 
 def _counts(table: pa.Table, kind: str) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -44,11 +45,14 @@ def test_default_chain_over_the_smilechat_sample():
     counts = Counter(reason for reason in reasons(out) if reason)
     kept = out.filter(pc.is_null(out["reject_reason"]))
     assert sum(counts.values()) + kept.num_rows == table.num_rows
-    assert {"turn_count", "not_ending_with_counselor", "repeated_role", "crisis_review"} <= set(counts)
+    # not_ending_with_counselor (14% of the sample before repairs) is repaired now, not rejected
+    assert {"turn_count", "repeated_role", "crisis_review"} <= set(counts)
+    assert "not_ending_with_counselor" not in counts
     assert set(out.filter(pc.is_valid(out["reject_reason"]))["reject_stage"].to_pylist()) == {DIALOGUE_STAGE}
     scores = kept["scores"].to_pylist()[0]
     assert {key for key, value in scores.items() if value is not None} == {
-        "advice_list_rate", "cjk_ratio", "crisis_turns", "length_ratio", "pii_redactions", "repetition"}
+        "advice_list_rate", "cjk_ratio", "crisis_turns", "length_ratio", "marker_stock_opening", "pii_redactions",
+        "repetition"}
     assert table["scores"].null_count == table.num_rows  # the input table is not modified
 
 
@@ -59,6 +63,17 @@ def test_crisis_flag_fills_flags_and_keeps_the_row():
     assert reasons(out) == [None, None]
     assert out["flags"].to_pylist() == [["crisis_screen"], None]
     assert out["scores"].to_pylist()[0]["crisis_turns"] == 1.0
+
+
+def test_flags_set_before_the_chain_are_kept():
+    """The parser's repairs arrive in `flags`; the chain adds its own beside them."""
+    crisis = good_dialogue(8)
+    crisis[2] = {"role": "user", "content": "我有时候想死"}
+    table = dialogues(crisis, good_dialogue(8))
+    table = table.set_column(table.schema.get_field_index("flags"), "flags",
+                             pa.array([["repair:trailing_client"], None], pa.list_(pa.string())))
+    out = dialogue_chain(CrisisSpec(name="crisis_screen", action="flag"))(table)
+    assert out["flags"].to_pylist() == [["repair:trailing_client", "crisis_screen"], None]
 
 
 def test_details_quote_redacted_text_when_redaction_runs_first():
@@ -95,15 +110,15 @@ def test_a_dialogue_only_filter_cannot_run_on_units(tmp_path):
 
 
 def test_config_overrides_patch_the_default_chain():
-    config = load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.1.min_turns=4",
-                                             "filters.dialogue.2.action=flag"])
-    assert config.filters.dialogue[1] == DialogueFormatSpec(name="dialogue_format", min_turns=4)
-    assert config.filters.dialogue[2].action == "flag"
+    config = load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.4.min_turns=8",
+                                             "filters.dialogue.6.action=flag"])
+    assert config.filters.dialogue[4] == DialogueFormatSpec(name="dialogue_format", min_turns=8)
+    assert config.filters.dialogue[6].action == "flag"
     assert [spec.name for spec in config.filters.dialogue] == [spec.name for spec in FiltersConfig().dialogue]
-    with pytest.raises(ConfigError, match="filters.dialogue.1.dialogue_format.min_turn: unknown key"):
-        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.1.min_turn=4"])
-    with pytest.raises(ConfigError, match="the default dialogue chain has 10 filters"):
-        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.10.min_turns=4"])
+    with pytest.raises(ConfigError, match="filters.dialogue.4.dialogue_format.min_turn: unknown key"):
+        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.4.min_turn=4"])
+    with pytest.raises(ConfigError, match="the default dialogue chain has 14 filters"):
+        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.14.min_turns=4"])
 
 
 def test_an_empty_chain_changes_nothing():

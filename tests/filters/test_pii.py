@@ -95,6 +95,8 @@ POSITIVES = [
     ("网址www.example.cn/xyz，", "网址<URL>，", "url"),
     ("去psy-help.org看看", "去<URL>看看", "url"),
     ("服务器在192.168.1.20上", "服务器在<IP>上", "ip"),
+    ("我的IP是10.0.0.8", "我的IP是<IP>", "ip"),
+    ("连到8.8.4.4:53就好", "连到<IP>:53就好", "ip"),
     ("加我QQ：123456789", "加我QQ：<QQ>", "qq"),
     ("我的扣扣是87654321哦", "我的扣扣是<QQ>哦", "qq"),
     ("12345678（qq）", "<QQ>（qq）", "qq"),
@@ -117,6 +119,10 @@ HARD_NEGATIVES = [
     "版本 3.5 很好用",  # not an IP
     "电话12345678901",  # 11 digits, not a mobile prefix
     "138123456789",  # 12 digits
+    # issue 16: enumerations and dotted numbers in Chinese text are no IP addresses without evidence
+    "1.2.3.4冰冷的",
+    "排卵期第8.9.10.11天",
+    "步骤是1.2.3.4，一步一步来",
 ]
 
 

@@ -178,3 +178,16 @@ def test_per_model_limits_on_an_azure_style_key(ray_local, llm, tmp_path):
     assert served.rate_limited == 0
     models = result.manifest.usage["models"]
     assert models["gpt-4"]["ok"] == gpt4_calls and models["gpt-3.5-turbo"]["ok"] == len(served.log) - gpt4_calls
+
+
+def test_a_rewrite_ending_with_the_client_is_repaired_with_one_call(ray_local, llm, tmp_path):
+    """Issue 16: a completion that ends with the client's thanks was re-asked (up to 3 paid calls) and
+    then rejected; now its trailing client turn is trimmed and the repair counted."""
+    server, url = llm(faults=Faults(trailing_client=1.0))
+    result = run(job(tmp_path, url, [key("SOULRAY_TEST_KEY_A")], limit=12))
+    data = open_version("latest", root=str(tmp_path), dataset=result.manifest.dataset).to_table().to_pylist()
+    assert result.manifest.counts["output_rows"] == 12 and len(data) == 12
+    assert all(row["attempts"] == 1 and row["flags"] == ["repair:trailing_client"] for row in data)
+    assert all(row["messages"][-1]["role"] == "assistant" for row in data)
+    assert sum(stats["completed"] for stats in stats_by_env(server).values()) == 12  # no re-asks
+    assert result.manifest.profile["flags"] == {"repair:trailing_client": 12}
