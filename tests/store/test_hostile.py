@@ -60,6 +60,15 @@ def test_a_traversing_version_name_does_not_open_a_manifest_outside_the_dataset(
         VersionStore(str(tmp_path / "root"), "../corpus")
 
 
+@pytest.mark.parametrize("dataset, run_name", [("../d", "run"), ("d", "../../../x"), ("d", "a/b")])
+def test_fine_tuning_run_paths_refuse_names_that_leave_the_dataset(dataset, run_name):
+    """An evaluate checkpoint `finetune:<run>` is free text that becomes a path under the dataset."""
+    from soulray.train.storage import RunPaths
+
+    with pytest.raises(StoreError, match="not a valid"):
+        RunPaths.for_run(root="/store", dataset=dataset, run_name=run_name)
+
+
 @pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "data/../../x.parquet", "data\\..\\x"])
 def test_a_manifest_cannot_name_files_outside_its_version(path):
     with pytest.raises(pydantic.ValidationError, match="path"):
