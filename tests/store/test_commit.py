@@ -5,15 +5,18 @@ version is readable by other users (same mode as any file the user writes)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
+import time
 
 import pytest
 
 from soulray.errors import StoreError, VersionConflict
 from soulray.fs import resolve
 from soulray.store import Manifest, VersionStore, open_version, publish
+from soulray.store.versions import COMMIT_LEASE_S, COMMIT_LOCK
 from tests.store.test_store import working_rows, write_version
 
 
@@ -105,6 +108,14 @@ def test_latest_follows_commit_order_not_creation_or_id_order(store):
     assert store.latest() == "b-built-first"
     assert store.manifest("b-built-first").parent_version == "a-built-second"
     assert store.manifest("a-built-second").parent_version is None
+
+
+def test_a_commit_lock_left_by_a_run_that_died_is_taken_over(store):
+    """On S3 nothing notices a run that died holding the lock: a lock older than the lease is stale."""
+    stale = {"owner": "died-mid-commit", "since": time.time() - 2 * COMMIT_LEASE_S}
+    store.backend.put_if_absent(f"corpus/{COMMIT_LOCK}", json.dumps(stale).encode())
+    publish(store, write_version(store, "v1", working_rows(3)))
+    assert store.latest() == "v1"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
