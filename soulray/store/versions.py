@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from soulray.config import DATASET_NAME, VERSION_NAME, S3Config
 from soulray.errors import StoreError, VersionConflict
 from soulray.store.backend import Backend, StoredObject, open_backend
@@ -126,7 +128,11 @@ class VersionStore:
         found = self.backend.read(self._manifest_key(version))
         if found is None:
             raise StoreError(f"{self.version_uri(version)}: no such version (no manifest)")
-        return Manifest.model_validate_json(found[0])
+        try:
+            return Manifest.model_validate_json(found[0])
+        except ValidationError as exc:  # truncated, hand-edited or forged (a listed path outside the version)
+            raise StoreError(f"{self.version_uri(version)}/{MANIFEST}: not a valid manifest: "
+                             f"{exc.errors()[0]['msg']}") from None
 
     def versions(self) -> list[str]:
         """Committed versions, oldest first (listing is for people; readers go through manifests)."""

@@ -4,6 +4,7 @@ and what to set, without a traceback or a secret."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -73,6 +74,21 @@ def test_fine_tuning_run_paths_refuse_names_that_leave_the_dataset(dataset, run_
 def test_a_manifest_cannot_name_files_outside_its_version(path):
     with pytest.raises(pydantic.ValidationError, match="path"):
         Shard(path=path, rows=0, bytes=0, sha256="0" * 64)
+
+
+def test_a_forged_manifest_is_refused_by_readers_and_gc(tmp_path, capsys):
+    store = VersionStore(str(tmp_path), "corpus")
+    store.commit(write_version(store, "v1", working_rows(4)))
+    manifest = tmp_path / "corpus" / "versions" / "v1" / "manifest.json"
+    forged = json.loads(manifest.read_text())
+    forged["data"][0]["path"] = "../../../victim.parquet"
+    manifest.write_text(json.dumps(forged))
+    (tmp_path / "victim.parquet").write_bytes(b"not yours")
+    with pytest.raises(StoreError, match="not a valid manifest"):
+        store.manifest("v1")
+    assert main(["gc", "--root", str(tmp_path), "--dataset", "corpus", "--min-age-s", "0", "--delete"]) == 2
+    assert "not a valid manifest" in capsys.readouterr().err
+    assert (tmp_path / "victim.parquet").read_bytes() == b"not yours"
 
 
 # -- S3 errors --------------------------------------------------------------------------------------
