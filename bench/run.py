@@ -72,7 +72,7 @@ def bench_store_write(units: pa.Table, root: str, s3: S3Config, rows_per_shard: 
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
             facts = [fact for table in pool.map(lambda piece: write_batch(piece, target), slices)
                      for fact in table.to_pylist()]
-        store.commit(build_manifest(store=store, version=run_id, run_id=run_id, parent_version=None, job="bench",
+        store.commit(build_manifest(store=store, version=run_id, run_id=run_id, job="bench",
                                     config={}, config_hash="-", inputs=[], input_rows=units.num_rows,
                                     data_schema=UNIT, shard_facts=facts))
 

@@ -43,11 +43,10 @@ from soulray.store import (
     InputFile,
     ShardTarget,
     VersionStore,
-    attach_report,
     build_manifest,
-    changes_since,
     new_version_id,
     open_version,
+    publish,
     write_shards,
 )
 
@@ -87,8 +86,8 @@ def run(config: CleanConfig) -> RunResult:
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
     store = VersionStore(config.storage.root, config.dataset, s3=config.s3)
-    parent = store.latest()
     version = config.storage.version or new_version_id(run_id)
+    store.require_new(version)
 
     plan = plan_input(config.input, s3=config.s3)
     input_rows = plan.rows if config.limit is None else min(plan.rows, config.limit)
@@ -112,14 +111,12 @@ def run(config: CleanConfig) -> RunResult:
     timings["pipeline_s"] = time.perf_counter() - phase
 
     manifest = build_manifest(
-        store=store, version=version, run_id=run_id, parent_version=parent, job="clean",
+        store=store, version=version, run_id=run_id, job="clean",
         config=config.model_dump(mode="json"), config_hash=config_hash(config), inputs=plan.inputs,
         input_rows=input_rows, data_schema=DIALOGUE, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started},
     )
-    manifest = manifest.model_copy(update={"changes": changes_since(store, manifest), "stages": stages})
-    manifest = attach_report(store, manifest)
-    store.commit(manifest)
+    manifest = publish(store, manifest.model_copy(update={"stages": stages}))
     return RunResult(manifest=manifest, version_uri=store.version_uri(version))
 
 

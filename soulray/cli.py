@@ -92,16 +92,17 @@ def _s3(args: argparse.Namespace) -> S3Config:
     return S3Config(endpoint_url=args.s3_endpoint)
 
 
-def _open(args: argparse.Namespace, verify: bool = False):
+def _open(args: argparse.Namespace):
     from soulray.store import open_version
 
     if (args.root is None) != (args.dataset is None):
         raise SoulrayError("give both --root and --dataset, or a version path")
-    return open_version(args.version, root=args.root, dataset=args.dataset, s3=_s3(args), verify=verify)
+    return open_version(args.version, root=args.root, dataset=args.dataset, s3=_s3(args))
 
 
 def inspect_main(args: argparse.Namespace) -> int:
-    version = _open(args, verify=args.verify)
+    version = _open(args)
+    checked = version.verify() if args.verify else 0
     manifest = version.manifest
     if args.json:
         print(manifest.to_json().decode())
@@ -118,7 +119,7 @@ def inspect_main(args: argparse.Namespace) -> int:
     for item in manifest.inputs:
         print(f"  input  {item.uri} ({item.rows} rows, {item.bytes} bytes)")
     if args.verify:
-        print("  checksums verified")
+        print(f"  checksums verified: all {checked} files the manifest lists (data, rejects, report)")
     return 0
 
 
@@ -211,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="print a published version's summary")
     _store_arguments(inspect)
-    inspect.add_argument("--verify", action="store_true", help="check every shard's SHA-256")
+    inspect.add_argument("--verify", action="store_true",
+                         help="check the size and SHA-256 of every file the manifest lists")
     inspect.add_argument("--json", action="store_true", help="print the whole manifest")
     inspect.set_defaults(func=inspect_main)
 
@@ -277,6 +279,8 @@ _USER_ERROR_TEXT = re.compile(r"soulray\.errors\.\w+: (.+)")
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # botocore says where it found credentials on every S3 command: noise, not news
+        logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,11 @@ from soulray.errors import ConfigError
 from soulray.repair import TurnLimits
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-DatasetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# Dataset and version names become path segments (local folders, S3 keys): letters, digits and ._-,
+# starting with a letter or digit, so no name can be '..', hidden, absolute or hold a '/'.
+DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+DatasetName = Annotated[str, StringConstraints(pattern=DATASET_NAME)]
 
 # Shapes of real credentials (OpenAI-style keys, AWS access key ids, AWS secret keys): a config value
 # that looks like one is refused, so a pasted secret never reaches a manifest or a log.
@@ -78,7 +82,7 @@ class SourceSpec(StrictModel):
 
 class StorageConfig(StrictModel):
     root: str = Field("output", description="a local folder or s3://bucket/prefix")
-    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    version: str | None = Field(None, pattern=VERSION_NAME,
                                 description="version id to publish (default: UTC time + run id)")
     rows_per_shard: int = Field(50_000, ge=1, description="rows handed to one shard writer")
     max_shard_mb: int = Field(256, ge=1, description="split a writer's rows into shards under this size")

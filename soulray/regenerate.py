@@ -31,11 +31,10 @@ from soulray.store import (
     ShardTarget,
     Version,
     VersionStore,
-    attach_report,
     build_manifest,
-    changes_since,
     new_version_id,
     open_version,
+    publish,
     write_shards,
 )
 
@@ -59,9 +58,9 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
     timings: dict[str, float] = {}
     run_id = uuid.uuid4().hex[:12]
     store = VersionStore(config.storage.root, config.dataset, s3=config.s3)
-    parent = store.latest()
     version = config.storage.version or new_version_id(run_id)
-    log.info("run %s: publishing %s/%s (parent %s)", run_id, config.dataset, version, parent)
+    store.require_new(version)
+    log.info("run %s: publishing %s/%s", run_id, config.dataset, version)
 
     plans = [plan_fragments(spec, source_index=index, s3=config.s3) for index, spec in enumerate(config.sources)]
     timings["plan_s"] = time.perf_counter() - started
@@ -101,15 +100,13 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
             usage = rewrite.usage()
 
     manifest = build_manifest(
-        store=store, version=version, run_id=run_id, parent_version=parent, job="regenerate",
+        store=store, version=version, run_id=run_id, job="regenerate",
         config=config.model_dump(mode="json"), config_hash=config_hash(config),
         inputs=[InputFile(**item) for plan in plans for item in plan.inputs], input_rows=input_rows,
         data_schema=data_schema, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started}, usage=usage,
     )
-    manifest = manifest.model_copy(update={"changes": changes_since(store, manifest), "stages": stages})
-    manifest = attach_report(store, manifest)
-    store.commit(manifest)
+    manifest = publish(store, manifest.model_copy(update={"stages": stages}))
     return RunResult(manifest=manifest, version_uri=store.version_uri(version))
 
 
@@ -205,8 +202,8 @@ def summary(result: RunResult | DryRun) -> str:
         changes = manifest.changes
         lines.append(f"  changes {changes['added']} added, {changes['removed']} removed, {changes['kept']} kept "
                      f"since {changes['parent']}")
-    if manifest.report:
-        lines.append(f"  report  {result.version_uri}/report/report.md")
+    for report in (shard for shard in manifest.report if shard.path.endswith("/report.md")):
+        lines.append(f"  report  {result.version_uri}/{report.path}")
     lines.append(f"  shards  {len(manifest.data)} data, {len(manifest.rejects)} rejects; "
                  f"{manifest.timings_s.get('total_s', 0):.1f}s")
     return "\n".join(lines)

@@ -50,9 +50,10 @@ def test_changed_source_pays_only_for_what_changed_and_reports_it(ray_local, llm
     # the report is part of the version: listed with checksums, rendered from this run's numbers
     version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo", verify=True)
     files = {shard.path: shard for shard in version.manifest.report}
-    assert {"report/report.md", "report/flow.png", "report/topics.png", "report/utterances.png",
-            "report/usage.png"} <= set(files)
-    folder = tmp_path / "out" / "smilechat-demo" / "versions" / version.manifest.version / "report"
+    report = f"report/{version.manifest.run_id}"  # run-unique: no other run writes a file listed here
+    assert {f"{report}/{name}" for name in ("report.md", "flow.png", "topics.png", "utterances.png",
+                                            "usage.png")} <= set(files)
+    folder = tmp_path / "out" / "smilechat-demo" / "versions" / version.manifest.version / report
     text = (folder / "report.md").read_text()
     assert "**40 rows in = 40 published + 0 rejected.**" in text and "10 rows added, 10 removed, 30 kept" in text
     assert (folder / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

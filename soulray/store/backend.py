@@ -2,15 +2,22 @@
 
 pyarrow's filesystems write the shards; they cannot send conditional headers, so manifests and the
 `latest` pointer go through here: `put_if_absent` (S3 `If-None-Match: *`, local exclusive link) and
-`put_if_match` (S3 `If-Match: <etag>`, local lock + compare + atomic rename).
+`put_if_match` (S3 `If-Match: <etag>`, local lock + compare + atomic rename), and `lock`, which
+serialises a dataset's commits (local `flock`; on S3 a lock object created with `If-None-Match: *`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
+import logging
 import os
-import tempfile
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,6 +26,7 @@ from soulray.config import S3Config
 from soulray.errors import StoreError, VersionConflict
 from soulray.fs import boto3_client
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -50,6 +58,11 @@ class Backend:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def lock(self, key: str, *, owner: str, lease_s: float) -> AbstractContextManager[None]:
+        """Hold the exclusive lock named `key` for a `with` block. A holder that dies frees it (locally
+        at once; on S3 when the lock is older than `lease_s`)."""
+        raise NotImplementedError
+
     def child_uri(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"
 
@@ -66,7 +79,10 @@ class LocalBackend(Backend):
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        path = Path(os.path.normpath(self.root / key))
+        if path != self.root and self.root not in path.parents:
+            raise StoreError(f"{key}: outside the store root {self.root}")
+        return path
 
     def read(self, key: str) -> tuple[bytes, str] | None:
         try:
@@ -75,10 +91,12 @@ class LocalBackend(Backend):
             return None
         return content, hashlib.sha256(content).hexdigest()
 
-    def _write_temp(self, path: Path, content: bytes) -> str:
+    def _write_temp(self, path: Path, content: bytes) -> Path:
+        """A new file beside `path`, created like any file the user writes (0666 less the umask, as
+        pyarrow creates shards): mkstemp's 0600 would lock other readers out of the manifest."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "wb") as file:
+        temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
             file.write(content)
             file.flush()
             os.fsync(file.fileno())
@@ -119,28 +137,49 @@ class LocalBackend(Backend):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    @contextmanager
+    def lock(self, key: str, *, owner: str, lease_s: float) -> Iterator[None]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:  # a '.lock' name: list() never shows it
+            fcntl.flock(handle, fcntl.LOCK_EX)  # the kernel releases it if this process dies
+            yield
+
 
 class S3Backend(Backend):
     def __init__(self, root: str, s3: S3Config) -> None:
+        from botocore.exceptions import BotoCoreError
+
         parsed = urlparse(root)
         self.uri = root.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
-        self.client = boto3_client(s3)
+        try:
+            self.client = boto3_client(s3)
+        except BotoCoreError as exc:  # e.g. s3.profile names no profile
+            raise StoreError(f"{self.uri}: cannot set up the S3 client: {exc}") from None
+        self.endpoint = _without_secrets(self.client.meta.endpoint_url)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def read(self, key: str) -> tuple[bytes, str] | None:
-        from botocore.exceptions import ClientError
+    def _call(self, operation: str, key: str, *, expected: tuple[str, ...] = (), **kwargs: object) -> dict | None:
+        """One S3 request on `key`; None when S3 answers with an error code in `expected`. Every other
+        failure becomes one StoreError line (see `_error`)."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return getattr(self.client, operation)(Bucket=self.bucket, Key=self._key(key), **kwargs)
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
+            if _code(exc) in expected:
                 return None
-            raise _s3_error(exc, self.child_uri(key)) from None
-        return response["Body"].read(), response["ETag"]
+            raise self._error(exc, key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, key) from None
+
+    def read(self, key: str) -> tuple[bytes, str] | None:
+        response = self._call("get_object", key, expected=("NoSuchKey", "404"))
+        return (response["Body"].read(), response["ETag"]) if response else None
 
     def put_if_absent(self, key: str, content: bytes) -> None:
         if not self._conditional_put(key, content, IfNoneMatch="*"):
@@ -151,19 +190,12 @@ class S3Backend(Backend):
         return self._conditional_put(key, content, **condition)
 
     def _conditional_put(self, key: str, content: bytes, **condition: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=content, **condition)
-        except ClientError as exc:
-            # 412: the condition failed; 409: a concurrent conditional write to the same key won.
-            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return False
-            raise _s3_error(exc, self.child_uri(key)) from None
-        return True
+        # 412: the condition failed; 409: a concurrent conditional write to the same key won.
+        lost = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+        return self._call("put_object", key, expected=lost, Body=content, **condition) is not None
 
     def list(self, prefix: str) -> list[StoredObject]:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         objects = []
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -174,29 +206,79 @@ class S3Backend(Backend):
                 for item in page.get("Contents", []):
                     objects.append(StoredObject(item["Key"][strip:], item["Size"],
                                                 item["LastModified"].timestamp()))
-        except ClientError as exc:
-            raise _s3_error(exc, self.child_uri(prefix)) from None
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, prefix) from None
         return objects
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import ClientError
+        self._call("delete_object", key)
 
+    @contextmanager
+    def lock(self, key: str, *, owner: str, lease_s: float) -> Iterator[None]:
+        """A lock object created only if absent. Its age is judged by the clock of the run waiting for
+        it: cluster nodes agree to within seconds, and the lease is minutes."""
+        delay = 0.05
+        while True:
+            token = _lock_token(owner)
+            if self._conditional_put(key, token, IfNoneMatch="*"):
+                break
+            held = self.read(key)
+            if held is not None and _lock_age_s(held[0]) > lease_s and self._conditional_put(key, token,
+                                                                                            IfMatch=held[1]):
+                log.warning("%s: took over a lock held longer than %.0fs (%s)", self.child_uri(key), lease_s,
+                            held[0].decode(errors="replace"))
+                break
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(2.0, delay * 2)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            raise _s3_error(exc, self.child_uri(key)) from None
+            yield
+        finally:
+            held = self.read(key)
+            if held is not None and held[0] == token:
+                self.delete(key)
+
+    def _error(self, exc: Exception, key: str) -> StoreError:
+        """One line naming the object, the bucket, the endpoint and what to set. Never botocore's own
+        text: it can carry request details; nothing here can carry a credential."""
+        from botocore.exceptions import ConnectionError, NoCredentialsError, PartialCredentialsError
+
+        where = f"{self.child_uri(key)} (bucket {self.bucket} at {self.endpoint})"
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StoreError(f"{where}: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                              "name other env vars in s3.access_key_id_env / s3.secret_access_key_env, or a "
+                              "profile in s3.profile")
+        if isinstance(exc, ConnectionError):
+            return StoreError(f"{where}: cannot reach the S3 endpoint ({type(exc).__name__}): set s3.endpoint_url "
+                              "(--s3-endpoint for inspect, export and gc) to a reachable endpoint, or leave it "
+                              "unset for AWS")
+        code = _code(exc)
+        if code == "NoSuchBucket":
+            return StoreError(f"{where}: the bucket does not exist: create it, or set storage.root (--output, "
+                              "--root) to an existing bucket")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"):
+            return StoreError(f"{where}: S3 refused the credentials ({code}): set s3.access_key_id_env / "
+                              "s3.secret_access_key_env (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, s3.profile) "
+                              "to credentials allowed on this bucket")
+        return StoreError(f"{where}: S3 error {code or type(exc).__name__}")
 
 
 def _code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def _s3_error(exc: Exception, uri: str) -> StoreError:
-    """A StoreError that says what went wrong without echoing request details (no credentials)."""
-    code = _code(exc)
-    if code in ("NoSuchBucket",):
-        return StoreError(f"{uri}: the bucket does not exist")
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"):
-        return StoreError(f"{uri}: S3 refused the credentials ({code}); check the env vars named in the s3 "
-                          "config section or the AWS credential chain on this node")
-    return StoreError(f"{uri}: S3 error {code or type(exc).__name__}")
+def _without_secrets(url: str) -> str:
+    """The endpoint as messages show it: scheme, host, port and path (no userinfo, no query)."""
+    parsed = urlparse(url)
+    host = f"{parsed.hostname}:{parsed.port}" if parsed.port else (parsed.hostname or "")
+    return f"{parsed.scheme}://{host}{parsed.path}" if parsed.scheme else url
+
+
+def _lock_token(owner: str) -> bytes:
+    return json.dumps({"owner": owner, "since": time.time()}).encode()
+
+
+def _lock_age_s(token: bytes) -> float:
+    try:
+        return time.time() - float(json.loads(token)["since"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # not a lock this code wrote: treat as abandoned

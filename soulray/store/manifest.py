@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MANIFEST_FORMAT = "soulray.manifest/1"
+# A listed file is '/'-separated names inside the version folder: none is '..', hidden or absolute, so
+# a manifest (which anyone with write access to the store can forge) never points readers or gc outside.
+RELATIVE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
 class Shard(BaseModel):
@@ -18,6 +22,13 @@ class Shard(BaseModel):
     rows: int
     bytes: int
     sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_version(cls, path: str) -> str:
+        if not RELATIVE_PATH.fullmatch(path):
+            raise ValueError(f"{path!r}: a listed path must be relative names inside the version folder")
+        return path
 
 
 class InputFile(BaseModel):

@@ -29,11 +29,12 @@ def write_shards(dataset: ray.data.Dataset, target: ShardTarget, *, rows_per_sha
     return facts.take_all()
 
 
-def build_manifest(*, store: VersionStore, version: str, run_id: str, parent_version: str | None, job: str,
+def build_manifest(*, store: VersionStore, version: str, run_id: str, job: str,
                    config: dict[str, Any], config_hash: str, inputs: list[InputFile], input_rows: int,
                    data_schema: pa.Schema, shard_facts: list[dict[str, Any]],
                    timings_s: dict[str, float] | None = None, usage: dict[str, Any] | None = None) -> Manifest:
-    """Assemble the manifest and check the accounting invariant: inputs = published + rejected."""
+    """Assemble the manifest and check the accounting invariant: inputs = published + rejected. Its
+    parent is decided when it commits (VersionStore.commit)."""
     data = [_shard(fact) for fact in shard_facts if fact["kind"] == "data"]
     rejects = [_shard(fact) for fact in shard_facts if fact["kind"] == "rejects"]
     topics: Counter[str] = Counter()
@@ -58,7 +59,7 @@ def build_manifest(*, store: VersionStore, version: str, run_id: str, parent_ver
                          f"{output_rows} published + {rejected_rows} rejected")
     return Manifest(
         dataset=store.dataset, version=version, run_id=run_id, created_at=utc_now(),
-        parent_version=parent_version, code_version=f"soulray {__version__}", job=job,
+        parent_version=None, code_version=f"soulray {__version__}", job=job,
         config_hash=config_hash, config=config, inputs=inputs,
         data_schema=describe_schema(data_schema), reject_schema=describe_schema(REJECT),
         data=sorted(data, key=lambda shard: shard.path), rejects=sorted(rejects, key=lambda shard: shard.path),
@@ -94,17 +95,29 @@ def changes_since(store: VersionStore, manifest: Manifest) -> dict[str, Any]:
 
 
 def attach_report(store: VersionStore, manifest: Manifest) -> Manifest:
-    """Render the run report into the version's `report/` folder and list its files in the manifest
-    (with checksums, like shards), so the report is part of the version once the manifest commits."""
+    """Render the run report into `report/<run id>/` in the version folder and list its files in the
+    manifest (with checksums, like shards), so the report is part of the version once the manifest
+    commits. The run id in the path means no run ever writes a report file another run's manifest lists."""
     from soulray.fs import resolve
     from soulray.report import render
     from soulray.store.shards import upload
 
     files = []
     for name, content in render(manifest).items():
-        location = resolve(f"{store.version_uri(manifest.version)}/report/{name}", store.s3)
+        relative = f"report/{manifest.run_id}/{name}"
+        location = resolve(f"{store.version_uri(manifest.version)}/{relative}", store.s3)
         if not location.is_s3:
             location.filesystem.create_dir(location.path.rsplit("/", 1)[0], recursive=True)
         upload(location, pa.py_buffer(content))
-        files.append(Shard(path=f"report/{name}", rows=0, bytes=len(content), sha256=hashlib.sha256(content).hexdigest()))
+        files.append(Shard(path=relative, rows=0, bytes=len(content), sha256=hashlib.sha256(content).hexdigest()))
     return manifest.model_copy(update={"report": files})
+
+
+def publish(store: VersionStore, manifest: Manifest) -> Manifest:
+    """Commit a job's manifest with what depends on its parent, which is known only at commit time:
+    the changes against it and the report. Returns the manifest as committed."""
+
+    def finish(committing: Manifest) -> Manifest:
+        return attach_report(store, committing.model_copy(update={"changes": changes_since(store, committing)}))
+
+    return store.commit(manifest, finish=finish)

@@ -36,11 +36,21 @@ class Version:
             raise StoreError(f"unknown shard kind {kind!r} (data or rejects)")
         return self.manifest.data if kind == "data" else self.manifest.rejects
 
-    def verify(self, kind: str | None = None) -> None:
-        """Raise StoreError naming the first shard whose bytes do not match the manifest."""
-        for each in ([kind] if kind else ["data", "rejects"]):
-            for shard, uri in zip(self._shards(each), self.uris(each), strict=False):
-                _check(uri, shard, self.store.s3)
+    def verify(self) -> int:
+        """Check every file the manifest lists (data, rejects, report) against its size and SHA-256;
+        StoreError naming each one that is missing or differs. Returns how many files were checked."""
+        base = self.store.version_uri(self.manifest.version)
+        listed = self.manifest.data + self.manifest.rejects + self.manifest.report
+        problems = []
+        for shard in listed:
+            try:
+                _check(f"{base}/{shard.path}", sha256=shard.sha256, size=shard.bytes, s3=self.store.s3)
+            except StoreError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise StoreError(f"{len(problems)} of the {len(listed)} files of {base} do not match its manifest: "
+                             + "; ".join(problems))
+        return len(listed)
 
     def to_arrow_dataset(self, kind: str = "data") -> pads.Dataset:
         locations = [resolve(uri, self.store.s3) for uri in self.uris(kind)]
@@ -86,16 +96,16 @@ def open_version(version: str = "latest", *, root: str | None = None, dataset: s
     return opened
 
 
-def _check(uri: str, shard: Shard, s3: S3Config) -> bytes:
+def _check(uri: str, *, sha256: str, size: int, s3: S3Config) -> bytes:
     location = resolve(uri, s3)
     try:
         with location.filesystem.open_input_stream(location.path) as handle:
             content = handle.read()
     except OSError as exc:
-        raise StoreError(f"{uri}: shard named in the manifest cannot be read: {exc}") from None
+        raise StoreError(f"{uri}: a file the manifest lists cannot be read: {exc}") from None
     digest = hashlib.sha256(content).hexdigest()
-    if digest != shard.sha256 or len(content) != shard.bytes:
-        raise StoreError(f"{uri}: checksum mismatch (manifest sha256 {shard.sha256[:16]}…, {shard.bytes} bytes; "
+    if digest != sha256 or len(content) != size:
+        raise StoreError(f"{uri}: checksum mismatch (manifest sha256 {sha256[:16]}…, {size} bytes; "
                          f"file sha256 {digest[:16]}…, {len(content)} bytes)")
     return content
 
@@ -104,8 +114,7 @@ def _read_shards(batch: pa.Table, *, s3: S3Config, verify: bool) -> pa.Table:
     tables = []
     for item in batch.to_pylist():
         if verify:
-            content = _check(item["uri"], Shard(path=item["uri"], rows=item["rows"], bytes=item["bytes"],
-                                                sha256=item["sha256"]), s3)
+            content = _check(item["uri"], sha256=item["sha256"], size=item["bytes"], s3=s3)
             tables.append(pq.read_table(pa.BufferReader(content)))
         else:
             location = resolve(item["uri"], s3)

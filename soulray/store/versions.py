@@ -1,28 +1,43 @@
 """The versioned store: `<root>/<dataset>/versions/<version>/{data/, rejects/, manifest.json}`.
 
 Commit protocol (a crash at any point leaves no version or a whole one):
-1. shards are written under the version folder, named with the run id;
-2. the manifest is created only if absent (S3 `If-None-Match: *`; locally an exclusive link), so of two
-   runs publishing the same version exactly one wins; its existence is what makes the version exist;
-3. `<dataset>/latest.json` moves forward by compare-and-swap (S3 `If-Match`; locally lock + compare).
-Readers open a version through its manifest, never by listing. `gc` removes shards no manifest names.
+1. shards and report files are written under the version folder, named with the run id, so a run never
+   writes a file another run's manifest lists;
+2. commits to a dataset take turns (`<dataset>/commit.lock`). In its turn a commit reads `latest`: that
+   version is its parent. The manifest is then created only if absent (S3 `If-None-Match: *`; locally
+   an exclusive link), so of two runs publishing the same version exactly one wins, and its existence is
+   what makes the version exist;
+3. `<dataset>/latest.json` moves to it by compare-and-swap against what was read in 2 (S3 `If-Match`;
+   locally lock + compare). So the lineage is one chain and `latest` follows commit order.
+Readers open a version through its manifest, never by listing. `gc` removes files no manifest names.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from soulray.config import S3Config
-from soulray.errors import StoreError
+from pydantic import ValidationError
+
+from soulray.config import DATASET_NAME, VERSION_NAME, S3Config
+from soulray.errors import StoreError, VersionConflict
 from soulray.store.backend import Backend, StoredObject, open_backend
 from soulray.store.manifest import Manifest
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
+COMMIT_LOCK = "commit.lock"
+# A commit holds the dataset's lock for seconds (the diff against the parent, the report); a lock this
+# old belongs to a run that died while committing, which S3, unlike a local flock, cannot notice.
+COMMIT_LEASE_S = 300.0
 
 
 def utc_now() -> str:
@@ -43,12 +58,15 @@ class GcCandidate:
 
 class VersionStore:
     def __init__(self, root: str, dataset: str, *, s3: S3Config = S3Config()) -> None:
-        self.root, self.dataset, self.s3 = root.rstrip("/"), dataset, s3
+        self.root, self.dataset, self.s3 = root.rstrip("/"), check_name("dataset", dataset, DATASET_NAME), s3
         self.backend: Backend = open_backend(root, s3)
 
     # -- locations --------------------------------------------------------------------------------
     def _version_key(self, version: str) -> str:
-        return f"{self.dataset}/versions/{version}"
+        return f"{self.dataset}/versions/{check_name('version', version, VERSION_NAME)}"
+
+    def _manifest_key(self, version: str) -> str:
+        return f"{self._version_key(version)}/{MANIFEST}"
 
     def version_uri(self, version: str) -> str:
         return self.backend.child_uri(self._version_key(version))
@@ -58,25 +76,42 @@ class VersionStore:
         return self.backend.child_uri(f"{self.dataset}/cache")
 
     # -- commit -----------------------------------------------------------------------------------
-    def commit(self, manifest: Manifest) -> None:
-        """Make `manifest.version` exist (VersionConflict if another run got there first), then move
-        `latest` forward to it."""
-        self.backend.put_if_absent(f"{self._version_key(manifest.version)}/{MANIFEST}", manifest.to_json())
-        self.advance_latest(manifest)
+    def require_new(self, version: str) -> None:
+        """VersionConflict if `version` is published already, so a run that names its version learns it
+        before spending anything. Also a run's first request to the store: a missing bucket or missing
+        credentials fail here, on the driver, before Ray starts."""
+        if self.backend.read(self._manifest_key(version)) is not None:
+            raise VersionConflict(f"{self.version_uri(version)} already exists: choose another storage.version")
 
-    def advance_latest(self, manifest: Manifest) -> bool:
-        """Point `latest` at `manifest` unless it already points at a newer version. Compare-and-swap:
-        a concurrent writer makes us re-read and decide again, never overwrite blindly."""
+    def commit(self, manifest: Manifest, *, finish: Callable[[Manifest], Manifest] | None = None) -> Manifest:
+        """Publish `manifest` and return it as committed: with the version that was latest at commit
+        time as its parent, the commit time as `created_at`, and whatever `finish` adds that depends on
+        the parent (changes, report). VersionConflict if this version is published already; nothing is
+        written under it then."""
+        with self.backend.lock(f"{self.dataset}/{COMMIT_LOCK}", owner=manifest.run_id, lease_s=COMMIT_LEASE_S):
+            self.require_new(manifest.version)
+            current = self.backend.read(f"{self.dataset}/{LATEST}")
+            parent = json.loads(current[0])["version"] if current else None
+            manifest = manifest.model_copy(update={"parent_version": parent, "created_at": utc_now()})
+            if finish is not None:
+                manifest = finish(manifest)
+            self.backend.put_if_absent(self._manifest_key(manifest.version), manifest.to_json())
+            self._move_latest(manifest, etag=current[1] if current else None)
+        return manifest
+
+    def _move_latest(self, manifest: Manifest, *, etag: str | None) -> None:
         pointer = json.dumps({"version": manifest.version, "created_at": manifest.created_at}).encode()
+        if self.backend.put_if_match(f"{self.dataset}/{LATEST}", pointer, etag):
+            return
+        # Only after a lock was taken over from a commit that stalled past the lease but then went on:
+        # `latest` moved since this commit read its parent. Latest still follows commit order.
+        log.warning("%s: latest moved during the commit of %s (a stalled commit finished meanwhile); its "
+                    "recorded parent %s is not the version before it", self.backend.child_uri(self.dataset),
+                    manifest.version, manifest.parent_version)
         for _ in range(20):
             current = self.backend.read(f"{self.dataset}/{LATEST}")
-            etag = current[1] if current else None
-            if current is not None:
-                latest = json.loads(current[0])
-                if (latest["created_at"], latest["version"]) >= (manifest.created_at, manifest.version):
-                    return False
-            if self.backend.put_if_match(f"{self.dataset}/{LATEST}", pointer, etag):
-                return True
+            if self.backend.put_if_match(f"{self.dataset}/{LATEST}", pointer, current[1] if current else None):
+                return
         raise StoreError(f"{self.backend.child_uri(self.dataset)}/{LATEST}: could not update (too much contention)")
 
     # -- reading ----------------------------------------------------------------------------------
@@ -90,10 +125,14 @@ class VersionStore:
             if resolved is None:
                 raise StoreError(f"{self.backend.child_uri(self.dataset)}: no published version yet")
             version = resolved
-        found = self.backend.read(f"{self._version_key(version)}/{MANIFEST}")
+        found = self.backend.read(self._manifest_key(version))
         if found is None:
             raise StoreError(f"{self.version_uri(version)}: no such version (no manifest)")
-        return Manifest.model_validate_json(found[0])
+        try:
+            return Manifest.model_validate_json(found[0])
+        except ValidationError as exc:  # truncated, hand-edited or forged (a listed path outside the version)
+            raise StoreError(f"{self.version_uri(version)}/{MANIFEST}: not a valid manifest: "
+                             f"{exc.errors()[0]['msg']}") from None
 
     def versions(self) -> list[str]:
         """Committed versions, oldest first (listing is for people; readers go through manifests)."""
@@ -119,6 +158,8 @@ class VersionStore:
                 candidates.append(GcCandidate(obj.key, obj.size, why))
         if delete:
             for candidate in candidates:
+                if not candidate.key.startswith(prefix):  # the listing is under it; deleting never leaves it
+                    raise StoreError(f"{candidate.key}: gc found a file outside {prefix}; deleting nothing more")
                 self.backend.delete(candidate.key)
         return candidates
 
@@ -128,6 +169,14 @@ class VersionStore:
             return set()
         manifest = self.manifest(version)
         return {f"{key}/{MANIFEST}"} | {f"{key}/{shard.path}" for shard in manifest.data + manifest.rejects + manifest.report}
+
+
+def check_name(kind: str, name: str, pattern: str) -> str:
+    """`name` if it is a valid dataset or version name (one path segment: see soulray.config)."""
+    if not re.fullmatch(pattern, name):
+        raise StoreError(f"{name!r}: not a valid {kind} name (letters, digits and ._-, starting with a letter "
+                         "or digit)")
+    return name
 
 
 def store_for_path(path: str, s3: S3Config = S3Config()) -> tuple[VersionStore, str]:

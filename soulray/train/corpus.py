@@ -45,7 +45,7 @@ def publish_dialogues(table: pa.Table, *, root: str, dataset: str, s3: S3Config 
     version = f"import-{run_id[:8]}"
     target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=DIALOGUE, s3=s3)
     facts = write_batch(table.cast(DIALOGUE), target).to_pylist()
-    store.commit(build_manifest(store=store, version=version, run_id=run_id, parent_version=store.latest(), job=job,
+    store.commit(build_manifest(store=store, version=version, run_id=run_id, job=job,
                                 config={}, config_hash="-", inputs=[], input_rows=table.num_rows,
                                 data_schema=DIALOGUE, shard_facts=facts))
     return version

@@ -24,8 +24,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from soulray.config import S3Config
+from soulray.config import DATASET_NAME, VERSION_NAME, S3Config
 from soulray.fs import resolve, s3_filesystem
+from soulray.store.versions import check_name
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class RunPaths:
 
     @classmethod
     def for_run(cls, *, root: str, dataset: str, run_name: str) -> RunPaths:
+        """Names become path segments (an evaluate checkpoint `finetune:<run>` is free text): checked."""
+        check_name("dataset", dataset, DATASET_NAME)
+        check_name("fine-tuning run", run_name, VERSION_NAME)
         return cls(f"{root.rstrip('/')}/{dataset}/finetune/{run_name}")
 
     @property
