@@ -38,7 +38,8 @@ def test_cleans_the_smilechat_demo_dialogues(ray_local, tmp_path):
     assert "not_ending_with_counselor" not in counts["by_stage"]["filter_dialogue"]
     assert result.manifest.profile["flags"]["repair:trailing_client"] == 46
     assert result.manifest.profile["markers_in"]["xie_yao"] == 5 and result.manifest.profile["markers_out"]["xie_yao"] == 0
-    report = (tmp_path / "cleaned" / "versions" / result.manifest.version / "report" / "report.md").read_text()
+    version_dir = tmp_path / "cleaned" / "versions" / result.manifest.version
+    report = (version_dir / "report" / result.manifest.run_id / "report.md").read_text()
     assert "| repair:trailing_client | 46 |" in report and "| xie_yao | 5 | 1.7% | 0 | 0.0% |" in report
     assert result.manifest.job == "clean" and result.manifest.inputs[0].rows == 300
 
