@@ -21,7 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.config import CleanConfig, CleanInput, S3Config, config_hash, secret_env_names
+from soulray.config import (
+    CleanConfig,
+    CleanInput,
+    S3Config,
+    check_named_secrets,
+    config_hash,
+    secret_env_names,
+)
 from soulray.errors import SourceError
 from soulray.filters import DIALOGUE_STAGE, apply_chain, build_chain
 from soulray.fs import resolve
@@ -82,6 +89,7 @@ class InputPlan:
 
 
 def run(config: CleanConfig) -> RunResult:
+    check_named_secrets(config)  # before Ray or any pipeline starts: fails in a second, naming the key
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
     store = VersionStore(config.storage.root, config.dataset, s3=config.s3)

@@ -275,8 +275,11 @@ _USER_ERROR_TEXT = re.compile(r"soulray\.errors\.\w+: (.+)")
 
 
 def configure_logging(verbose: bool) -> None:
+    from soulray.redaction import install_log_redaction
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

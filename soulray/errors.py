@@ -1,8 +1,14 @@
 """User-facing errors: the CLI prints their message without a traceback."""
 
+from soulray.redaction import redact
+
 
 class SoulrayError(Exception):
-    """A mistake the user can fix (bad config, bad input file, missing path)."""
+    """A mistake the user can fix (bad config, bad input file, missing path). Its message is redacted
+    when it is made, so no copy of it (a Ray task error, a worker's log, a traceback) holds a secret."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(redact(str(message)), *args)
 
 
 class ConfigError(SoulrayError):

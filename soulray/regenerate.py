@@ -17,7 +17,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from soulray.config import DedupConfig, RegenerateConfig, RewriteConfig, config_hash, secret_env_names
+from soulray.config import (
+    DedupConfig,
+    RegenerateConfig,
+    RewriteConfig,
+    check_named_secrets,
+    config_hash,
+    secret_env_names,
+)
 from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
 from soulray.rewrite.session import RewriteSession
@@ -55,6 +62,7 @@ class DryRun:
 
 
 def run(config: RegenerateConfig) -> RunResult | DryRun:
+    check_named_secrets(config)  # before Ray or any pipeline starts: fails in a second, naming the key
     started = time.perf_counter()
     timings: dict[str, float] = {}
     run_id = uuid.uuid4().hex[:12]

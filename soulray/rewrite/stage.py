@@ -105,6 +105,9 @@ class LLMCaller:
     def __init__(self, *, config: RewriteConfig, run: RewriteRun, namespace: str) -> None:
         import ray
 
+        from soulray.redaction import install_log_redaction
+
+        install_log_redaction()  # this worker's log lines, like the driver's
         self.config, self.run, self.namespace = config, run, namespace
         self.decoding = {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
         self.clients = {key.name: _client(key, run.base_url, config.timeout_s) for key in config.keys}
