@@ -162,6 +162,13 @@ class RewriteConfig(StrictModel):
     max_retries: int = Field(6, ge=0, description="retries of 408/409/429/5xx/timeouts per call")
     timeout_s: float = Field(120.0, gt=0, description="hard deadline per call")
     budget_usd: float | None = Field(None, ge=0, description="stop issuing calls before spending more")
+    # 5%: with max_retries 6 a call only fails after ~30 s of backoff against an endpoint that keeps
+    # failing, so a healthy run has ~0 such rows; 5% lets a large run ride out a short blip (its rows are
+    # rejects a rerun fills from the cache) while an outage, which fails tens of percent or all, publishes
+    # nothing and leaves `latest` where it was.
+    max_failure_share: float = Field(0.05, ge=0, le=1, description="refuse to publish when more than this share of "
+                                     "the rows sent to the rewrite failed for infrastructure reasons (retries "
+                                     "exhausted on 5xx/timeouts/429s, no usable key, 401/403/404), not content")
     actors: int = Field(2, ge=1)
     actor_num_cpus: float = Field(0.25, gt=0, description="I/O-bound: a fraction of a CPU (DESIGN.md)")
     concurrency_per_actor: int = Field(32, ge=1)

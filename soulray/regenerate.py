@@ -28,7 +28,7 @@ from soulray.config import (
 from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
 from soulray.rewrite.session import RewriteSession
-from soulray.rewrite.stage import estimate_batch
+from soulray.rewrite.stage import check_failures, estimate_batch
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import DIALOGUE, UNIT
 from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
@@ -115,6 +115,9 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
         data_schema=data_schema, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started}, usage=usage,
     )
+    if config.rewrite.enabled:  # before anything of the version (its report) is written
+        check_failures(manifest.counts, max_share=config.rewrite.max_failure_share,
+                       paid_calls=int(sum(key.get("ok", 0) for key in usage.get("keys", {}).values())))
     manifest = manifest.model_copy(update={"changes": changes_since(store, manifest), "stages": stages})
     manifest = attach_report(store, manifest)
     store.commit(manifest)

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
-from soulray.errors import ConfigError
+from soulray.errors import ConfigError, SoulrayError
 from soulray.rewrite.broker import Reservation
 from soulray.rewrite.cache import ResponseCache, call_key
 from soulray.rewrite.parse import parse_completion
@@ -59,6 +59,34 @@ class Completion:
 class Failure:
     reason: str
     detail: str
+
+
+# Reasons of rewrite rejects that say the endpoint failed, not the content: no answer was had at all.
+# (Budget stops are the operator's choice; parse rejects and filter drops are about the text.)
+INFRASTRUCTURE_FAILURES = ("retries_exhausted", "no_usable_key", "http_401", "http_403", "http_404")
+
+
+class RewriteOutage(SoulrayError):
+    """Too many rewrite calls failed for infrastructure reasons to publish the run."""
+
+
+def check_failures(counts: dict[str, Any], *, max_share: float, paid_calls: int) -> None:
+    """Refuse to publish (RewriteOutage) when more than `max_share` of the rows sent to the rewrite
+    failed for infrastructure reasons. `counts` are a manifest's: rows in, and rejects by stage."""
+    by_stage = counts.get("by_stage", {})
+    failed = {reason: count for reason, count in by_stage.get(STAGE, {}).items()
+              if reason in INFRASTRUCTURE_FAILURES or reason.startswith("http_5")}
+    before = sum(sum(by_stage.get(stage, {}).values()) for stage in ("normalize", "filter_source", "dedup_source"))
+    sent = counts["input_rows"] - before
+    if not failed or sum(failed.values()) <= max_share * sent:
+        return
+    total = sum(failed.values())
+    raise RewriteOutage(
+        f"refusing to publish: {total} of {sent} rows sent to the rewrite ({100 * total / sent:.1f}%) failed for "
+        f"infrastructure reasons ({', '.join(f'{reason} {n}' for reason, n in sorted(failed.items()))}), more than "
+        f"rewrite.max_failure_share {100 * max_share:g}%. Nothing was published and `latest` did not move; the "
+        f"{paid_calls} calls paid this run are in the response cache, so a rerun once the endpoint works pays "
+        "only for the rest")
 
 
 def route_model(record_id: str, config: RewriteConfig) -> str:
