@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from soulray.config import CleanConfig, RegenerateConfig, S3Config, load_config
-from soulray.errors import SoulrayError
+from soulray.errors import Interrupted, SoulrayError
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -248,9 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from soulray.runtime import install_stop_handlers
+
     verbose = getattr(args, "verbose", False)
+    install_stop_handlers()
     try:
         return func(args)
+    except KeyboardInterrupt as exc:  # SIGTERM or Ctrl-C (soulray.runtime): one line, the shell's exit status
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        notes = "; ".join(exc.notes) if isinstance(exc, Interrupted) else ""
+        print(f"soulray: stopped by {signal.Signals(signum).name}: {notes + '. ' if notes else ''}Nothing was "
+              "published; run the same command again to resume (answers in the cache are not paid again)",
+              file=sys.stderr, flush=True)
+        return 128 + signum
     except Exception as exc:  # noqa: BLE001 - user errors may arrive wrapped by Ray
         user_error = find_user_error(exc)
         if user_error is None:

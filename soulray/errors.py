@@ -25,3 +25,12 @@ class StoreError(SoulrayError):
 
 class VersionConflict(StoreError):
     """Another run already published this version."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The job was asked to stop (SIGTERM, SIGINT). A KeyboardInterrupt, so no `except Exception`
+    swallows it; `notes` say what was saved (e.g. how many paid calls are in the cache)."""
+
+    def __init__(self, signum: int, notes: list[str] | None = None) -> None:
+        super().__init__(signum)
+        self.signum, self.notes = signum, notes or []

@@ -61,6 +61,8 @@ class Failure:
     detail: str
 
 
+# the broker's stop messages → the reject reason of the rows it stops
+_STOP_REASONS = (("budget", "budget_exhausted"), ("interrupted", "interrupted"))
 # Reasons of rewrite rejects that say the endpoint failed, not the content: no answer was had at all.
 # (Budget stops are the operator's choice; parse rejects and filter drops are about the text.)
 INFRASTRUCTURE_FAILURES = ("retries_exhausted", "no_usable_key", "http_401", "http_403", "http_404")
@@ -144,6 +146,7 @@ class LLMCaller:
         self.cache = ResponseCache(run.cache_uri, namespace, s3=run.s3, index=index)
         self.flushed_at = time.monotonic()
         self.flushing: asyncio.Future | None = None
+        self.unflushed = 0  # paid answers put in the cache since the last flush began
         self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
         self.stopped: Failure | None = None  # once the broker says stop, no row of this actor calls again
         self.settlements: list[tuple[int, dict[str, Any]]] = []
@@ -166,9 +169,15 @@ class LLMCaller:
         if self.flushing is not None:
             await self.flushing  # one write at a time; raises if the last one failed
         self.flushed_at = now
-        self.flushing = asyncio.ensure_future(asyncio.to_thread(self.cache.write, *self.cache.detach()))
+        answers, self.unflushed = self.unflushed, 0
+        self.flushing = asyncio.ensure_future(self._write(*self.cache.detach(), answers=answers))
         if force:
             await self.flushing
+
+    async def _write(self, sequence: int, entries: dict[str, Any], *, answers: int) -> None:
+        await asyncio.to_thread(self.cache.write, sequence, entries)
+        if answers:  # the broker counts what is safe on disk: a stopping driver waits for every paid answer
+            self.broker.persisted.remote(answers)
 
     async def _reserve(self, model: str, tokens: int, cost: float) -> Reservation:
         """Ask the broker for a reservation; the requests of all of this actor's rows that ask within the
@@ -222,7 +231,9 @@ class LLMCaller:
                             "api_key_name": result.key, "completion": result.text,
                             "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
                             "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd})
-            await self._flush_cache()
+            self.unflushed += 1
+            # once stopping, every answer goes to disk as it arrives: the driver is waiting for them
+            await self._flush_cache(force=self.stopped is not None and self.stopped.reason == "interrupted")
         return result
 
     async def _call(self, model: str, messages: list[dict[str, str]], *, seed: int,
@@ -236,10 +247,12 @@ class LLMCaller:
                 return self.stopped
             reservation = await self._reserve(model, estimated, estimated_cost)
             if reservation.stop:
-                reason = "budget_exhausted" if reservation.stop.startswith("budget") else "no_usable_key"
-                self.stopped = Failure(reason, reservation.stop)
-                log.warning("rewrite stopped issuing calls: %s; remaining rows are rejected as %s",
-                            reservation.stop, reason)
+                reason = next((reason for prefix, reason in _STOP_REASONS if reservation.stop.startswith(prefix)),
+                              "no_usable_key")
+                if self.stopped is None:  # rows waiting together all hear it: say it once
+                    log.warning("rewrite stopped issuing calls: %s; remaining rows are rejected as %s",
+                                reservation.stop, reason)
+                    self.stopped = Failure(reason, reservation.stop)
                 return self.stopped
             if reservation.id is None:
                 await asyncio.sleep(reservation.wait_s)
