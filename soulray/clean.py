@@ -32,6 +32,7 @@ from soulray.config import (
 from soulray.errors import SourceError
 from soulray.filters import DIALOGUE_STAGE, apply_chain, build_chain
 from soulray.fs import resolve
+from soulray.redaction import redact_tree
 from soulray.regenerate import RunResult, dedup_stage
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import (
@@ -122,7 +123,7 @@ def run(config: CleanConfig) -> RunResult:
 
     manifest = build_manifest(
         store=store, version=version, run_id=run_id, parent_version=parent, job="clean",
-        config=config.model_dump(mode="json"), config_hash=config_hash(config), inputs=plan.inputs,
+        config=redact_tree(config.model_dump(mode="json")), config_hash=config_hash(config), inputs=plan.inputs,
         input_rows=input_rows, data_schema=DIALOGUE, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started},
     )

@@ -27,6 +27,7 @@ from soulray.config import (
 )
 from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
+from soulray.redaction import redact_tree
 from soulray.rewrite.session import RewriteSession
 from soulray.rewrite.stage import check_failures, estimate_batch
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
@@ -110,7 +111,7 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
 
     manifest = build_manifest(
         store=store, version=version, run_id=run_id, parent_version=parent, job="regenerate",
-        config=config.model_dump(mode="json"), config_hash=config_hash(config),
+        config=redact_tree(config.model_dump(mode="json")), config_hash=config_hash(config),
         inputs=[InputFile(**item) for plan in plans for item in plan.inputs], input_rows=input_rows,
         data_schema=data_schema, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started}, usage=usage,

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import ConfigError, SoulrayError
+from soulray.redaction import install_log_redaction, redact
 from soulray.rewrite.broker import Reservation
 from soulray.rewrite.cache import ResponseCache, call_key
 from soulray.rewrite.parse import parse_completion
@@ -134,8 +135,6 @@ class LLMCaller:
 
     def __init__(self, *, config: RewriteConfig, run: RewriteRun, namespace: str) -> None:
         import ray
-
-        from soulray.redaction import install_log_redaction
 
         install_log_redaction()  # this worker's log lines, like the driver's
         self.config, self.run, self.namespace = config, run, namespace
@@ -296,7 +295,7 @@ class LLMCaller:
         except openai.APIStatusError as exc:
             if exc.status_code in (408, 409):
                 return {"status": "error"}, None
-            return {"status": "error"}, Failure(f"http_{exc.status_code}", str(exc.message)[:200])
+            return {"status": "error"}, Failure(f"http_{exc.status_code}", redact(str(exc.message))[:200])
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0
