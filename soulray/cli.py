@@ -252,7 +252,7 @@ def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     from soulray.runtime import install_stop_handlers
 
     verbose = getattr(args, "verbose", False)
-    install_stop_handlers()
+    restore_signal_handlers = install_stop_handlers()
     try:
         return func(args)
     except KeyboardInterrupt as exc:  # SIGTERM or Ctrl-C (soulray.runtime): one line, the shell's exit status
@@ -270,6 +270,8 @@ def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace)
             traceback.print_exception(exc, file=sys.stderr)
         print(f"soulray: error: {_RAY_RETRY_NOTE.sub('', str(user_error))}", file=sys.stderr)
         return 2
+    finally:
+        restore_signal_handlers()
 
 
 # Ray Data appends this note (2-3 lines) to the message of an exception raised in a task

@@ -70,12 +70,21 @@ _drains: list[Callable[[], str | None]] = []
 _state: dict[str, object] = {"installed": False, "signal": None, "notes": []}
 
 
-def install_stop_handlers() -> None:
-    """Stop cleanly on SIGTERM and SIGINT in this (main-thread) process: the CLI's."""
+def install_stop_handlers() -> Callable[[], None]:
+    """Stop cleanly on SIGTERM and SIGINT while the CLI runs a command; returns what puts the previous
+    handlers back (a test that calls the CLI in-process gets its own back)."""
     if threading.current_thread() is not threading.main_thread():
-        return
-    _state["installed"] = True
+        return lambda: None
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _state.update(installed=True, signal=None, notes=[])
     _reinstall_stop_handlers()
+
+    def restore() -> None:
+        _state["installed"] = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    return restore
 
 
 def _reinstall_stop_handlers() -> None:
