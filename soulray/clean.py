@@ -45,7 +45,7 @@ from soulray.schema import (
     dialogue_id,
 )
 from soulray.sources.importers import dialogue_items
-from soulray.sources.reader import list_parquet_files, read_metadata, read_row_group
+from soulray.sources.reader import is_text_type, list_parquet_files, read_metadata, read_row_group
 from soulray.store import (
     InputFile,
     ShardTarget,
@@ -204,8 +204,8 @@ def _check_columns(uri: str, schema: pa.Schema) -> None:
     dtype = schema.field("messages").type
     item = dtype.value_type if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) else None
     if item is None or not pa.types.is_struct(item) or item.get_field_index("role") < 0 \
-            or item.get_field_index("content") < 0 or not _is_text(item.field("role").type) \
-            or not _is_text(item.field("content").type):
+            or item.get_field_index("content") < 0 or not is_text_type(item.field("role").type) \
+            or not is_text_type(item.field("content").type):
         raise SourceError(f"{uri}: column 'messages' has type {dtype}, expected list<struct<role, content>> "
                           "with text role and content")
 
@@ -268,13 +268,6 @@ class _RowProblems:
                 self.reasons[row], self.details[row] = reason, detail
 
 
-def _is_text(dtype: pa.DataType) -> bool:
-    if pa.types.is_dictionary(dtype):
-        dtype = dtype.value_type
-    return any(check(dtype) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
-                                          pa.types.is_large_binary, pa.types.is_null))
-
-
 def _text_column(table: pa.Table, name: str, problems: _RowProblems) -> pa.Array:
     """Column `name` as text: strings and whole numbers as they are, bytes when UTF-8; any other type
     (an object, a list, a decimal) is no text: those rows are rejected, never published as a repr."""
@@ -285,7 +278,7 @@ def _text_column(table: pa.Table, name: str, problems: _RowProblems) -> pa.Array
         column = column.dictionary_decode()
     if pa.types.is_integer(column.type) or pa.types.is_null(column.type):
         return column.cast(pa.string())
-    if not _is_text(column.type):
+    if not is_text_type(column.type):
         problems.add(np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False)), "non_text_value",
                      f"column {name!r} has type {column.type}, expected text or a whole number")
         return pa.nulls(table.num_rows, pa.string())
