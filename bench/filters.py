@@ -52,7 +52,8 @@ def smilechat_dialogues(rows: int) -> pa.Table:
     count = tiles.num_rows
     return working_dialogues(pa.table({
         "id": tiles["id"], "topic": pa.nulls(count, pa.string()), "messages": tiles["messages"],
-        "source_file": pa.array(["dialogs.parquet"] * count), "source_row": pa.array(range(count), pa.int64())},
+        "source_file": pa.array(["dialogs.parquet"] * count), "source_row": pa.array(range(count), pa.int64()),
+        "reject_reason": pa.nulls(count, pa.string()), "reject_detail": pa.nulls(count, pa.string())},
         schema=RAW_DIALOGUE))
 
 

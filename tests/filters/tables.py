@@ -70,7 +70,8 @@ def smilechat() -> pa.Table:
     return working_dialogues(pa.table({
         "id": raw["id"], "topic": pa.nulls(rows, pa.string()), "messages": raw["messages"],
         "source_file": pa.array([str(SMILECHAT_SAMPLE / "dialogs.parquet")] * rows),
-        "source_row": pa.array(range(rows), pa.int64())}, schema=RAW_DIALOGUE))
+        "source_row": pa.array(range(rows), pa.int64()), "reject_reason": pa.nulls(rows, pa.string()),
+        "reject_detail": pa.nulls(rows, pa.string())}, schema=RAW_DIALOGUE))
 
 
 def reasons(table: pa.Table) -> list[str | None]:
