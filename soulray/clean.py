@@ -10,9 +10,9 @@ row or a reject row.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +21,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.config import CleanConfig, CleanInput, S3Config, config_hash, secret_env_names
+from soulray.config import (
+    CleanConfig,
+    CleanInput,
+    S3Config,
+    check_named_secrets,
+    config_hash,
+    secret_env_names,
+)
 from soulray.errors import SourceError
 from soulray.filters import DIALOGUE_STAGE, apply_chain, build_chain
 from soulray.fs import resolve
+from soulray.redaction import redact_tree
 from soulray.regenerate import RunResult, dedup_stage
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import (
@@ -37,8 +45,8 @@ from soulray.schema import (
     first_user_turn,
     question_group,
 )
-from soulray.sources.importers import import_corpus
-from soulray.sources.reader import list_parquet_files, read_metadata, read_row_group
+from soulray.sources.importers import dialogue_items
+from soulray.sources.reader import is_text_type, list_parquet_files, read_metadata, read_row_group
 from soulray.store import (
     InputFile,
     ShardTarget,
@@ -57,9 +65,12 @@ STAGE = "normalize"
 BLOCK_ROWS = 5_000  # rows per pipeline block: a filter batch of a few ms, many blocks per core
 # The role vocabularies of the corpora the importers know (SMILECHAT: client/counselor).
 ROLE_NAMES = {"user": ROLE_USER, "client": ROLE_USER, "assistant": ROLE_ASSISTANT, "counselor": ROLE_ASSISTANT}
-# The input as read: `id` and `question_id` as text (integer ids in decimal), null where absent.
+# The input as read: `id` and `question_id` as text (integer ids in decimal), null where absent. A row
+# that cannot be used (bytes that are not UTF-8, a value that is not text, a malformed JSON item)
+# carries its reject reason from here on.
 RAW_DIALOGUE = pa.schema([("id", pa.string()), ("question_id", pa.string()), ("topic", pa.string()),
-                          ("messages", pa.list_(MESSAGE)), ("source_file", pa.string()), ("source_row", pa.int64())])
+                          ("messages", pa.list_(MESSAGE)), ("source_file", pa.string()), ("source_row", pa.int64()),
+                          ("reject_reason", pa.string()), ("reject_detail", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class InputPlan:
 
 
 def run(config: CleanConfig) -> RunResult:
+    check_named_secrets(config)  # before Ray or any pipeline starts: fails in a second, naming the key
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
     store = VersionStore(config.storage.root, config.dataset, s3=config.s3)
@@ -112,7 +124,7 @@ def run(config: CleanConfig) -> RunResult:
 
     manifest = build_manifest(
         store=store, version=version, run_id=run_id, job="clean",
-        config=config.model_dump(mode="json"), config_hash=config_hash(config), inputs=plan.inputs,
+        config=redact_tree(config.model_dump(mode="json")), config_hash=config_hash(config), inputs=plan.inputs,
         input_rows=input_rows, data_schema=DIALOGUE, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started},
     )
@@ -165,18 +177,24 @@ def detect_format(path: str) -> str:
 
 
 def _plan_json(path: str, fmt: str) -> InputPlan:
-    with tempfile.TemporaryDirectory(prefix="soulray-clean-") as staging:
-        table = import_corpus(fmt, path, Path(staging) / "dialogues.parquet")
-    table = table.append_column("question_id", pa.nulls(table.num_rows, pa.string()))  # the formats have none
-    table = table.append_column("source_file", pa.array([str(path)] * table.num_rows, pa.string()))
-    table = table.append_column("source_row", pa.array(np.arange(table.num_rows), pa.int64()))
+    if not Path(path).exists():
+        raise SourceError(f"{path}: path does not exist")
+    items = list(dialogue_items(fmt, path))
+    if not items:
+        raise SourceError(f"{path}: no dialogues in the input")
+    table = pa.table({
+        "id": [item.id for item in items], "question_id": [None] * len(items),  # the JSON formats have none
+        "topic": [item.topic for item in items],
+        "messages": [item.messages for item in items], "source_file": [str(path)] * len(items),
+        "source_row": np.arange(len(items)), "reject_reason": [item.problem and item.problem[0] for item in items],
+        "reject_detail": [item.problem and item.problem[1] for item in items]}, schema=RAW_DIALOGUE)
     files = sorted(Path(path).rglob("*.json")) if Path(path).is_dir() else [Path(path)]
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode() + b"\0" + file.read_bytes())
     lineage = InputFile(uri=str(Path(path).resolve()), bytes=sum(file.stat().st_size for file in files),
                         rows=table.num_rows, fingerprint=digest.hexdigest())
-    return InputPlan(pieces=[], table=table.select(RAW_DIALOGUE.names).cast(RAW_DIALOGUE), inputs=[lineage])
+    return InputPlan(pieces=[], table=table, inputs=[lineage])
 
 
 def _check_columns(uri: str, schema: pa.Schema) -> None:
@@ -186,8 +204,10 @@ def _check_columns(uri: str, schema: pa.Schema) -> None:
     dtype = schema.field("messages").type
     item = dtype.value_type if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) else None
     if item is None or not pa.types.is_struct(item) or item.get_field_index("role") < 0 \
-            or item.get_field_index("content") < 0:
-        raise SourceError(f"{uri}: column 'messages' has type {dtype}, expected list<struct<role, content>>")
+            or item.get_field_index("content") < 0 or not is_text_type(item.field("role").type) \
+            or not is_text_type(item.field("content").type):
+        raise SourceError(f"{uri}: column 'messages' has type {dtype}, expected list<struct<role, content>> "
+                          "with text role and content")
 
 
 def _read(plan: InputPlan, s3: S3Config) -> ray.data.Dataset:
@@ -212,7 +232,8 @@ def _read_pieces(batch: pa.Table, *, s3: S3Config):
 
 
 def read_piece(piece: Piece, *, s3: S3Config | None = None) -> pa.Table:
-    """One row group as RAW_DIALOGUE rows."""
+    """One row group as RAW_DIALOGUE rows (id and topic as text, where they came from); a row whose
+    values cannot be read as text is marked with its reject reason, never a crash of the whole file."""
     table = read_row_group(piece.uri, piece.row_group, s3=s3)
     return raw_dialogues(table, source_file=piece.uri, first_row=piece.first_row)
 
@@ -221,35 +242,97 @@ def raw_dialogues(table: pa.Table, *, source_file: str, first_row: int = 0) -> p
     """A table in the SoulChatCorpus layout (`messages`; optional `id`, `question_id`, `topic`) as
     RAW_DIALOGUE rows (ids and topic as text, where they came from)."""
     rows = table.num_rows
+    problems = _RowProblems(rows)
+    messages = table["messages"].combine_chunks()
+    turns = pc.list_flatten(messages)
+    turn_rows = pc.list_parent_indices(messages).to_numpy(zero_copy_only=False)
+    values = pa.StructArray.from_arrays(
+        [_text_values(turns.field(name), f"messages.{name}", turn_rows, problems) for name in ("role", "content")],
+        fields=list(MESSAGE))
     columns = {
-        "id": _text_column(table, "id", source_file, rows),
-        "question_id": _text_column(table, "question_id", source_file, rows),
-        "topic": _text_column(table, "topic", source_file, rows),
-        "messages": table["messages"].combine_chunks().cast(pa.list_(MESSAGE)),
+        "id": _text_column(table, "id", problems),
+        "question_id": _text_column(table, "question_id", problems),
+        "topic": _text_column(table, "topic", problems),
+        "messages": _relist(messages, values),
         "source_file": pa.array([source_file] * rows, pa.string()),
         "source_row": pa.array(np.arange(first_row, first_row + rows), pa.int64()),
+        "reject_reason": pa.array(problems.reasons, pa.string()),
+        "reject_detail": pa.array(problems.details, pa.string()),
     }
     return pa.table(columns, schema=RAW_DIALOGUE)
 
 
-def _text_column(table: pa.Table, name: str, uri: str, rows: int) -> pa.Array:
+class _RowProblems:
+    """The first problem found in each row: its reject reason and detail."""
+
+    def __init__(self, rows: int) -> None:
+        self.reasons: list[str | None] = [None] * rows
+        self.details: list[str | None] = [None] * rows
+
+    def add(self, rows: Iterable[int], reason: str, detail: str) -> None:
+        for row in rows:
+            if self.reasons[row] is None:
+                self.reasons[row], self.details[row] = reason, detail
+
+
+def _text_column(table: pa.Table, name: str, problems: _RowProblems) -> pa.Array:
+    """Column `name` as text: strings and whole numbers as they are, bytes when UTF-8; any other type
+    (an object, a list, a decimal) is no text: those rows are rejected, never published as a repr."""
     if name not in table.column_names:
-        return pa.nulls(rows, pa.string())
+        return pa.nulls(table.num_rows, pa.string())
+    column = table[name].combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_integer(column.type) or pa.types.is_null(column.type):
+        return column.cast(pa.string())
+    if not is_text_type(column.type):
+        problems.add(np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False)), "non_text_value",
+                     f"column {name!r} has type {column.type}, expected text or a whole number")
+        return pa.nulls(table.num_rows, pa.string())
+    return _text_values(column, name, np.arange(table.num_rows), problems)
+
+
+def _text_values(values: pa.Array, name: str, rows_of_values: np.ndarray, problems: _RowProblems) -> pa.Array:
+    """Text or bytes → string; bytes that are not UTF-8 are read with replacement characters and their
+    rows marked invalid_utf8 (the vectorised cast is the common path; the per-value one only runs when
+    it fails)."""
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
     try:
-        return table[name].combine_chunks().cast(pa.string())
-    except pa.ArrowInvalid as exc:
-        raise SourceError(f"{uri}: column {name!r} ({table[name].type}) cannot be read as text: {exc}") from None
+        return values.cast(pa.string())
+    except pa.ArrowInvalid:
+        texts, bad = [], []
+        for index, value in enumerate(values.to_pylist()):
+            try:
+                texts.append(value.decode("utf-8") if isinstance(value, bytes) else value)
+            except UnicodeDecodeError:
+                texts.append(value.decode("utf-8", errors="replace"))
+                bad.append(rows_of_values[index])
+        problems.add(bad, "invalid_utf8", f"{name} holds bytes that are not UTF-8")
+        return pa.array(texts, pa.string())
+
+
+def _relist(lists: pa.ListArray, values: pa.StructArray) -> pa.ListArray:
+    """`values` (one per item of `lists`, flattened) back into lists shaped as `lists`."""
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=pa.list_(MESSAGE), mask=lists.is_null())
 
 
 # -- rows -------------------------------------------------------------------------------------------
 def working_dialogues(raw: pa.Table) -> pa.Table:
     """RAW_DIALOGUE rows → WORKING_DIALOGUE rows: roles mapped to user/assistant, the input's id kept
     (`<file name>:<row>` where it has none, as the source reader names answers without an id), a
-    content-based record_id, the question group, and a reject mark on dialogues without messages."""
+    content-based record_id, the question group, and a reject mark on unreadable rows, unknown roles
+    and dialogues without messages."""
     messages = _map_roles(raw["messages"].combine_chunks())
     turns_per_row = messages.to_pylist()
-    record_ids = [dialogue_record_id(turns) for turns in turns_per_row]
-    empty = pc.fill_null(pc.equal(pc.list_value_length(messages), 0), True).to_numpy(zero_copy_only=False)
+    reasons, details = _row_rejects(raw, messages)
+    # a row that could not be read has no content to name it by: its place in the input names it
+    record_ids = [_place_record_id(source_file, source_row) if reason in _UNREADABLE else dialogue_record_id(turns)
+                  for turns, reason, source_file, source_row in zip(
+                      turns_per_row, reasons, raw["source_file"].to_pylist(), raw["source_row"].to_pylist(),
+                      strict=True)]
     rows = raw.num_rows
     columns = {
         "id": _ids(raw),
@@ -269,9 +352,9 @@ def working_dialogues(raw: pa.Table) -> pa.Table:
         "source_row": raw["source_row"],
         "scores": pa.nulls(rows, WORKING_DIALOGUE.field("scores").type),
         "flags": pa.nulls(rows, WORKING_DIALOGUE.field("flags").type),
-        "reject_stage": pa.array(np.where(empty, STAGE, None), pa.string()),
-        "reject_reason": pa.array(np.where(empty, "empty_dialogue", None), pa.string()),
-        "reject_detail": pa.array(np.where(empty, "column 'messages' is null or an empty list", None), pa.string()),
+        "reject_stage": pa.array([STAGE if reason else None for reason in reasons], pa.string()),
+        "reject_reason": pa.array(reasons, pa.string()),
+        "reject_detail": pa.array(details, pa.string()),
     }
     return pa.table(columns, schema=WORKING_DIALOGUE)
 
@@ -281,6 +364,32 @@ def _ids(raw: pa.Table) -> list[str]:
     names, rows = raw["source_file"].to_pylist(), raw["source_row"].to_pylist()
     return [given if given is not None else f"{name.rsplit('/', 1)[-1]}:{row}"
             for given, name, row in zip(ids, names, rows, strict=True)]
+
+
+def _row_rejects(raw: pa.Table, messages: pa.ListArray) -> tuple[list[str | None], list[str | None]]:
+    """Per row, the first of: what reading found (invalid_utf8, non_text_value, malformed_item), a turn
+    whose role is neither user nor counselor (unknown_role), no turns at all (empty_dialogue)."""
+    reasons, details = raw["reject_reason"].to_pylist(), raw["reject_detail"].to_pylist()
+    roles = pc.list_flatten(messages).field("role")
+    unknown = pc.invert(pc.fill_null(pc.is_in(roles, pa.array([ROLE_USER, ROLE_ASSISTANT])), False))
+    turn_rows = pc.list_parent_indices(messages).to_numpy(zero_copy_only=False)
+    for turn in np.flatnonzero(unknown.to_numpy(zero_copy_only=False)):
+        row = turn_rows[turn]
+        if reasons[row] is None:
+            reasons[row] = "unknown_role"
+            details[row] = f"a turn has role {roles[turn].as_py()!r}; known roles: {', '.join(sorted(ROLE_NAMES))}"
+    empty = pc.fill_null(pc.equal(pc.list_value_length(messages), 0), True).to_numpy(zero_copy_only=False)
+    for row in np.flatnonzero(empty):
+        if reasons[row] is None:
+            reasons[row], details[row] = "empty_dialogue", "column 'messages' is null or an empty list"
+    return reasons, details
+
+
+_UNREADABLE = ("invalid_utf8", "non_text_value", "malformed_item", "empty_dialogue")
+
+
+def _place_record_id(source_file: str, source_row: int) -> str:
+    return hashlib.sha256(f"unreadable\x1f{source_file}\x1f{source_row}".encode()).hexdigest()[:32]
 
 
 def dialogue_record_id(messages: list[dict[str, str]] | None) -> str:
@@ -297,8 +406,5 @@ def _map_roles(messages: pa.ListArray) -> pa.ListArray:
     for name, role in ROLE_NAMES.items():
         if name != role:
             mapped = pc.if_else(pc.equal(roles, name), role, mapped)
-    values = pa.StructArray.from_arrays([mapped, flat.field("content")], fields=list(MESSAGE))
-    lengths = pc.fill_null(pc.list_value_length(messages), 0).to_numpy(zero_copy_only=False)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), values, type=pa.list_(MESSAGE), mask=messages.is_null())
+    return _relist(messages, pa.StructArray.from_arrays([mapped, flat.field("content")], fields=list(MESSAGE)))
 

@@ -1,7 +1,8 @@
 """The `soulray` command: import, synth, regenerate, clean, serve-llm, inspect, export, gc.
 
 User mistakes (SoulrayError, including one raised inside a Ray task) print one clear message and exit
-with status 2; anything else is a bug and keeps its traceback.
+with status 2 (the traceback too with --verbose; Ray Data's log file always has it); anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from soulray.config import CleanConfig, RegenerateConfig, S3Config, load_config
-from soulray.errors import SoulrayError
+from soulray.errors import Interrupted, SoulrayError
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -248,26 +251,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from soulray.runtime import install_stop_handlers
+
+    verbose = getattr(args, "verbose", False)
+    restore_signal_handlers = install_stop_handlers()
     try:
         return func(args)
+    except KeyboardInterrupt as exc:  # SIGTERM or Ctrl-C (soulray.runtime): one line, the shell's exit status
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        notes = "; ".join(exc.notes) if isinstance(exc, Interrupted) else ""
+        print(f"soulray: stopped by {signal.Signals(signum).name}: {notes + '. ' if notes else ''}Nothing was "
+              "published; run the same command again to resume (answers in the cache are not paid again)",
+              file=sys.stderr, flush=True)
+        return 128 + signum
     except Exception as exc:  # noqa: BLE001 - user errors may arrive wrapped by Ray
         user_error = find_user_error(exc)
         if user_error is None:
             raise
-        print(f"soulray: error: {user_error}", file=sys.stderr)
+        if verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"soulray: error: {_RAY_RETRY_NOTE.sub('', str(user_error))}", file=sys.stderr)
         return 2
+    finally:
+        restore_signal_handlers()
+
+
+# Ray Data appends this note (2-3 lines) to the message of an exception raised in a task
+_RAY_RETRY_NOTE = re.compile(r"\nFailed to [^\n]* after \d+/\d+ attempts \(total backoff .*", re.S)
 
 
 def find_user_error(exc: BaseException) -> SoulrayError | None:
-    """The SoulrayError behind `exc`, looking through Ray's task-error wrappers."""
+    """The SoulrayError behind `exc`, looking through Ray's task-error wrappers. A RayTaskError is
+    unwrapped to its `cause` first: Ray makes it an instance of the cause's class too, but its text is
+    the whole remote traceback."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException) and cause is not current:
+            current = cause
+            continue
         if isinstance(current, SoulrayError):
             return current
-        cause = getattr(current, "cause", None)
-        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+        current = current.__cause__ or current.__context__
     # An actor that died in __init__ (ActorDiedError) keeps its cause only as text: recover it from there.
     found = _USER_ERROR_TEXT.findall(str(exc))
     return SoulrayError(found[-1].strip()) if found else None
@@ -277,10 +304,30 @@ _USER_ERROR_TEXT = re.compile(r"soulray\.errors\.\w+: (.+)")
 
 
 def configure_logging(verbose: bool) -> None:
+    from soulray.redaction import install_log_redaction
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     if not verbose:  # botocore says where it found credentials on every S3 command: noise, not news
         logging.getLogger("botocore").setLevel(logging.WARNING)
+        _quiet_ray_data_console()
+
+
+class _NoErrorsOnConsole(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data logs a failed task's whole traceback, two or three times, to the console and to its log
+    file (ray-data.log in the Ray session's logs): keep the file's copy; the console gets our one line
+    (the CLI prints it, or, for a bug, Python prints the traceback anyway)."""
+    import ray.data  # noqa: F401 - importing it sets up its loggers
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.addFilter(_NoErrorsOnConsole())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

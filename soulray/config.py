@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from soulray.errors import ConfigError
+from soulray.redaction import find_secret, redact
 from soulray.repair import TurnLimits
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -34,13 +35,6 @@ EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 DatasetName = Annotated[str, StringConstraints(pattern=DATASET_NAME)]
-
-# Shapes of real credentials (OpenAI-style keys, AWS access key ids, AWS secret keys): a config value
-# that looks like one is refused, so a pasted secret never reaches a manifest or a log.
-_SECRET_SHAPES = re.compile(
-    r"^(sk-[A-Za-z0-9_-]{16,}|(AKIA|ASIA)[A-Z0-9]{16}|(?=.*[a-z])(?=.*[A-Z])(?=.*[0-9])[A-Za-z0-9/+]{40})$"
-)
-
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -173,6 +167,13 @@ class RewriteConfig(StrictModel):
     max_retries: int = Field(6, ge=0, description="retries of 408/409/429/5xx/timeouts per call")
     timeout_s: float = Field(120.0, gt=0, description="hard deadline per call")
     budget_usd: float | None = Field(None, ge=0, description="stop issuing calls before spending more")
+    # 5%: with max_retries 6 a call only fails after ~30 s of backoff against an endpoint that keeps
+    # failing, so a healthy run has ~0 such rows; 5% lets a large run ride out a short blip (its rows are
+    # rejects a rerun fills from the cache) while an outage, which fails tens of percent or all, publishes
+    # nothing and leaves `latest` where it was.
+    max_failure_share: float = Field(0.05, ge=0, le=1, description="refuse to publish when more than this share of "
+                                     "the rows sent to the rewrite failed for infrastructure reasons (retries "
+                                     "exhausted on 5xx/timeouts/429s, no usable key, 401/403/404), not content")
     actors: int = Field(2, ge=1)
     actor_num_cpus: float = Field(0.25, gt=0, description="I/O-bound: a fraction of a CPU (DESIGN.md)")
     concurrency_per_actor: int = Field(32, ge=1)
@@ -737,27 +738,59 @@ def load_config(model: type[ModelT], path: str | Path | None, overrides: list[st
         raise ConfigError(_describe(exc, origin)) from None
 
 
-def secret_env_names(config: BaseModel) -> list[str]:
-    """The names of every env var this config reads a secret from (fields named `*_env`, anywhere)."""
-    names: list[str] = []
+def named_secrets(config: BaseModel) -> list[tuple[str, str]]:
+    """(config key, value) of every secret reference in `config`: fields named `*_env` (an env var's
+    name) and `api_key_file` (a file's path), anywhere in the tree."""
+    found: list[tuple[str, str]] = []
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, where: str) -> None:
         if isinstance(node, BaseModel):
             for name in type(node).model_fields:
-                value = getattr(node, name)
-                if name.endswith("_env") and isinstance(value, str):
-                    names.append(value)
+                value, key = getattr(node, name), f"{where}.{name}" if where else name
+                if (name.endswith("_env") or name == "api_key_file") and isinstance(value, str):
+                    found.append((key, value))
                 else:
-                    walk(value)
+                    walk(value, key)
         elif isinstance(node, (list, tuple)):
-            for item in node:
-                walk(item)
+            for index, item in enumerate(node):
+                walk(item, f"{where}.{index}")
         elif isinstance(node, dict):
-            for item in node.values():
-                walk(item)
+            for key, item in node.items():
+                walk(item, f"{where}.{key}")
 
-    walk(config)
-    return sorted(set(names))
+    walk(config, "")
+    return found
+
+
+def secret_env_names(config: BaseModel) -> list[str]:
+    """The names of every env var this config reads a secret from (fields named `*_env`, anywhere)."""
+    return sorted({value for key, value in named_secrets(config) if key.endswith("_env")})
+
+
+# How env vars are conventionally named; a name that is not shaped so may be a pasted key: never shown.
+_SHOWABLE_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+
+
+def check_named_secrets(config: BaseModel) -> None:
+    """Every secret the config names is there: its env var set and not empty, its file readable and
+    not empty. Run on the driver before Ray or any pipeline starts (and the workers check again when
+    they resolve the secret). The error names the config key and the variable, never a value."""
+    import os
+
+    missing = []
+    for key, reference in named_secrets(config):
+        if key.endswith("_env"):
+            if not os.environ.get(reference):
+                shown = reference if _SHOWABLE_ENV_NAME.match(reference) else "(name not shown: it is not shaped " \
+                                                                              "like a variable name)"
+                missing.append(f"{key}: environment variable {shown} is not set")
+        else:
+            path = Path(reference).expanduser()
+            if not path.is_file() or not os.access(path, os.R_OK) or path.stat().st_size == 0:
+                missing.append(f"{key}: {redact(str(path))} is missing, unreadable or empty")
+    if missing:
+        raise ConfigError("secrets named in the config are not available here (set them on every node, the "
+                          "driver's included): " + "; ".join(missing))
 
 
 def config_hash(config: BaseModel) -> str:
@@ -813,10 +846,11 @@ def _refuse_secrets(node: Any, origin: str, where: str = "") -> None:
     elif isinstance(node, list):
         for index, value in enumerate(node):
             _refuse_secrets(value, origin, f"{where}.{index}")
-    elif isinstance(node, str) and _SECRET_SHAPES.match(node):
+    elif isinstance(node, str) and (kind := find_secret(node)):
         raise ConfigError(
-            f"{origin}: {where}: this looks like a secret value. Configs hold only references: "
-            "put the secret in an environment variable and give its name (e.g. access_key_id_env)."
+            f"{origin}: {where}: this looks like a secret value ({kind}; the value is not shown). Configs hold "
+            "only references: put the secret in an environment variable and give its name (e.g. api_key_env, "
+            "access_key_id_env), or in a file (api_key_file); an endpoint takes its key from those, not its URL."
         )
 
 
@@ -828,10 +862,12 @@ def _describe(exc: ValidationError, origin: str) -> str:
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required key is missing"
+        elif key.endswith("_env") or key.endswith("_file"):  # a wrong reference may be a pasted secret
+            message = f"{error['msg']} (the value is not shown: it may be a secret)"
         else:
             message = f"{error['msg']} (got {_shorten(error.get('input'))})"
         lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+    return redact("\n".join(lines))
 
 
 def _shorten(value: Any) -> str:

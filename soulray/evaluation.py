@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soulray.config import EvalModel, EvaluateConfig, S3Config, config_hash
+from soulray.config import EvalModel, EvaluateConfig, S3Config, check_named_secrets, config_hash
 from soulray.errors import SoulrayError
 from soulray.evaluate.judge import DIMENSIONS, agreement, mean_with_interval
 from soulray.evaluate.metrics import score
@@ -54,6 +54,7 @@ class Split:
 
 
 def run(config: EvaluateConfig) -> EvaluationResult:
+    check_named_secrets(config)  # before Ray or any pipeline starts: fails in a second, naming the key
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
     trained = {model.name: trained_samples(model.checkpoint, config) for model in config.models if model.checkpoint}

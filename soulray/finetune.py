@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from soulray.config import FinetuneConfig
+from soulray.config import FinetuneConfig, check_named_secrets
 from soulray.errors import SoulrayError
 from soulray.fs import resolve
 from soulray.runtime import init_ray
@@ -51,6 +51,7 @@ class FinetuneResult:
 
 
 def run(config: FinetuneConfig, *, fault: Fault | None = None) -> FinetuneResult:
+    check_named_secrets(config)  # before Ray or any pipeline starts: fails in a second, naming the key
     started = time.perf_counter()
     run_name = config.run_name or f"ft-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     paths = run_paths(config, run_name)

@@ -17,11 +17,19 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from soulray.config import DedupConfig, RegenerateConfig, RewriteConfig, config_hash, secret_env_names
+from soulray.config import (
+    DedupConfig,
+    RegenerateConfig,
+    RewriteConfig,
+    check_named_secrets,
+    config_hash,
+    secret_env_names,
+)
 from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
+from soulray.redaction import redact_tree
 from soulray.rewrite.session import RewriteSession
-from soulray.rewrite.stage import estimate_batch
+from soulray.rewrite.stage import check_failures, estimate_batch
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import DIALOGUE, UNIT
 from soulray.sources import SourcePlan, normalise_fragment, plan_fragments
@@ -54,6 +62,7 @@ class DryRun:
 
 
 def run(config: RegenerateConfig) -> RunResult | DryRun:
+    check_named_secrets(config)  # before Ray or any pipeline starts: fails in a second, naming the key
     started = time.perf_counter()
     timings: dict[str, float] = {}
     run_id = uuid.uuid4().hex[:12]
@@ -101,11 +110,14 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
 
     manifest = build_manifest(
         store=store, version=version, run_id=run_id, job="regenerate",
-        config=config.model_dump(mode="json"), config_hash=config_hash(config),
+        config=redact_tree(config.model_dump(mode="json")), config_hash=config_hash(config),
         inputs=[InputFile(**item) for plan in plans for item in plan.inputs], input_rows=input_rows,
         data_schema=data_schema, shard_facts=shard_facts,
         timings_s={**timings, "total_s": time.perf_counter() - started}, usage=usage,
     )
+    if config.rewrite.enabled:  # before anything of the version (its report) is written
+        check_failures(manifest.counts, max_share=config.rewrite.max_failure_share,
+                       paid_calls=int(sum(key.get("ok", 0) for key in usage.get("keys", {}).values())))
     manifest = publish(store, manifest.model_copy(update={"stages": stages}))
     return RunResult(manifest=manifest, version_uri=store.version_uri(version))
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 
 from soulray.config import RayConfig
+from soulray.errors import Interrupted
 
 NAMESPACE = "soulray"
 log = logging.getLogger(__name__)
@@ -27,12 +31,14 @@ def init_ray(config: RayConfig) -> None:
     if address:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         log.info("joined Ray cluster at %s", address)
+        _reinstall_stop_handlers()
         return
     num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
     object_store = config.object_store_mb * 1024 * 1024 if config.object_store_mb else None
     ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True,
              configure_logging=False, object_store_memory=object_store)
     log.info("started a local Ray with %d logical CPUs", num_cpus)
+    _reinstall_stop_handlers()
 
 
 def refuse_secrets_in_runtime_env(secret_env_names: list[str]) -> None:
@@ -50,3 +56,66 @@ def refuse_secrets_in_runtime_env(secret_env_names: list[str]) -> None:
         raise ConfigError(f"{', '.join(passed)} came through the job's runtime_env env_vars, which Ray stores in "
                           "job metadata and shows on the dashboard; set it on the nodes instead (cluster.yaml "
                           "setup_commands / a secret store) and rotate that key")
+
+
+# ---- stopping on SIGTERM / SIGINT --------------------------------------------------------------------------
+# SIGTERM is what cron timeouts, Kubernetes and `ray job stop` send; SIGINT is Ctrl-C. Ray's core worker
+# installs a failure-signal handler for SIGTERM in the driver that dumps C++ stacks and aborts (exit 134),
+# so ours goes in after ray.init as well as before. On the first signal the registered drains run on a
+# thread (the main thread keeps the pipeline going meanwhile, so the rewrite actors can finish writing
+# what was paid); then the main thread gets Interrupted. A second signal stops at once.
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_drains: list[Callable[[], str | None]] = []
+_state: dict[str, object] = {"installed": False, "signal": None, "notes": []}
+
+
+def install_stop_handlers() -> Callable[[], None]:
+    """Stop cleanly on SIGTERM and SIGINT while the CLI runs a command; returns what puts the previous
+    handlers back (a test that calls the CLI in-process gets its own back)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _state.update(installed=True, signal=None, notes=[])
+    _reinstall_stop_handlers()
+
+    def restore() -> None:
+        _state["installed"] = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    return restore
+
+
+def _reinstall_stop_handlers() -> None:
+    if _state["installed"] and threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _on_stop_signal)
+
+
+def add_drain(drain: Callable[[], str | None]) -> Callable[[], None]:
+    """Run `drain` when a stop signal comes (it returns a line for the user, or None); returns the
+    function that unregisters it."""
+    _drains.append(drain)
+    return lambda: _drains.remove(drain) if drain in _drains else None
+
+
+def _on_stop_signal(signum: int, frame: object) -> None:
+    if _state["signal"] is None and _drains:
+        _state["signal"] = signum
+        threading.Thread(target=_drain_then_interrupt, args=(signum,), name="soulray-stop", daemon=True).start()
+        return
+    raise Interrupted(signum, list(_state["notes"]))  # nothing to drain, drained, or asked twice
+
+
+def _drain_then_interrupt(signum: int) -> None:
+    log.warning("%s received: stopping (waiting for calls in flight to be saved; signal again to stop now)",
+                signal.Signals(signum).name)
+    for drain in list(_drains):
+        try:
+            note = drain()
+        except Exception as exc:  # noqa: BLE001 - stopping must go on; say what could not be saved
+            note = f"could not wait for the rewrite to save its answers ({exc})"
+        if note:
+            _state["notes"].append(note)
+    signal.pthread_kill(threading.main_thread().ident, signum)

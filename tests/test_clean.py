@@ -19,6 +19,7 @@ from soulray.schema import SCORES, question_group
 from soulray.store import open_version
 from soulray.store.export import export_jsonl
 from soulray.train.split import split_by_question
+from tests.accounting import assert_accounted
 from tests.conftest import SMILECHAT_SAMPLE
 from tests.consumers import assert_readable_by_consumers
 from tests.filters.tables import good_dialogue
@@ -164,3 +165,48 @@ def test_published_data_and_rejects_load_in_datasets_polars_and_pyarrow(cleaned_
     assert isinstance(first["rejects"][0]["id"], str) and first["rejects"][0]["reason"]
     repetition = cleaned_sample.to_polars()["scores"].struct.field("repetition")
     assert repetition.null_count() == 0 and repetition.len() == cleaned_sample.manifest.counts["output_rows"]
+
+
+def test_unreadable_values_are_row_rejects_in_parquet_and_json_alike(ray_local, tmp_path):
+    """Issue 17, defects 4 and 11: bytes that are not UTF-8, values that are not text and unknown roles
+    reject their row (the same reasons from Parquet and JSON); the other rows are published, never a
+    Python repr, and the job does not crash."""
+    good = good_dialogue(8)
+    binary_turns = pa.list_(pa.struct([("role", pa.binary()), ("content", pa.binary())]))
+    encode = lambda turns: [{"role": t["role"].encode(), "content": t["content"].encode()} for t in turns]  # noqa: E731
+    bad_turns = encode(good)
+    bad_turns[2] = {"role": b"assistant", "content": b"\xff\xfe not utf-8"}
+    robot = encode(good[:-1]) + [{"role": b"robot", "content": "我在。".encode()}]
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    pq.write_table(pa.table({
+        "id": pa.array([b"ok", b"\xffbad-id", b"bad-text", b"robot"], pa.binary()),
+        "topic": ["成长"] * 4,
+        "messages": pa.array([encode(good), encode(good[::-1][::-1]), bad_turns, robot], binary_turns)}),
+        folder / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array([{"n": 1}]), "topic": pa.array([["成长"]]), "messages": [good]}),
+                   folder / "b.parquet")
+    json_path = tmp_path / "corpus.json"
+    json_path.write_text(json.dumps([
+        {"id": 1, "topic": "成长", "messages": good}, {"id": {"n": 1}, "topic": "成长", "messages": good},
+        {"id": 3, "topic": ["成长"], "messages": good}, {"id": 4, "topic": "成长", "messages": robot_json(good)},
+        {"id": 5, "topic": "成长", "messages": [{"role": "user", "content": 5}]}, "not a dialogue"],
+        ensure_ascii=False), encoding="utf-8")
+
+    expected = {"parquet": {"invalid_utf8": 2, "unknown_role": 1, "non_text_value": 1},
+                "json": {"non_text_value": 3, "unknown_role": 1, "malformed_item": 1}}
+    for name, path in (("parquet", folder), ("json", json_path)):
+        result = run(load_config(CleanConfig, None, [f"input.path={path}", f"storage.root={tmp_path / name}",
+                                                     "dedup.enabled=false"]))
+        assert result.manifest.counts["by_stage"].get("normalize") == expected[name], name
+        version = open_version("latest", root=str(tmp_path / name), dataset="cleaned")
+        assert_accounted(version)
+        published = version.to_table().to_pylist()
+        assert [row["id"] for row in published] == (["ok"] if name == "parquet" else ["1"])
+        assert all(row["topic"] == "成长" for row in published)
+        rejects = version.to_table("rejects").to_pylist()
+        assert all(r["detail"] and "{" not in r["detail"].split(":")[-1][:2] for r in rejects)
+
+
+def robot_json(turns):
+    return turns[:-1] + [{"role": "robot", "content": "我在。"}]

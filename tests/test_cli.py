@@ -84,10 +84,40 @@ def test_inspect_missing_version_is_an_error(tmp_path, capsys):
     assert "no published version yet" in capsys.readouterr().err
 
 
-def test_error_inside_a_ray_actor_constructor_reaches_the_user(tmp_path):
+def test_a_missing_api_key_is_one_line_before_ray_starts(tmp_path):
     result = soulray("regenerate", "--set", f"storage.root={tmp_path}", "--set", "limit=5",
                      "--set", "rewrite.keys=[{name: real, api_key_env: SOULRAY_NOT_SET_ANYWHERE}]")
     assert result.returncode == 2
-    # (Ray forwards the worker's own traceback to the log as well; the driver's last word is this line)
-    assert ("soulray: error: rewrite.keys[real].api_key_env: SOULRAY_NOT_SET_ANYWHERE is not set on this node"
-            in result.stderr.splitlines())
+    # checked on the driver before Ray or the pipeline start (workers check again: tests/test_secrets.py)
+    assert result.stderr.splitlines() == [
+        "soulray: error: secrets named in the config are not available here (set them on every node, the driver's "
+        "included): rewrite.keys.0.api_key_env: environment variable SOULRAY_NOT_SET_ANYWHERE is not set"]
+
+
+def test_an_error_inside_a_ray_task_is_one_line(tmp_path):
+    """Issue 17, defect 5: a corrupt data page behind an intact footer fails inside a Ray task; the user
+    sees the SourceError's one line (no RayTaskError text, no Ray Data tracebacks, no retry note); with
+    --verbose the traceback comes too."""
+    from tests.filters.tables import good_dialogue
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(50)], "topic": ["成长"] * 50,
+                             "messages": [good_dialogue(8)] * 50}), good, compression="none")
+    data = bytearray(good.read_bytes())
+    data[200:600] = b"\xab" * 400  # the pages; the footer at the end stays readable
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(bytes(data))
+    pq.read_metadata(corrupt)  # the footer is intact: the damage is only found when a task reads the pages
+
+    result = soulray("clean", "--input", str(corrupt), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [line for line in result.stderr.splitlines() if line.startswith("soulray: error:")]
+    assert len(errors) == 1 and re.match(rf"soulray: error: {re.escape(str(corrupt))}: cannot read row group 0: ",
+                                         errors[0]), result.stderr
+    assert "Traceback" not in result.stderr and "RayTaskError" not in result.stderr
+    assert "Failed to apply UDF" not in result.stderr
+
+    verbose = soulray("-v", "clean", "--input", str(corrupt), "--output", str(tmp_path / "out"))
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1] == errors[0]

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from soulray.errors import ConfigError
+from soulray.rewrite.prompts import neutralise
 
 BUILTIN = Path(__file__).parent / "rubrics"
 # the judge's JSON keys (also the JUDGE_SCORE columns) → highest score, in Table 1's order
 DIMENSIONS = {"content": 2, "empathy": 2, "helpfulness": 2, "safety": 1}
 DIALOGUE_OPEN, DIALOGUE_CLOSE = "<<<DIALOGUE>>>", "<<<END DIALOGUE>>>"
 RESPONSE_OPEN, RESPONSE_CLOSE = "<<<RESPONSE>>>", "<<<END RESPONSE>>>"
-_MARKERS = (DIALOGUE_OPEN, DIALOGUE_CLOSE, RESPONSE_OPEN, RESPONSE_CLOSE)
 _LABELS = {"user": "求助者", "assistant": "心理咨询师"}
 
 
@@ -39,16 +39,10 @@ class Rubric:
 
     def render(self, history: list[dict[str, str]], response: str) -> list[dict[str, str]]:
         """One user message: the rubric with the dialogue and the rated response in delimited blocks."""
-        dialogue = "\n".join(f"{_LABELS.get(m['role'], m['role'])}：{_clean(m['content'])}" for m in history)
+        dialogue = "\n".join(f"{_LABELS.get(m['role'], m['role'])}：{neutralise(m['content'])}" for m in history)
         text = (self.template.replace("{dialogue}", f"{DIALOGUE_OPEN}\n{dialogue}\n{DIALOGUE_CLOSE}")
-                .replace("{response}", f"{RESPONSE_OPEN}\n心理咨询师：{_clean(response)}\n{RESPONSE_CLOSE}"))
+                .replace("{response}", f"{RESPONSE_OPEN}\n心理咨询师：{neutralise(response)}\n{RESPONSE_CLOSE}"))
         return [{"role": "user", "content": text}]
-
-
-def _clean(text: str) -> str:
-    for marker in _MARKERS:  # the material cannot close its own block
-        text = text.replace(marker, "")
-    return text.strip()
 
 
 @lru_cache(maxsize=16)

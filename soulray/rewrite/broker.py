@@ -138,9 +138,16 @@ class QuotaLedger:
         self._open: dict[int, tuple[str, str, str, int, float, float]] = {}
         self._ids = itertools.count(1)
         self.rows_done = 0  # rows the callers finished (for progress; calls are counted per key)
+        self.persisted = 0  # paid answers the callers have written to the response cache
+        self.interrupted: str | None = None  # set when the job is stopping: no call may start
+
+    def interrupt(self, why: str) -> None:
+        self.interrupted = why
 
     def reserve(self, model: str, estimated_tokens: int, estimated_cost: float, now: float | None = None) -> Reservation:
         now = time.monotonic() if now is None else now
+        if self.interrupted:
+            return Reservation(stop=f"interrupted: {self.interrupted}")
         if self.budget_usd is not None and self.spent_usd + self.reserved_usd + estimated_cost > self.budget_usd:
             return Reservation(stop=f"budget: ${self.spent_usd:.4f} spent + ${self.reserved_usd:.4f} reserved of "
                                     f"${self.budget_usd:.2f}; no new calls")
@@ -238,7 +245,7 @@ class QuotaLedger:
                 for field_name, value in stats.items():
                     total[field_name] += value
         return {"keys": keys, "models": models, "spent_usd": self.spent_usd, "budget_usd": self.budget_usd,
-                "rows_done": self.rows_done}
+                "rows_done": self.rows_done, "persisted": self.persisted, "interrupted": self.interrupted}
 
 
 class QuotaBroker:
@@ -268,6 +275,12 @@ class QuotaBroker:
 
     async def progress(self, rows: int) -> None:
         self.ledger.rows_done += rows
+
+    async def persisted(self, answers: int) -> None:
+        self.ledger.persisted += answers
+
+    async def interrupt(self, why: str) -> None:
+        self.ledger.interrupt(why)
 
 
 def start_broker(name: str, keys: list[KeyLimits], budget_usd: float | None, namespace: str):

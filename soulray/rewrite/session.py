@@ -14,7 +14,7 @@ from soulray.rewrite.broker import KeyLimits, LaneLimits, start_broker
 from soulray.rewrite.cache import build_index, compact
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.stage import Rewriter, RewriteRun
-from soulray.runtime import NAMESPACE
+from soulray.runtime import NAMESPACE, add_drain
 
 if TYPE_CHECKING:
     import ray.data
@@ -34,6 +34,7 @@ class RewriteSession:
         self.server = None
         self.broker = None
         self.progress: _ProgressLog | None = None
+        self._remove_drain = None
         # fail on a bad prompt before anything starts
         self.namespace = namespace or load_template(config.prompt).version
 
@@ -57,7 +58,27 @@ class RewriteSession:
         log.info("rewrite: %d cached responses for %s", len(index), self.namespace)
         self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
                               cache_index=ray.put(index))
+        self._remove_drain = add_drain(self.drain)
         return self
+
+    def drain(self) -> str:
+        """On a stop signal (runs on the stopping thread while the pipeline goes on): the broker grants no
+        more calls; wait until the calls in flight have ended and every paid answer is in the cache
+        journals (at most DRAIN_S: an orchestrator kills after its grace period, 30 s on Kubernetes)."""
+        import ray
+
+        ray.get(self.broker.interrupt.remote("the job received a stop signal"), timeout=10)
+        deadline = time.monotonic() + min(DRAIN_S, self.config.timeout_s + 2)
+        while True:
+            snapshot = ray.get(self.broker.snapshot.remote(), timeout=10)
+            paid = int(sum(key["ok"] for key in snapshot["keys"].values()))
+            in_flight = sum(key["in_flight"] for key in snapshot["keys"].values())
+            if (in_flight == 0 and snapshot["persisted"] >= paid) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        saved = min(paid, snapshot["persisted"])
+        lost = f"; {paid - saved} answered too late to be saved" if saved < paid else ""
+        return f"{paid} rewrite calls were paid this run and {saved} answers are saved in the response cache{lost}"
 
     def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None) -> ray.data.Dataset:
         """The rewrite stage on `pipeline`; with `expected_rows`, a progress line is logged every
@@ -92,6 +113,8 @@ class RewriteSession:
     def __exit__(self, *exc: object) -> None:
         import ray
 
+        if self._remove_drain is not None:
+            self._remove_drain()
         if self.progress is not None:
             self.progress.stop()
         if self.broker is not None:
@@ -112,6 +135,7 @@ def key_limits(key: ApiKey) -> KeyLimits:
 
 
 PROGRESS_EVERY_S = 10.0
+DRAIN_S = 20.0
 
 
 class _ProgressLog(threading.Thread):

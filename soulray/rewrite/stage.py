@@ -17,7 +17,8 @@ from typing import Any
 import pyarrow as pa
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
-from soulray.errors import ConfigError
+from soulray.errors import ConfigError, SoulrayError
+from soulray.redaction import install_log_redaction, redact
 from soulray.repair import FLAG_PREFIX
 from soulray.rewrite.broker import Reservation
 from soulray.rewrite.cache import ResponseCache, call_key
@@ -60,6 +61,36 @@ class Completion:
 class Failure:
     reason: str
     detail: str
+
+
+# the broker's stop messages → the reject reason of the rows it stops
+_STOP_REASONS = (("budget", "budget_exhausted"), ("interrupted", "interrupted"))
+# Reasons of rewrite rejects that say the endpoint failed, not the content: no answer was had at all.
+# (Budget stops are the operator's choice; parse rejects and filter drops are about the text.)
+INFRASTRUCTURE_FAILURES = ("retries_exhausted", "no_usable_key", "http_401", "http_403", "http_404")
+
+
+class RewriteOutage(SoulrayError):
+    """Too many rewrite calls failed for infrastructure reasons to publish the run."""
+
+
+def check_failures(counts: dict[str, Any], *, max_share: float, paid_calls: int) -> None:
+    """Refuse to publish (RewriteOutage) when more than `max_share` of the rows sent to the rewrite
+    failed for infrastructure reasons. `counts` are a manifest's: rows in, and rejects by stage."""
+    by_stage = counts.get("by_stage", {})
+    failed = {reason: count for reason, count in by_stage.get(STAGE, {}).items()
+              if reason in INFRASTRUCTURE_FAILURES or reason.startswith("http_5")}
+    before = sum(sum(by_stage.get(stage, {}).values()) for stage in ("normalize", "filter_source", "dedup_source"))
+    sent = counts["input_rows"] - before
+    if not failed or sum(failed.values()) <= max_share * sent:
+        return
+    total = sum(failed.values())
+    raise RewriteOutage(
+        f"refusing to publish: {total} of {sent} rows sent to the rewrite ({100 * total / sent:.1f}%) failed for "
+        f"infrastructure reasons ({', '.join(f'{reason} {n}' for reason, n in sorted(failed.items()))}), more than "
+        f"rewrite.max_failure_share {100 * max_share:g}%. Nothing was published and `latest` did not move; the "
+        f"{paid_calls} calls paid this run are in the response cache, so a rerun once the endpoint works pays "
+        "only for the rest")
 
 
 def route_model(record_id: str, config: RewriteConfig) -> str:
@@ -106,6 +137,7 @@ class LLMCaller:
     def __init__(self, *, config: RewriteConfig, run: RewriteRun, namespace: str) -> None:
         import ray
 
+        install_log_redaction()  # this worker's log lines, like the driver's
         self.config, self.run, self.namespace = config, run, namespace
         self.decoding = {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
         self.clients = {key.name: _client(key, run.base_url, config.timeout_s) for key in config.keys}
@@ -114,6 +146,7 @@ class LLMCaller:
         self.cache = ResponseCache(run.cache_uri, namespace, s3=run.s3, index=index)
         self.flushed_at = time.monotonic()
         self.flushing: asyncio.Future | None = None
+        self.unflushed = 0  # paid answers put in the cache since the last flush began
         self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
         self.stopped: Failure | None = None  # once the broker says stop, no row of this actor calls again
         self.settlements: list[tuple[int, dict[str, Any]]] = []
@@ -136,9 +169,15 @@ class LLMCaller:
         if self.flushing is not None:
             await self.flushing  # one write at a time; raises if the last one failed
         self.flushed_at = now
-        self.flushing = asyncio.ensure_future(asyncio.to_thread(self.cache.write, *self.cache.detach()))
+        answers, self.unflushed = self.unflushed, 0
+        self.flushing = asyncio.ensure_future(self._write(*self.cache.detach(), answers=answers))
         if force:
             await self.flushing
+
+    async def _write(self, sequence: int, entries: dict[str, Any], *, answers: int) -> None:
+        await asyncio.to_thread(self.cache.write, sequence, entries)
+        if answers:  # the broker counts what is safe on disk: a stopping driver waits for every paid answer
+            self.broker.persisted.remote(answers)
 
     async def _reserve(self, model: str, tokens: int, cost: float) -> Reservation:
         """Ask the broker for a reservation; the requests of all of this actor's rows that ask within the
@@ -192,7 +231,9 @@ class LLMCaller:
                             "api_key_name": result.key, "completion": result.text,
                             "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
                             "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd})
-            await self._flush_cache()
+            self.unflushed += 1
+            # once stopping, every answer goes to disk as it arrives: the driver is waiting for them
+            await self._flush_cache(force=self.stopped is not None and self.stopped.reason == "interrupted")
         return result
 
     async def _call(self, model: str, messages: list[dict[str, str]], *, seed: int,
@@ -206,10 +247,12 @@ class LLMCaller:
                 return self.stopped
             reservation = await self._reserve(model, estimated, estimated_cost)
             if reservation.stop:
-                reason = "budget_exhausted" if reservation.stop.startswith("budget") else "no_usable_key"
-                self.stopped = Failure(reason, reservation.stop)
-                log.warning("rewrite stopped issuing calls: %s; remaining rows are rejected as %s",
-                            reservation.stop, reason)
+                reason = next((reason for prefix, reason in _STOP_REASONS if reservation.stop.startswith(prefix)),
+                              "no_usable_key")
+                if self.stopped is None:  # rows waiting together all hear it: say it once
+                    log.warning("rewrite stopped issuing calls: %s; remaining rows are rejected as %s",
+                                reservation.stop, reason)
+                    self.stopped = Failure(reason, reservation.stop)
                 return self.stopped
             if reservation.id is None:
                 await asyncio.sleep(reservation.wait_s)
@@ -253,7 +296,7 @@ class LLMCaller:
         except openai.APIStatusError as exc:
             if exc.status_code in (408, 409):
                 return {"status": "error"}, None
-            return {"status": "error"}, Failure(f"http_{exc.status_code}", str(exc.message)[:200])
+            return {"status": "error"}, Failure(f"http_{exc.status_code}", redact(str(exc.message))[:200])
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0

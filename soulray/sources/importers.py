@@ -9,13 +9,15 @@
   every rewrite of one PsyQA question).
 
 Formats: ../shared/reference/SOULCHAT.md, "Source formats". Every structural problem is an error that
-names the file and the item.
+names the file and the item; `dialogue_items` instead hands a bad dialogue back with its problem (a
+reason and that message), so the clean job can reject that one row and keep the rest.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,26 @@ DIALOGUE_TABLE = pa.schema([("id", pa.string()), ("topic", pa.string()), ("messa
 
 _SMILE_ROLES = {"client": ROLE_USER, "counselor": ROLE_ASSISTANT, "user": ROLE_USER, "assistant": ROLE_ASSISTANT}
 FORMATS = ("psyqa", "smilechat", "soulchatcorpus")
+DIALOGUE_FORMATS = ("smilechat", "soulchatcorpus")
+
+
+@dataclass(frozen=True)
+class DialogueItem:
+    """One dialogue of a JSON corpus; `problem` is (reason, detail) when it cannot be used as text."""
+
+    id: str | None
+    topic: str
+    messages: list[dict[str, str]]
+    problem: tuple[str, str] | None = None
+
+
+class ItemError(SourceError):
+    """What is wrong with one item of a file (the file itself is readable): malformed_item,
+    non_text_value or unknown_role."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def import_corpus(fmt: str, source: str | Path, output: str | Path, *, qa: bool = False) -> pa.Table:
@@ -49,10 +71,8 @@ def import_corpus(fmt: str, source: str | Path, output: str | Path, *, qa: bool 
         raise SourceError(f"{source}: path does not exist")
     if fmt == "psyqa":
         table = psyqa_to_table(source)
-    elif fmt == "smilechat":
-        table = dialogues_to_table(_smilechat_dialogues(source), qa=qa)
-    elif fmt == "soulchatcorpus":
-        table = dialogues_to_table(_soulchat_dialogues(source), qa=qa)
+    elif fmt in DIALOGUE_FORMATS:
+        table = dialogues_to_table(dialogue_items(fmt, source), qa=qa)
     else:
         raise SourceError(f"unknown import format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if table.num_rows == 0:
@@ -70,7 +90,7 @@ def psyqa_to_table(path: Path) -> pa.Table:
     for index, item in enumerate(items):
         where = f"{path}: item {index}"
         _require(item, dict, where)
-        question_id = str(_field(item, "questionID", where))
+        question_id = _identifier(_field(item, "questionID", where), f"{where}.questionID")
         keywords = [word.strip() for word in str(item.get("keywords") or "").split(",") if word.strip()]
         answers = _field(item, "answers", where)
         _require(answers, list, f"{where}.answers")
@@ -86,16 +106,30 @@ def psyqa_to_table(path: Path) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=QA_TABLE)
 
 
-def dialogues_to_table(dialogues: Iterable[tuple[str, str, list[dict[str, str]]]], *, qa: bool) -> pa.Table:
+def dialogue_items(fmt: str, source: str | Path) -> Iterator[DialogueItem]:
+    """The dialogues of a SMILECHAT file/folder or a SoulChatCorpus file, each with its problem if any.
+    A file that is not JSON, or not a list, is still an error (SourceError naming it)."""
+    if fmt not in DIALOGUE_FORMATS:
+        raise SourceError(f"unknown dialogue format {fmt!r}; choose one of {', '.join(DIALOGUE_FORMATS)}")
+    yield from (_smilechat_dialogues if fmt == "smilechat" else _soulchat_dialogues)(Path(source))
+
+
+def dialogues_to_table(dialogues: Iterable[DialogueItem], *, qa: bool) -> pa.Table:
+    """The import command's table: strict, the first bad dialogue is an error naming its file and item."""
+    checked = []
+    for item in dialogues:
+        if item.problem:
+            raise SourceError(item.problem[1])
+        checked.append((item.id, item.topic, item.messages))
     if not qa:
         ids, topics, messages = [], [], []
-        for dialogue_id, topic, turns in dialogues:
+        for dialogue_id, topic, turns in checked:
             ids.append(dialogue_id)
             topics.append(topic)
             messages.append(turns)
         return pa.Table.from_pydict({"id": ids, "topic": topics, "messages": messages}, schema=DIALOGUE_TABLE)
     rows: dict[str, list[Any]] = {name: [] for name in QA_TABLE.names}
-    for dialogue_id, topic, turns in dialogues:
+    for dialogue_id, topic, turns in checked:
         if len(turns) < 2 or turns[0]["role"] != ROLE_USER or turns[1]["role"] != ROLE_ASSISTANT:
             continue  # no first exchange to extract; the regenerate job never sees it
         # SMILECHAT rewrites one PsyQA question up to 10 times: its answers share the opening question
@@ -109,34 +143,56 @@ def dialogues_to_table(dialogues: Iterable[tuple[str, str, list[dict[str, str]]]
     return pa.Table.from_pydict(rows, schema=QA_TABLE)
 
 
-def _smilechat_dialogues(path: Path) -> Iterable[tuple[str, str, list[dict[str, str]]]]:
+def _smilechat_dialogues(path: Path) -> Iterator[DialogueItem]:
     files = sorted(path.rglob("*.json")) if path.is_dir() else [path]
     if not files:
         raise SourceError(f"{path}: no .json files found")
     for file in files:
         turns = _load_json(file)
-        _require(turns, list, f"{file}: a SMILECHAT dialogue")
-        yield file.stem, "", [_message(turn, f"{file}: turn {index}") for index, turn in enumerate(turns)]
+        try:
+            _require(turns, list, f"{file}: a SMILECHAT dialogue")
+            yield DialogueItem(file.stem, "", [_message(turn, f"{file}: turn {index}")
+                                               for index, turn in enumerate(turns)])
+        except ItemError as exc:
+            yield DialogueItem(file.stem, "", [], (exc.reason, str(exc)))
 
 
-def _soulchat_dialogues(path: Path) -> Iterable[tuple[str, str, list[dict[str, str]]]]:
+def _soulchat_dialogues(path: Path) -> Iterator[DialogueItem]:
     items = _load_json(path)
     _require(items, list, f"{path}: SoulChatCorpus")
     for index, item in enumerate(items):
         where = f"{path}: item {index}"
-        _require(item, dict, where)
-        turns = _field(item, "messages", where)
-        _require(turns, list, f"{where}.messages")
-        messages = [_message(turn, f"{where}.messages[{turn_index}]") for turn_index, turn in enumerate(turns)]
-        yield str(_field(item, "id", where)), str(item.get("topic") or ""), messages
+        try:
+            _require(item, dict, where)
+            turns = _field(item, "messages", where)
+            _require(turns, list, f"{where}.messages")
+            messages = [_message(turn, f"{where}.messages[{turn_index}]") for turn_index, turn in enumerate(turns)]
+            yield DialogueItem(_identifier(_field(item, "id", where), f"{where}.id"),
+                               _text(item, "topic", where, required=False), messages)
+        except ItemError as exc:
+            yield DialogueItem(None, "", [], (exc.reason, str(exc)))
 
 
 def _message(turn: Any, where: str) -> dict[str, str]:
     _require(turn, dict, where)
-    role = _field(turn, "role", where)
+    role = _text(turn, "role", where)
     if role not in _SMILE_ROLES:
-        raise SourceError(f"{where}: unknown role {role!r} (expected one of {sorted(_SMILE_ROLES)})")
+        raise ItemError("unknown_role", f"{where}: unknown role {role!r} (expected one of {sorted(_SMILE_ROLES)})")
     return {"role": _SMILE_ROLES[role], "content": _text(turn, "content", where)}
+
+
+def _identifier(value: Any, where: str) -> str:
+    """An id as text: JSON text or a whole number, never the repr of an object, list or float."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ItemError("non_text_value", f"{where}: expected text or a whole number, got {_json_kind(value)}")
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "a JSON object", list: "a JSON list", bool: "true/false", float: "a decimal number"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), type(value).__name__)
 
 
 def _load_json(path: Path) -> Any:
@@ -150,13 +206,13 @@ def _load_json(path: Path) -> Any:
 
 def _require(value: Any, kind: type, where: str) -> None:
     if not isinstance(value, kind):
-        raise SourceError(f"{where}: expected a JSON {'list' if kind is list else 'object'}, "
-                          f"got {type(value).__name__}")
+        raise ItemError("malformed_item", f"{where}: expected a JSON {'list' if kind is list else 'object'}, "
+                                          f"got {type(value).__name__}")
 
 
 def _field(item: dict[str, Any], key: str, where: str) -> Any:
     if key not in item:
-        raise SourceError(f"{where}: missing key {key!r}")
+        raise ItemError("malformed_item", f"{where}: missing key {key!r}")
     return item[key]
 
 
@@ -165,5 +221,5 @@ def _text(item: dict[str, Any], key: str, where: str, *, required: bool = True) 
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise SourceError(f"{where}.{key}: expected text, got {type(value).__name__}")
+        raise ItemError("non_text_value", f"{where}.{key}: expected text, got {_json_kind(value)}")
     return value

@@ -151,7 +151,8 @@ def _check_columns(spec: SourceSpec, uri: str, schema: pa.Schema) -> None:
             raise SourceError(f"{uri}: column {column!r} ({field}) has type {dtype}, expected {_expected(field)}")
 
 
-def _is_text(dtype: pa.DataType) -> bool:
+def is_text_type(dtype: pa.DataType) -> bool:
+    """Text, bytes that may be text, or all-null (dictionary-encoded too)."""
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_binary(dtype) \
@@ -160,14 +161,14 @@ def _is_text(dtype: pa.DataType) -> bool:
 
 def _type_ok(field: str, dtype: pa.DataType) -> bool:
     if field in _ID_FIELDS:
-        return _is_text(dtype) or pa.types.is_integer(dtype)
+        return is_text_type(dtype) or pa.types.is_integer(dtype)
     if field == "answers":
         if not (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)):
             return False
         item = dtype.value_type
-        return _is_text(item) or (pa.types.is_struct(item) and item.get_field_index("answer_text") >= 0
-                                  and _is_text(item.field("answer_text").type))
-    return _is_text(dtype)
+        return is_text_type(item) or (pa.types.is_struct(item) and item.get_field_index("answer_text") >= 0
+                                  and is_text_type(item.field("answer_text").type))
+    return is_text_type(dtype)
 
 
 def _expected(field: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,3 +72,37 @@ def test_killed_job_resumes_and_pays_only_for_calls_in_flight(ray_local, llm, tm
     paid_twice = paid() - recorded
     print(f"paid before the kill {paid_before}, recorded {recorded}, paid in all {paid()}, paid twice {paid_twice}")
     assert paid_twice <= ACTORS * CONCURRENCY * (1 + 1 / 0.3) < paid_before
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_saves_what_was_paid_and_the_rerun_pays_nothing_twice(ray_local, llm, tmp_path):
+    """Issue 17: SIGTERM (cron timeouts, Kubernetes, `ray job stop`) mid-rewrite: the job waits for its
+    calls in flight, writes every paid answer to the cache, says so in one line and exits 143, with no
+    C++ stack dump or abort; the rerun finishes and pays for no call twice."""
+    server, url = llm(keys={TEST_API_KEYS["SOULRAY_TEST_KEY_A"]: SimulatedKey()}, latency_ms=(300.0, 600.0))
+    paid = lambda: server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]].completed  # noqa: E731
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    job = subprocess.Popen(command(tmp_path, url), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while (TEST_API_KEYS["SOULRAY_TEST_KEY_A"] not in server.stats or paid() < 40) and job.poll() is None:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.05)
+    assert job.poll() is None, job.stderr.read()[-2000:]
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr[-3000:]
+    for noise in ("SIGTERM received at time", "core dumped", "Aborted", "Traceback", "logging.cc"):
+        assert noise not in stderr, stderr[-3000:]
+    stopped = [line for line in stderr.splitlines() if line.startswith("soulray: ")]
+    assert len(stopped) == 1 and stopped[0].startswith("soulray: stopped by SIGTERM: "), stderr[-3000:]
+    said = re.search(r"(\d+) rewrite calls were paid this run and (\d+) answers are saved", stopped[0])
+    assert said and int(said[1]) == int(said[2]) == paid() < 300, (stopped, paid())
+    store = VersionStore(str(tmp_path), "smilechat-demo")
+    assert store.latest() is None  # nothing published
+    assert len(build_index(store.cache_uri(), "soulchat-v1", s3=S3Config())) == paid()  # every paid answer kept
+
+    rerun = subprocess.run(command(tmp_path, url), cwd=ROOT, env=env, capture_output=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-3000:]
+    assert_accounted(open_version("latest", root=str(tmp_path), dataset="smilechat-demo"))
+    assert len(build_index(store.cache_uri(), "soulchat-v1", s3=S3Config())) == paid()  # no call paid twice

@@ -76,7 +76,9 @@ def test_chaos_ends_as_output_or_reject_with_exact_accounting_and_rerun_pays_not
     server, url = llm(faults=faults, keys=server_keys(**good, SOULRAY_TEST_KEY_BROKE=SimulatedKey(insufficient_quota=True)))
     keys = [key("SOULRAY_TEST_KEY_BROKE", rpm=100_000), key("SOULRAY_TEST_KEY_A", rpm=3000),
             key("SOULRAY_TEST_KEY_B", rpm=3000)]
-    config = job(tmp_path, url, keys, "rewrite.timeout_s=1", "rewrite.max_reasks=2", "rewrite.batch_size=30", limit=60)
+    # deliberate chaos: publish whatever share of rows survived it (the outage guard: tests/rewrite/test_outage.py)
+    config = job(tmp_path, url, keys, "rewrite.timeout_s=1", "rewrite.max_reasks=2", "rewrite.batch_size=30",
+                 "rewrite.max_failure_share=1", limit=60)
     result = run(config)
     version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
     assert_accounted(version)
