@@ -16,9 +16,11 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
 
 from soulray.filters.base import Filter, Verdict, drops_where
 from soulray.filters.batch import Batch
+from soulray.filters.source import word_boundaries_around
 
 
 class TermMatcher:
@@ -59,18 +61,76 @@ class EthicsBlocklist(Filter):
                                          lambda row: self.matcher.describe(batch, row, hits)))
 
 
+class CrisisRule:
+    """Crisis talk in one text: terms on word boundaries (jieba), patterns as they are, minus exceptions.
+
+    A term counts where jieba puts a word boundary at its start or at its end: 想死 in 只想/死, 不想活 in
+    不想/活下去 and 自杀 in 跳楼自杀 count, 自伤 in 独自/伤心 (the end of one word and the start of another)
+    does not. Requiring both ends would lose real talk (只想死, 会想死, 自杀未遂 in the SMILECHAT sample).
+    jieba runs only on the clause around a term (soulray.filters.source.word_boundaries_around) of the
+    few texts that hold one, and is loaded once per process.
+    """
+
+    def __init__(self, *, terms: list[str], patterns: list[str], exceptions: list[str]) -> None:
+        self.terms, self.patterns = list(terms), [re.compile(pattern) for pattern in patterns]
+        self.exceptions = re.compile("|".join(f"(?:{pattern})" for pattern in exceptions)) if exceptions else None
+        self.candidate = "|".join([re.escape(term) for term in self.terms] + [f"(?:{p})" for p in patterns])
+        self._candidate = re.compile(self.candidate) if self.candidate else None
+
+    def found(self, text: str) -> list[str]:
+        """The terms (config order) and pattern matches that count in `text`; empty when none does."""
+        if self._candidate is None or not self._candidate.search(text):
+            return []
+        excepted = [match.span() for match in self.exceptions.finditer(text)] if self.exceptions else []
+        found = []
+        for term in self.terms:
+            for start in _starts(text, term):
+                end = start + len(term)
+                if any(low <= start and end <= high for low, high in excepted):
+                    continue
+                boundaries = word_boundaries_around(text, start, end)
+                if start in boundaries or end in boundaries:
+                    found.append(term)
+                    break
+        found += [match.group() for pattern in self.patterns for match in [pattern.search(text)] if match]
+        return list(dict.fromkeys(found))
+
+
+def _starts(text: str, term: str) -> list[int]:
+    return [match.start() for match in re.finditer(re.escape(term), text)]
+
+
 class CrisisScreen(Filter):
     name = "crisis_screen"
 
-    def __init__(self, *, terms: list[str], action: str) -> None:
-        self.matcher, self.action = TermMatcher(terms), action
+    def __init__(self, *, terms: list[str], patterns: list[str] = (), exceptions: list[str] = (),
+                 action: str) -> None:
+        self.rule, self.action = CrisisRule(terms=terms, patterns=patterns, exceptions=exceptions), action
 
     def apply(self, batch: Batch) -> Verdict:
-        hits = self.matcher.segments(batch)
+        hits = self._segments(batch)
         count = batch.per_row_count(hits).astype(np.float64)
         scores = {"crisis_turns": count}
         if self.action == "flag":
             return Verdict(scores=scores, flags={self.name: count > 0})
         return Verdict(scores=scores, drops=drops_where(
             batch, count > 0, "crisis_review",
-            lambda row: self.matcher.describe(batch, row, hits) + "; kept out of the data for a person to review"))
+            lambda row: self._describe(batch, row, hits) + "; kept out of the data for a person to review"))
+
+    def _segments(self, batch: Batch) -> np.ndarray:
+        """Bool per segment: holds crisis talk. One RE2 pass finds the candidates; the rule reads those."""
+        hits = batch.matches(self.rule.candidate) if self.rule.candidate else np.zeros(len(batch.text), dtype=bool)
+        candidates = np.flatnonzero(hits)
+        if candidates.size:
+            texts = batch.text.take(pa.array(candidates)).to_pylist()
+            hits[candidates] = [bool(self.rule.found(text)) for text in texts]
+        return hits
+
+    def _describe(self, batch: Batch, row: int, hits: np.ndarray) -> str:
+        """'terms 自杀, 想死 in turn 3 (user), turn 7 (user)'."""
+        found, where = [], []
+        for index, _, text in batch.segments_of(row):
+            if hits[batch.offsets[row] + index]:
+                found += [term for term in self.rule.found(text) if term not in found]
+                where.append(batch.segment_name(row, index))
+        return f"terms {', '.join(found)} in {', '.join(where)}"
