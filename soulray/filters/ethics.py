@@ -82,13 +82,13 @@ class CrisisRule:
         if self._candidate is None or not self._candidate.search(text):
             return []
         excepted = [match.span() for match in self.exceptions.finditer(text)] if self.exceptions else []
-        found = []
+        found, words = [], {}  # words: jieba's boundaries by clause, each clause cut once
         for term in self.terms:
             for start in _starts(text, term):
                 end = start + len(term)
                 if any(low <= start and end <= high for low, high in excepted):
                     continue
-                boundaries = word_boundaries_around(text, start, end)
+                boundaries = word_boundaries_around(text, start, end, cache=words)
                 if start in boundaries or end in boundaries:
                     found.append(term)
                     break
@@ -108,29 +108,33 @@ class CrisisScreen(Filter):
         self.rule, self.action = CrisisRule(terms=terms, patterns=patterns, exceptions=exceptions), action
 
     def apply(self, batch: Batch) -> Verdict:
-        hits = self._segments(batch)
+        found = self._found(batch)
+        hits = np.zeros(len(batch.text), dtype=bool)
+        hits[list(found)] = True
         count = batch.per_row_count(hits).astype(np.float64)
         scores = {"crisis_turns": count}
         if self.action == "flag":
             return Verdict(scores=scores, flags={self.name: count > 0})
         return Verdict(scores=scores, drops=drops_where(
             batch, count > 0, "crisis_review",
-            lambda row: self._describe(batch, row, hits) + "; kept out of the data for a person to review"))
+            lambda row: self._describe(batch, row, found) + "; kept out of the data for a person to review"))
 
-    def _segments(self, batch: Batch) -> np.ndarray:
-        """Bool per segment: holds crisis talk. One RE2 pass finds the candidates; the rule reads those."""
-        hits = batch.matches(self.rule.candidate) if self.rule.candidate else np.zeros(len(batch.text), dtype=bool)
-        candidates = np.flatnonzero(hits)
-        if candidates.size:
-            texts = batch.text.take(pa.array(candidates)).to_pylist()
-            hits[candidates] = [bool(self.rule.found(text)) for text in texts]
-        return hits
+    def _found(self, batch: Batch) -> dict[int, list[str]]:
+        """What counts, by segment, for the segments holding any. One RE2 pass finds the candidates
+        (a few percent of turns); the rule reads those."""
+        if not self.rule.candidate:
+            return {}
+        candidates = np.flatnonzero(batch.matches(self.rule.candidate))
+        texts = batch.text.take(pa.array(candidates)).to_pylist() if candidates.size else []
+        found = {int(segment): self.rule.found(text) for segment, text in zip(candidates, texts, strict=True)}
+        return {segment: terms for segment, terms in found.items() if terms}
 
-    def _describe(self, batch: Batch, row: int, hits: np.ndarray) -> str:
+    def _describe(self, batch: Batch, row: int, found: dict[int, list[str]]) -> str:
         """'terms 自杀, 想死 in turn 3 (user), turn 7 (user)'."""
-        found, where = [], []
-        for index, _, text in batch.segments_of(row):
-            if hits[batch.offsets[row] + index]:
-                found += [term for term in self.rule.found(text) if term not in found]
+        terms, where = [], []
+        for index in range(int(batch.turns[row])):
+            segment = int(batch.offsets[row]) + index
+            if segment in found:
+                terms += [term for term in found[segment] if term not in terms]
                 where.append(batch.segment_name(row, index))
-        return f"terms {', '.join(found)} in {', '.join(where)}"
+        return f"terms {', '.join(terms)} in {', '.join(where)}"
