@@ -6,14 +6,17 @@ As a substring, 我是 rejected ordinary speech (32 of the 34 SMILECHAT dialogue
 screens 我是 as patterns for what it was for: the counselor saying it is an AI, a model, an assistant or
 a bot, or introducing itself by a role name (config.SELF_INTRODUCTION_PATTERNS).
 Crisis talk is treated apart: it is exactly where a bad generated answer hurts, so its rows are never
-dropped silently. With action `reject` (the default, matching the paper's removal) a row goes to the
-reject table with reason `crisis_review` and the terms it matched, where a person can find every one;
-with action `flag` it is kept, marked in `flags` and scored, for training sets that want them.
+dropped silently. Its terms are read as words (CrisisRule), not substrings: 自伤 inside 独自伤心 and the
+counselor's "伤害自己的自尊" sent ordinary dialogues to review (bench/RESULTS.md). With action `reject`
+(the default, matching the paper's removal) a row goes to the reject table with reason `crisis_review`
+and the terms it matched, where a person can find every one; with action `flag` it is kept, marked in
+`flags` and scored, for training sets that want them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +74,7 @@ class CrisisRule:
     few texts that hold one, and is loaded once per process.
     """
 
-    def __init__(self, *, terms: list[str], patterns: list[str], exceptions: list[str]) -> None:
+    def __init__(self, *, terms: Sequence[str], patterns: Sequence[str], exceptions: Sequence[str]) -> None:
         self.terms, self.patterns = list(terms), [re.compile(pattern) for pattern in patterns]
         self.exceptions = re.compile("|".join(f"(?:{pattern})" for pattern in exceptions)) if exceptions else None
         self.candidate = "|".join([re.escape(term) for term in self.terms] + [f"(?:{p})" for p in patterns])
@@ -103,7 +106,7 @@ def _starts(text: str, term: str) -> list[int]:
 class CrisisScreen(Filter):
     name = "crisis_screen"
 
-    def __init__(self, *, terms: list[str], patterns: list[str] = (), exceptions: list[str] = (),
+    def __init__(self, *, terms: Sequence[str], patterns: Sequence[str] = (), exceptions: Sequence[str] = (),
                  action: str) -> None:
         self.rule, self.action = CrisisRule(terms=terms, patterns=patterns, exceptions=exceptions), action
 
@@ -132,8 +135,9 @@ class CrisisScreen(Filter):
     def _describe(self, batch: Batch, row: int, found: dict[int, list[str]]) -> str:
         """'terms 自杀, 想死 in turn 3 (user), turn 7 (user)'."""
         terms, where = [], []
-        for index in range(int(batch.turns[row])):
-            segment = int(batch.offsets[row]) + index
+        first = int(batch.offsets[row])
+        for index in range(int(batch.offsets[row + 1]) - first):
+            segment = first + index
             if segment in found:
                 terms += [term for term in found[segment] if term not in terms]
                 where.append(batch.segment_name(row, index))
