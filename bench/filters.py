@@ -56,6 +56,7 @@ from soulray.config import (  # noqa: E402
 )
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain  # noqa: E402
 from soulray.filters.dialogue import ENGLISH_SENTENCE, ROLE_LABEL  # noqa: E402
+from soulray.filters.ethics import CrisisRule  # noqa: E402
 from soulray.filters.pii import CANDIDATE, PiiDetector  # noqa: E402
 from soulray.filters.source import replace_whole_words  # noqa: E402
 from soulray.filters.template import ADVICE_CUE, LIST_INTRO, LIST_ITEM  # noqa: E402
@@ -84,7 +85,8 @@ class Baseline:
         self.candidate = re.compile(CANDIDATE.replace("(?i)", ""), re.IGNORECASE)
         self.role_label = re.compile(ROLE_LABEL)
         self.english = re.compile(ENGLISH_SENTENCE)
-        self.crisis = re.compile("|".join(map(re.escape, specs["crisis_screen"].terms)))
+        crisis = specs["crisis_screen"]
+        self.crisis = CrisisRule(terms=crisis.terms, patterns=crisis.patterns, exceptions=crisis.exceptions)
         blocklist = specs["ethics_blocklist"]
         self.blocklist = re.compile("|".join([re.escape(term) for term in blocklist.terms]
                                              + [f"(?:{pattern})" for pattern in blocklist.patterns]))
@@ -167,7 +169,7 @@ class Baseline:
         return "english_in_last_turn" if self.english.search(turns[-1]["content"]) else None
 
     def _ethics(self, turns: list[dict[str, str]]) -> str | None:
-        if any(self.crisis.search(turn["content"]) for turn in turns):
+        if any(self.crisis.found(turn["content"]) for turn in turns):
             return "crisis_review"
         roles = self.specs["ethics_blocklist"].roles
         if any(turn["role"] in roles and self.blocklist.search(turn["content"]) for turn in turns):
@@ -382,7 +384,7 @@ def bench_drops() -> dict:
     config = FiltersConfig()
     out = build_chain(config.dialogue, stage=DIALOGUE_STAGE, kind="dialogue")(table)
     rows = table.num_rows
-    in_chain = _reasons_with_examples(out, table["question_id"].to_pylist())
+    in_chain = _reasons_with_examples(out, table["id"].to_pylist())
     alone = {}
     redact = [spec for spec in config.dialogue if spec.name == "pii_redact"]
     for spec in config.dialogue:
@@ -423,11 +425,22 @@ DEMO = Path(__file__).resolve().parent.parent / "soulray" / "data" / "demo" / "d
 REVIEW_SEED, REVIEW_PER_REASON = 16, 30
 
 
+# The crisis terms before issue 16, matched as plain substrings (自伤 in 独自伤心).
+PREVIOUS_CRISIS_TERMS = ["自杀", "轻生", "自尽", "寻死", "想死", "不想活", "活不下去", "结束生命", "结束自己的生命",
+                         "了结自己", "割腕", "跳楼", "跳河", "上吊", "吞药", "自残", "自伤", "伤害自己", "遗书"]
+
+
+def previous_crisis_screen() -> CrisisSpec:
+    """The crisis screen before issue 16: its terms as literal patterns, so no word rule applies."""
+    return CrisisSpec(name="crisis_screen", terms=[], patterns=[re.escape(term) for term in PREVIOUS_CRISIS_TERMS],
+                      exceptions=[])
+
+
 def previous_defaults() -> list:
     """The default dialogue chain before issue 16: 8-20 utterances, no repairs, no forum-word or marker
-    step, SoulChat's 我是 as a substring, the length ratio alone."""
+    step, SoulChat's 我是 as a substring, crisis terms as substrings, the length ratio alone."""
     return [PiiSpec(name="pii_redact"), DialogueFormatSpec(name="dialogue_format", min_turns=8, max_turns=20),
-            CrisisSpec(name="crisis_screen"), BlocklistSpec(name="ethics_blocklist", terms=["我是", "自杀", "跳楼"], patterns=[]),
+            previous_crisis_screen(), BlocklistSpec(name="ethics_blocklist", terms=["我是", "自杀", "跳楼"], patterns=[]),
             AiDisclosureSpec(name="ai_disclosure"), AdviceListSpec(name="advice_list"), TurnLengthSpec(name="turn_length"),
             LengthRatioSpec(name="length_ratio", min_counselor_chars=0), RepetitionSpec(name="repetition"),
             CjkRatioSpec(name="cjk_ratio")]
@@ -454,8 +467,8 @@ def bench_rules() -> dict:
             "before": dict(Counter(before["reject_reason"].to_pylist())),
             "after": dict(Counter(after["reject_reason"].to_pylist())),
             "flags": facts.get("flags", {}), "markers_in": facts["markers_in"], "markers_out": facts["markers_out"],
-            "published": kept.num_rows, "blocklist": _blocklist_hits(table),
-            "review": _review_sample(after, table["question_id"].to_pylist()),
+            "published": kept.num_rows, "blocklist": _blocklist_hits(table), "crisis": _crisis_changes(table),
+            "review": _review_sample(after, table["id"].to_pylist()),
         }
     return found
 
@@ -472,6 +485,18 @@ def _blocklist_hits(table: pa.Table) -> dict[str, int]:
         matched = pc.match_substring_regex(flat.field("content"), pattern).to_numpy(zero_copy_only=False) & counselor
         hits[label] = len(set(parents[matched].tolist()))
     return hits
+
+
+def _crisis_changes(table: pa.Table) -> dict:
+    """Dialogues the crisis screen hits (any turn) before and after issue 16, and the ids on which the
+    two disagree: each was read, and its verdict is in bench/RESULTS.md."""
+    hit = {}
+    for label, spec in (("before", previous_crisis_screen()), ("after", CrisisSpec(name="crisis_screen"))):
+        out = build_chain([spec.model_copy(update={"action": "flag"})], stage=DIALOGUE_STAGE, kind="dialogue")(table)
+        flagged = [bool(flags) and "crisis_screen" in flags for flags in out["flags"].to_pylist()]
+        hit[label] = {record for record, flag in zip(table["id"].to_pylist(), flagged, strict=True) if flag}
+    return {"before": len(hit["before"]), "after": len(hit["after"]),
+            "no_longer_hit": sorted(hit["before"] - hit["after"]), "newly_hit": sorted(hit["after"] - hit["before"])}
 
 
 def _review_sample(out: pa.Table, ids: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -504,6 +529,10 @@ def rules_markdown(rules: dict) -> list[str]:
         lines += [f"| {marker} | {facts['markers_in'][marker] / rows:.1%} | {facts['markers_out'][marker] / published:.1%} |"
                   for marker in sorted(facts["markers_in"])]
         lines += ["", "我是 screen, dialogues hit: " + ", ".join(f"{k} {v}" for k, v in facts["blocklist"].items()), ""]
+        crisis = facts["crisis"]
+        lines += [f"Crisis screen, dialogues hit in any turn: substrings {crisis['before']}, word rule {crisis['after']}; "
+                  f"no longer hit ({len(crisis['no_longer_hit'])}): {', '.join(crisis['no_longer_hit']) or '-'}; "
+                  f"newly hit ({len(crisis['newly_hit'])}): {', '.join(crisis['newly_hit']) or '-'}", ""]
     return lines
 
 

@@ -193,9 +193,24 @@ Role = Literal["user", "assistant"]
 # fragment containing 抱抱; that cut advice such as "请你静下心来，抱抱自己", so hug greetings are now one
 # of the template markers below instead.
 SMILE_FORUM_RULES = [("楼主你", "你"), ("题主你", "你"), ("楼主", "你"), ("题主", "你"), ("阿凉", "我"), ("答主", "人")]
-# Self-harm and suicide vocabulary (incl. SoulChat's 自杀 and 跳楼); literal substrings.
-CRISIS_TERMS = ["自杀", "轻生", "自尽", "寻死", "想死", "不想活", "活不下去", "结束生命", "结束自己的生命", "了结自己",
-                "割腕", "跳楼", "跳河", "上吊", "吞药", "自残", "自伤", "伤害自己", "遗书"]
+# Self-harm and suicide vocabulary (incl. SoulChat's 自杀 and 跳楼). A term counts where it stands on a
+# jieba word boundary at its start or its end: 想死 in 只想/死 and 自杀 in 自杀未遂 count, 自伤 in 独自/伤心
+# (inside two other words) does not. 想去死, 求死, 死了算了, 活着没意思 are how clients of the SMILECHAT
+# sample wrote it where none of the older terms matched (smile-36270, 27639, 55889).
+CRISIS_TERMS = ["自杀", "轻生", "自尽", "寻死", "想死", "想去死", "求死", "不想活", "活不下去", "活着没意思", "死了算了",
+                "结束生命", "结束自己的生命", "了结自己", "割腕", "跳楼", "跳河", "上吊", "吞药", "自残", "自伤",
+                "伤害自己", "遗书"]
+# Crisis talk no single term holds (RE2), each from a sample dialogue the terms missed: cutting oneself
+# (smile-10215), "不如早点死了" (41967), "有时想想死亡" (50652: jieba reads 想想/死亡, so 想死 does not
+# count there), "死了就会解脱吗" (36328), "害怕自己会走极端" (15076), the counselor's "不要做傻事" (36328).
+CRISIS_PATTERNS = [r"[割划]伤?自己的?(?:手|胳膊|手臂|手腕|大腿|身体)", r"不如(?:早点)?死了", r"想(?:想|到|过)死亡",
+                   r"死了?[就才]?(?:会|能|可以)?解脱", r"[怕想]自己会?(?:走极端|做傻事)", r"不要做傻事"]
+# Where a term is not about self-harm (RE2; a term inside one of these matches does not count): the
+# counselor's 不伤害自己 as a rule of conduct, someone else hurting one, hurting one's own pride or
+# child. Figurative uses these miss stay hits: crisis_review is for a person to read, so a doubtful
+# hit is kept (bench/RESULTS.md lists them).
+CRISIS_EXCEPTIONS = [r"(?:^|[^再])不伤害自己", r"伤害自己的(?:自尊|孩子|利益|感情|自信|尊严)",
+                     r"(?:别人|他人|对方|父母)会?伤害自己"]
 AI_DISCLOSURE_PATTERNS = [
     r"作为(?:一个|一名|一位)?(?:AI|ai|人工智能|语言模型|AI语言模型|AI助手|智能助手|聊天机器人|虚拟助手|机器人)",
     r"我(?:只)?是(?:一个|一名)?(?:AI|ai|人工智能|语言模型|AI语言模型|AI助手|聊天机器人|虚拟助手|机器人)",
@@ -294,7 +309,11 @@ class PiiSpec(StrictModel):
 
 class CrisisSpec(StrictModel):
     name: Literal["crisis_screen"]
-    terms: list[str] = Field(default_factory=lambda: list(CRISIS_TERMS))
+    terms: list[str] = Field(default_factory=lambda: list(CRISIS_TERMS),
+                             description="literal; each counts on a jieba word boundary at its start or end")
+    patterns: list[str] = Field(default_factory=lambda: list(CRISIS_PATTERNS), description="RE2, matched as is")
+    exceptions: list[str] = Field(default_factory=lambda: list(CRISIS_EXCEPTIONS),
+                                  description="RE2: a term inside a match of one of these does not count")
     action: Literal["reject", "flag"] = Field(
         "reject", description="reject: into the reject table as crisis_review, with the terms, for review; "
                               "flag: keep, with 'crisis_screen' in flags")

@@ -68,6 +68,33 @@ def _tokenizer():
     return jieba.dt
 
 
+def word_boundaries(text: str) -> set[int]:
+    """The character offsets where jieba's words of `text` start or end (0 and len(text) included)."""
+    boundaries, position = {0}, 0
+    for token in _tokenizer().cut(text):
+        position += len(token)
+        boundaries.add(position)
+    return boundaries
+
+
+def word_boundaries_around(text: str, start: int, end: int, *, cache: dict | None = None) -> set[int]:
+    """`word_boundaries(text)` within the run of text jieba cuts as one block around text[start:end].
+    jieba splits a text at every character outside `re_han_default` (punctuation, spaces) and cuts each
+    run on its own, so the words of that run are the words of the whole text there, at the cost of a
+    clause instead of a turn. `cache` (one dict per text) cuts each clause once."""
+    import jieba
+
+    cache = {} if cache is None else cache
+    for block in jieba.re_han_default.finditer(text):
+        if block.start() <= start and end <= block.end():
+            if block.span() not in cache:
+                cache[block.span()] = {block.start() + offset for offset in word_boundaries(block.group())}
+            return cache[block.span()]
+        if block.start() > start:
+            break
+    return word_boundaries(text)
+
+
 def whole_word_spans(text: str, pattern: str, word: str) -> list[int]:
     """Starts of the occurrences of `pattern` in `text` whose leading `word` is a whole word of `text`
     by jieba's segmentation: 题主 in '题主你好' (题主/你好) yes, in '问题主要' (问题/主要) no."""
@@ -75,11 +102,7 @@ def whole_word_spans(text: str, pattern: str, word: str) -> list[int]:
     if not starts:
         return []
     head = len(word)
-    boundaries, position = {0}, 0
-    tokenizer = _tokenizer()
-    for token in tokenizer.cut(text):
-        position += len(token)
-        boundaries.add(position)
+    boundaries = word_boundaries(text)
     kept, end = [], -1
     for start in starts:
         if start >= end and start in boundaries and start + head in boundaries:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from soulray.config import CRISIS_TERMS, SELF_INTRODUCTION_PATTERNS, BlocklistSpec
+from soulray.config import CRISIS_TERMS, SELF_INTRODUCTION_PATTERNS, BlocklistSpec, CrisisSpec
 from soulray.filters.batch import batch_from_table
-from soulray.filters.ethics import CrisisScreen, EthicsBlocklist
+from soulray.filters.ethics import CrisisRule, CrisisScreen, EthicsBlocklist
 from tests.filters.tables import dialogues, good_dialogue, turns
 
 
@@ -43,6 +43,70 @@ def test_crisis_flag_keeps_the_row_and_marks_it():
     verdict = CrisisScreen(terms=CRISIS_TERMS, action="flag").apply(batch_from_table(dialogues(crisis, good_dialogue()),
                                                                                      "dialogue"))
     assert verdict.drops == {} and verdict.flags["crisis_screen"].tolist() == [True, False]
+
+
+# Crisis talk as clients of the shared SMILECHAT sample wrote it (client turns, quoted), where jieba's
+# words do not line up with the term (只想/死, 不想/活下去, 自杀未遂, 跳楼自杀) or no older term held it.
+CRISIS_TALK = [
+    "我现在只想死，可我害怕，不是怕他们，是怕疼",  # smile-29878 (只想/死)
+    "有时候会想死。",  # smile-55909 (会想/死)
+    "失眠多梦，头发掉的好多，一天中想死的次数太多。",  # smile-24976 (中想/死)
+    "有时候还会难受得不想活下去。我该怎么办呢？",  # smile-31825 (不想/活下去)
+    "但是，多次自杀未遂的经历让我很困惑",  # smile-15505 (自杀未遂, one word)
+    "我明白你希望获得解脱，但跳楼自杀并非一个解决问题的方法。",  # smile-48729, the counselor (跳楼自杀)
+    "我不是真的想死，但经常想死，怎么回事？",  # smile-04337
+    "我知道理智上的你是对的，但是真的很难受啊，有时候甚至想用刀子划自己的手臂。",  # smile-10215
+    "很想去死，堕胎分手下跪挽回，我该怎么办？救救我",  # smile-36270
+    "没有流动资金等于等死，一心求死。",  # smile-27639
+    "有时候会觉得活着没意思不如死了算了。",  # smile-55889
+    "生前的事死后都没有了，不如早点死了解脱，活着只是生不如死。",  # smile-41967
+    "活着好累好痛苦，有时想想死亡，我这样是啥情况？",  # smile-50652 (想想/死亡: 想死 is no word here)
+    "我就是一个泄气桶，死了就会解脱吗？",  # smile-36328
+    "心里有个声音让我想要伤害自己。",  # smile-28057
+    "是的，我真的不想再这样伤害自己，但又无法控制自己的情绪。",  # smile-44051
+    "在那之前，答应我一件事吧，不要伤害自己，善待自己的身体。",  # smile-39422, the counselor
+]
+# Turns the substring screen sent to crisis review, from dialogues with no crisis talk at all.
+NOT_CRISIS_TALK = [
+    "但梦里的内容都是他跟其他女人在一起，而我在一旁独自伤心的情景。",  # smile-11004 (独自/伤心 holds 自伤)
+    "所以，想自慰就去做，只要不影响别人，不伤害自己就OK了。",  # smile-08049
+    "把自己的情绪用安全、不伤害自己，也不伤害别人的方式，通过自我对话来缓解",  # smile-08872
+    "继续瞧不起她只会让自己觉得当初自己没有眼光，伤害自己的自尊。",  # smile-28611
+    "可怜天下父母心，哪有父母会伤害自己的孩子呢",  # smile-30330
+    "感到没有安全感，有时还会幻想别人伤害自己。",  # smile-15076, the counselor
+    "你需要重新规划自己的生活重心。",  # 规划/自己 holds 划自己
+]
+
+
+def default_crisis_screen(action: str = "reject") -> CrisisScreen:
+    spec = CrisisSpec(name="crisis_screen")
+    return CrisisScreen(terms=spec.terms, patterns=spec.patterns, exceptions=spec.exceptions, action=action)
+
+
+@pytest.mark.parametrize("text", CRISIS_TALK + NOT_CRISIS_TALK)
+def test_default_crisis_screen_reads_words_not_substrings(text):
+    verdict = default_crisis_screen().apply(batch_from_table(dialogues(turns(text, "我在这里听你说。")), "dialogue"))
+    assert bool(verdict.drops) == (text in CRISIS_TALK)
+
+
+def test_crisis_rule_counts_a_term_on_a_word_boundary_at_either_end():
+    rule = CrisisRule(terms=["自伤", "想死"], patterns=[], exceptions=[])
+    assert rule.found("我在一旁独自伤心") == []  # 独自/伤心: the term starts and ends inside other words
+    assert rule.found("我现在只想死") == ["想死"]  # 只想/死: it ends on a boundary
+    assert rule.found("我有自伤行为，也独自伤心") == ["自伤"]  # one counted occurrence is enough
+
+
+def test_crisis_exceptions_only_cover_the_term_they_surround():
+    text = "你要学会不伤害自己。可我还是想伤害自己。"
+    assert default_crisis_screen().rule.found(text) == ["伤害自己"]
+    assert default_crisis_screen().rule.found("你要学会不伤害自己。") == []
+
+
+def test_crisis_detail_names_pattern_matches_and_only_counted_turns():
+    dialogue = turns("我在一旁独自伤心。", "我在听。", "有时候甚至想用刀子划自己的手臂。", "谢谢你告诉我。")
+    verdict = default_crisis_screen().apply(batch_from_table(dialogues(dialogue), "dialogue"))
+    assert verdict.drops[0][1].startswith("terms 划自己的手 in turn 3 (user);")
+    assert verdict.scores["crisis_turns"].tolist() == [1.0]
 
 
 # Counselor turns of the shared SMILECHAT sample that hold 我是 as ordinary speech (the old substring

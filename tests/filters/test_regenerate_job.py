@@ -56,7 +56,7 @@ def test_filters_clean_sources_and_dialogues_and_explain_every_drop(ray_local, t
     rejects = {row["source_row"]: row for row in version.to_table("rejects").to_pylist()}
     assert {row: rejects[row]["id"] for row in rejects} == {1: "a1", 2: "a2", 3: "a3"}
     assert_readable_by_consumers(version, cache=tmp_path / "hf")
-    assert rejects[1]["detail"].startswith("terms 自杀 in question;")
+    assert rejects[1]["detail"].startswith("terms 自杀, 活着没意思 in question;")
     assert rejects[3]["stage"] == "filter_dialogue" and "我是" in rejects[3]["detail"]
 
 

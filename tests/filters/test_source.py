@@ -6,7 +6,14 @@ import pytest
 
 from soulray.config import ForumWordsSpec, ReplaceRule
 from soulray.filters.batch import batch_from_table
-from soulray.filters.source import ForumWords, LengthCap, TooShort, replace_whole_words
+from soulray.filters.source import (
+    ForumWords,
+    LengthCap,
+    TooShort,
+    replace_whole_words,
+    word_boundaries,
+    word_boundaries_around,
+)
 from tests.filters.tables import units
 
 
@@ -81,3 +88,15 @@ def test_the_forum_word_step_marks_the_rows_it_changed():
 def test_whole_word_rules_must_be_literal():
     with pytest.raises(ValueError, match="whole_word applies to literal patterns"):
         ForumWordsSpec(name="forum_words", rules=[ReplaceRule(pattern="楼.", regex=True, whole_word=True)])
+
+
+def test_word_boundaries_around_a_hit_are_the_whole_texts_there():
+    # jieba cuts each run between punctuation on its own, so the crisis screen cuts only that run
+    text = "我知道理智上的你是对的，但是真的很难受啊，有时候甚至想用刀子划自己的手臂。我在一旁独自伤心。"
+    for term in ("划自己", "自伤", "你是"):
+        start = text.index(term)
+        around = word_boundaries_around(text, start, start + len(term))
+        run_start = max(text.rfind(mark, 0, start) for mark in "，。") + 1
+        run_end = min(position for position in (text.find(mark, start) for mark in "，。") if position >= 0)
+        assert around == {b for b in word_boundaries(text) if run_start <= b <= run_end}
+
