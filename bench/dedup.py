@@ -482,6 +482,44 @@ def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
             "clusters": report.clusters, "considered": report.considered_rows, "seconds": report.seconds}
 
 
+def bench_settings_cost(workdir: Path, rows: int) -> dict:
+    """The stage's own work per phase (fingerprint, buckets, components, members, resolve: the same
+    functions dedup_dataset maps over its blocks) in this one process, in CPU seconds, for the old and
+    the new default settings on the scale run's synthetic units. Ray's scheduling and shuffles are left
+    out: on a shared 2-core machine their wall time varies 4x between identical runs, so they hide
+    what the settings change."""
+    from soulray.config import DedupConfig
+    from soulray.dedup import stage
+
+    table = pq.read_table(_synthetic_units(rows, workdir))
+    out = {}
+    for name, changes in (("old default: 5-gram, 0.8", {"ngram": 5, "threshold": 0.8}), ("default", {})):
+        settings = stage._Settings.of(DedupConfig(**changes))
+        batches = [stage._with_row_ids(table.slice(start, 25_000), published=False)
+                   for start in range(0, table.num_rows, 25_000)]
+        seconds: dict[str, float] = {}
+        keyed = _timed(seconds, "fingerprint", lambda s=settings, b=batches: pa.concat_tables(
+            [stage._fingerprint(batch, settings=s) for batch in b]))
+        edges = _timed(seconds, "buckets", lambda k=keyed: stage._bucket_edges(k))
+        involved, component = _timed(seconds, "components", lambda e=edges: stage._components(
+            {"u": e["u"].to_numpy(), "v": e["v"].to_numpy()}))
+        members = _timed(seconds, "members", lambda s=settings, b=batches, i=involved, c=component: pa.concat_tables(
+            [stage._members(batch, settings=s, lookup=(i, c)) for batch in b]))
+        decisions = _timed(seconds, "resolve", lambda s=settings, m=members: stage._resolve_partition(m, settings=s))
+        out[name] = {"bands": settings.rules.bands, "rows": settings.rules.rows, "candidate_edges": edges.num_rows,
+                     "candidate_rows": len(involved),
+                     "largest_component": int(np.bincount(component).max()) if len(component) else 0,
+                     "marked": decisions.num_rows, "cpu_s": seconds, "total_cpu_s": sum(seconds.values())}
+    return {"rows": rows, **out}
+
+
+def _timed(seconds: dict[str, float], name: str, fn):
+    started = time.process_time()
+    result = fn()
+    seconds[name] = time.process_time() - started
+    return result
+
+
 def _size_mb(path: Path) -> float:
     return sum(part.stat().st_size for part in path.glob("*.parquet")) / 1e6
 
@@ -589,6 +627,20 @@ def markdown(result: dict) -> str:
     drift = result.get("drift")
     if drift:
         lines += _drift_markdown(drift)
+    cost = result.get("settings_cost")
+    if cost:
+        lines += ["", f"The stage's work per phase in one process, CPU seconds, {cost['rows']:,} synthetic units "
+                  "(`--only settings-cost`):", "",
+                  "| setting | b × r | candidate edges | candidate rows | largest component | marked | "
+                  "fingerprint | buckets | components | members | resolve | total |", "|---" * 12 + "|"]
+        for name, row in cost.items():
+            if name == "rows":
+                continue
+            phases = " | ".join(f"{row['cpu_s'][phase]:.1f}" for phase in
+                                ("fingerprint", "buckets", "components", "members", "resolve"))
+            lines.append(f"| {name} | {row['bands']} × {row['rows']} | {row['candidate_edges']:,} | "
+                         f"{row['candidate_rows']:,} | {row['largest_component']:,} | {row['marked']:,} | {phases} | "
+                         f"{row['total_cpu_s']:.1f} |")
     scale = result.get("scale")
     if scale:
         lines += ["", "dedup_dataset on local Ray (this machine), synthetic PsyQA-shaped units read from Parquet "
@@ -647,7 +699,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10k and 100k rows at scale, fewer texts")
     parser.add_argument("--out", default=None, help="write dedup.json and dedup.md here")
-    parser.add_argument("--only", choices=["throughput", "quality", "drift", "scale"], help="run one part")
+    parser.add_argument("--only", choices=["throughput", "quality", "drift", "scale", "settings-cost"],
+                        help="run one part (settings-cost: old vs new defaults, CPU seconds per phase, at "
+                             "--sizes' first size, 100k by default)")
     parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help="where the scale runs' synthetic units are written (and reused)")
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -667,6 +721,8 @@ def main() -> int:
             result = {"drift": bench_drift(bases=150 if args.quick else 300)}
         elif args.only == "quality":
             result = {"quality": bench_quality(bases=150 if args.quick else 400)}
+        elif args.only == "settings-cost":
+            result = {"settings_cost": bench_settings_cost(Path(workdir), (sizes or [100_000])[0])}
         elif args.only == "scale":
             result = {"scale": bench_scale(Path(workdir), sizes or ([10_000, 100_000] if args.quick
                                                                      else [10_000, 100_000, 1_000_000]),

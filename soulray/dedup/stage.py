@@ -109,6 +109,7 @@ def dedup_texts(texts: Sequence[str | None] | pa.Array, *, config: DedupConfig) 
     texts = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), pa.large_string())
     normalised = normalise(texts)
     rows = np.flatnonzero(pc.greater(pc.utf8_length(normalised), 0).to_numpy(zero_copy_only=False))
+    rows = rows if config.enabled else rows[:0]
     normalised = normalised.take(pa.array(rows, pa.int64()))
     minhash = settings.method == "minhash"
     members = Members(ordinal=rows.astype(np.int64), record_id=[f"{row:012d}" for row in rows],
