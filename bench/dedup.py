@@ -485,7 +485,7 @@ def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
 def bench_settings_cost(workdir: Path, rows: int) -> dict:
     """The stage's own work per phase (fingerprint, buckets, components, members, resolve: the same
     functions dedup_dataset maps over its blocks) in this one process, in CPU seconds, for the old and
-    the new default settings on the scale run's synthetic units. Ray's scheduling and shuffles are left
+    the new default settings (and the new with 256 permutations) on the scale run's synthetic units. Ray's scheduling and shuffles are left
     out: on a shared 2-core machine their wall time varies 4x between identical runs, so they hide
     what the settings change."""
     from soulray.config import DedupConfig
@@ -493,7 +493,8 @@ def bench_settings_cost(workdir: Path, rows: int) -> dict:
 
     table = pq.read_table(_synthetic_units(rows, workdir))
     out = {}
-    for name, changes in (("old default: 5-gram, 0.8", {"ngram": 5, "threshold": 0.8}), ("default", {})):
+    for name, changes in (("old default: 5-gram, 0.8", {"ngram": 5, "threshold": 0.8}), ("default", {}),
+                          ("default, 256 permutations", {"num_perm": 256})):
         settings = stage._Settings.of(DedupConfig(**changes))
         batches = [stage._with_row_ids(table.slice(start, 25_000), published=False)
                    for start in range(0, table.num_rows, 25_000)]
