@@ -38,7 +38,7 @@ from soulray.dedup.text import normalise  # noqa: E402
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "smilechat-sample"
 NUM_PERM, NGRAM = 128, 5  # throughput: signatures of 5-gram shingles (the cost per shingle hardly depends on n)
 # quality: the default DedupConfig's threshold and shingles (dialogues; units' source dedup keeps 5-grams at 0.8)
-THRESHOLD, QUALITY_NGRAM = 0.7, 3
+THRESHOLD, QUALITY_NGRAM, QUALITY_NUM_PERM = 0.7, 3, 256
 OBJECT_STORE_MB = 1500  # the scale runs' object store: more data than this spills to disk
 
 
@@ -211,10 +211,10 @@ def _quality_of(texts: list[str]) -> dict:
 
     normalised = normalise(pa.array(texts)).to_pylist()
     truth = exact_jaccard_pairs(normalised, THRESHOLD, QUALITY_NGRAM)
-    signatures = MinHasher(num_perm=NUM_PERM, ngram=QUALITY_NGRAM).signatures(normalised)
+    signatures = MinHasher(num_perm=QUALITY_NUM_PERM, ngram=QUALITY_NGRAM).signatures(normalised)
     out: dict = {"texts": len(texts), "true_pairs": len(truth)}
     for name, weights, verify in SETTINGS:
-        bands, rows = optimal_params(THRESHOLD, NUM_PERM, weights)
+        bands, rows = optimal_params(THRESHOLD, QUALITY_NUM_PERM, weights)
         candidates = bucket_pairs(signatures, bands=bands, rows=rows)
         if verify == "signature":
             candidates = candidates[estimate_jaccard(signatures[candidates[:, 0]], signatures[candidates[:, 1]])
@@ -230,7 +230,7 @@ def _quality_of(texts: list[str]) -> dict:
                      "precision": hits / max(1, len(predicted)), "recall": hits / max(1, len(truth)),
                      "recall_same_cluster": clustered / max(1, len(truth))}
     # datasketch's own index over the same signatures, with the same (default) parameters
-    index = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    index = MinHashLSH(threshold=THRESHOLD, num_perm=QUALITY_NUM_PERM)
     lean = to_lean_minhashes(signatures)
     for key, minhash in enumerate(lean):
         index.insert(key, minhash)
@@ -246,7 +246,7 @@ def bench_quality(*, bases: int) -> dict:
     # the SMILECHAT sample as the source dedup sees it: question + answer per unit
     sample = [f"{row['question']}\n{row['answer']}" for row in pq.read_table(SAMPLE / "qa.parquet").to_pylist()]
     counts = {str(kind): int(count) for kind, count in zip(*np.unique(kinds, return_counts=True), strict=True)}
-    return {"threshold": THRESHOLD, "ngram": QUALITY_NGRAM, "labelled": {**_quality_of(texts), "kinds": counts},
+    return {"threshold": THRESHOLD, "ngram": QUALITY_NGRAM, "num_perm": QUALITY_NUM_PERM, "labelled": {**_quality_of(texts), "kinds": counts},
             "smilechat_sample": _quality_of(sample)}
 
 
@@ -261,19 +261,18 @@ CURVE_THRESHOLDS = [0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
 # The whole pipeline (MinHash, LSH bands, verification: dedup_texts) at the settings worth comparing;
 # each is DedupConfig's defaults with these fields changed. The first is the old default.
 PIPELINE_SETTINGS = [
-    ("old default: 5-gram, 0.8", {"ngram": 5, "threshold": 0.8}),
-    ("default: 3-gram, 0.7", {}),
-    ("3-gram, 0.65", {"threshold": 0.65}),
-    ("3-gram, 0.75", {"threshold": 0.75}),
-    ("2-gram, 0.75", {"ngram": 2, "threshold": 0.75}),
-    ("4-gram, 0.65", {"ngram": 4, "threshold": 0.65}),
-    ("5-gram, 0.55", {"ngram": 5, "threshold": 0.55}),
-    ("5-gram, 0.55, 256 permutations", {"ngram": 5, "threshold": 0.55, "num_perm": 256}),
-    ("3-gram, 0.7, 256 permutations", {"num_perm": 256}),
-    ("3-gram, 0.7, LSH weights (0.5, 0.5)", {"weights": (0.5, 0.5)}),
-    ("3-gram, 0.7, verify signature", {"verify": "signature"}),
-    ("3-gram, 0.7, verify none", {"verify": "none"}),
-    ("word 2-gram, 0.65", {"shingle": "word", "ngram": 2, "threshold": 0.65}),
+    ("old default: 5-gram, 0.8", {"ngram": 5, "threshold": 0.8, "num_perm": 128}),
+    ("default: 3-gram, 0.7, 256 permutations", {}),
+    ("3-gram, 0.7, 128 permutations", {"num_perm": 128}),
+    ("3-gram, 0.65, 128", {"threshold": 0.65, "num_perm": 128}),
+    ("3-gram, 0.75, 128", {"threshold": 0.75, "num_perm": 128}),
+    ("2-gram, 0.75, 128", {"ngram": 2, "threshold": 0.75, "num_perm": 128}),
+    ("4-gram, 0.65, 128", {"ngram": 4, "threshold": 0.65, "num_perm": 128}),
+    ("5-gram, 0.55, 128", {"ngram": 5, "threshold": 0.55, "num_perm": 128}),
+    ("5-gram, 0.55, 256", {"ngram": 5, "threshold": 0.55}),
+    ("default, LSH weights (0.5, 0.5)", {"weights": (0.5, 0.5)}),
+    ("default, verify signature", {"verify": "signature"}),
+    ("default, verify none", {"verify": "none"}),
 ]
 
 
@@ -485,7 +484,7 @@ def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
 def bench_settings_cost(workdir: Path, rows: int) -> dict:
     """The stage's own work per phase (fingerprint, buckets, components, members, resolve: the same
     functions dedup_dataset maps over its blocks) in this one process, in CPU seconds, for the old and
-    the new default settings (and the new with 256 permutations) on the scale run's synthetic units. Ray's scheduling and shuffles are left
+    the new default settings (and the new at 128 permutations) on the scale run's synthetic units. Ray's scheduling and shuffles are left
     out: on a shared 2-core machine their wall time varies 4x between identical runs, so they hide
     what the settings change."""
     from soulray.config import DedupConfig
@@ -493,8 +492,8 @@ def bench_settings_cost(workdir: Path, rows: int) -> dict:
 
     table = pq.read_table(_synthetic_units(rows, workdir))
     out = {}
-    for name, changes in (("old default: 5-gram, 0.8", {"ngram": 5, "threshold": 0.8}), ("default", {}),
-                          ("default, 256 permutations", {"num_perm": 256})):
+    for name, changes in (("old default: 5-gram, 0.8", {"ngram": 5, "threshold": 0.8, "num_perm": 128}),
+                          ("3-gram, 0.7, 128 permutations", {"num_perm": 128}), ("default", {})):
         settings = stage._Settings.of(DedupConfig(**changes))
         batches = [stage._with_row_ids(table.slice(start, 25_000), published=False)
                    for start in range(0, table.num_rows, 25_000)]

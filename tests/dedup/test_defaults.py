@@ -79,7 +79,7 @@ def test_source_defaults_keep_answers_to_one_question_apart(smile_qa):
 
 
 def test_default_lsh_bands():
-    assert DedupConfig().lsh_params() == (21, 6)
+    assert DedupConfig().lsh_params() == (36, 7)
     assert DedupJobConfig().source.lsh_params() == (16, 8)
 
 
