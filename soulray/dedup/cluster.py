@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from soulray.dedup.lsh import band_keys
-from soulray.dedup.minhash import ShingleSets, char_shingles, estimate_jaccard
+from soulray.dedup.minhash import ShingleKind, ShingleSets, char_shingles, estimate_jaccard
 
 Keep = Literal["lowest_record_id", "longest"]
 Verify = Literal["none", "signature", "jaccard"]
@@ -49,6 +49,7 @@ class Rules:
     keep: Keep = "lowest_record_id"
     verify: Verify = "none"
     ngram: int = 5
+    shingle: ShingleKind = "char"
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class _Similarity:
 
     def __init__(self, members: Members, rules: Rules) -> None:
         self.measure = "jaccard" if rules.verify == "jaccard" else "minhash_estimate"
-        self._members, self._ngram = members, rules.ngram
+        self._members, self._ngram, self._shingle = members, rules.ngram, rules.shingle
         self._sets: ShingleSets | None = None
 
     def __call__(self, pairs: np.ndarray) -> np.ndarray:
@@ -172,7 +173,7 @@ class _Similarity:
         if self._sets is None:
             if self._members.texts is None:
                 raise ValueError("verify='jaccard' needs the members' texts")
-            self._sets = ShingleSets.of(self._members.texts, self._ngram)
+            self._sets = ShingleSets.of(self._members.texts, self._ngram, self._shingle)
         return self._sets.jaccard(pairs)
 
 

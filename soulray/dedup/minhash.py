@@ -106,9 +106,22 @@ class ShingleSets:
     sizes: np.ndarray
 
     @classmethod
-    def of(cls, texts: Sequence[str | None] | pa.Array, ngram: int) -> ShingleSets:
+    def of(cls, texts: Sequence[str | None] | pa.Array, ngram: int, shingle: ShingleKind = "char") -> ShingleSets:
+        """The shingle sets MinHasher(ngram=ngram, shingle=shingle) hashes: verification must compare
+        the same sets the signatures estimate."""
+        if shingle == "word":
+            return cls._of_words(texts, ngram)
         offsets, data = _utf8_buffers(texts)
         return cls(*kernels.char_shingle_sets(data, offsets, ngram))
+
+    @classmethod
+    def _of_words(cls, texts: Sequence[str | None] | pa.Array, ngram: int) -> ShingleSets:
+        sets = [np.unique(np.array([int.from_bytes(hashlib.blake2b(item.encode("utf-8"), digest_size=8).digest(),
+                                                   "little") for item in word_shingles(text or "", ngram)],
+                                   np.uint64)) for text in _as_pylist(texts)]
+        sizes = np.array([len(item) for item in sets], np.int64)
+        hashes = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
+        return cls(hashes, np.cumsum(sizes) - sizes, sizes)
 
     def jaccard(self, pairs: np.ndarray) -> np.ndarray:
         """Jaccard of the texts in each (left, right) row of `pairs` (same as `jaccard` below: 1.0 for

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from soulray.config import DedupConfig
-from soulray.dedup.cluster import Members, Rules, connected_components, resolve
+from soulray.dedup.cluster import Decisions, Members, Rules, connected_components, resolve
 from soulray.dedup.lsh import band_keys
 from soulray.dedup.minhash import MinHasher
 from soulray.dedup.text import DedupInputError, content_hashes, normalise, row_texts
@@ -97,7 +97,27 @@ class _Settings:
                            hash_function=config.hash_function)
         return cls(method=config.method, hasher=hasher,
                    rules=Rules(threshold=config.threshold, bands=bands, rows=rows, keep=config.keep,
-                               verify=config.verify, ngram=config.ngram))
+                               verify=config.verify, ngram=config.ngram, shingle=config.shingle))
+
+
+def dedup_texts(texts: Sequence[str | None] | pa.Array, *, config: DedupConfig) -> Decisions:
+    """The decisions the stage makes for texts held in memory, without Ray: the same normalisation,
+    signatures, bands and verification, all rows as one candidate group. Ordinals are positions and
+    record_ids their zero-padded positions, so the earliest row of a cluster is kept. For benchmarks,
+    tests and small corpora."""
+    settings = _Settings.of(config)
+    texts = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), pa.large_string())
+    normalised = normalise(texts)
+    rows = np.flatnonzero(pc.greater(pc.utf8_length(normalised), 0).to_numpy(zero_copy_only=False))
+    rows = rows if config.enabled else rows[:0]
+    normalised = normalised.take(pa.array(rows, pa.int64()))
+    minhash = settings.method == "minhash"
+    members = Members(ordinal=rows.astype(np.int64), record_id=[f"{row:012d}" for row in rows],
+                      text_length=pc.utf8_length(normalised).to_numpy(zero_copy_only=False).astype(np.int64),
+                      content_hash=content_hashes(normalised), published=np.zeros(len(rows), bool),
+                      signatures=settings.hasher.signatures(normalised) if minhash else None,
+                      texts=normalised.to_pylist() if minhash and settings.rules.verify == "jaccard" else None)
+    return resolve(members, settings.rules)
 
 
 def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | None = None,

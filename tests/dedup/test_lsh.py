@@ -21,12 +21,12 @@ def test_optimal_params_agree_with_datasketch(num_perm):
 def test_config_uses_datasketch_choice_unless_given():
     # default weights favour recall (false negatives weigh 0.95): every candidate is checked by Jaccard
     assert DedupConfig(threshold=0.8, num_perm=128).lsh_params() == _optimal_param(0.8, 128, 0.05, 0.95) == (16, 8)
-    assert DedupConfig(weights=(0.5, 0.5)).lsh_params() == _optimal_param(0.8, 128, 0.5, 0.5)
+    assert DedupConfig(threshold=0.8, num_perm=128, weights=(0.5, 0.5)).lsh_params() == _optimal_param(0.8, 128, 0.5, 0.5)
     assert DedupConfig(bands=12, rows=10).lsh_params() == (12, 10)
     with pytest.raises(ValueError, match="both bands and rows"):
         DedupConfig(bands=16)
     with pytest.raises(ValueError, match="exceeds num_perm"):
-        DedupConfig(bands=20, rows=8)
+        DedupConfig(num_perm=128, bands=20, rows=8)
 
 
 def test_band_keys_bucket_like_datasketch():
