@@ -15,6 +15,9 @@ def drive(ledger: QuotaLedger, seconds: float, tokens: int = 100, model: str = "
     while now < seconds:
         grant = ledger.reserve(model, tokens, 0.0, now=now)
         start = now + grant.wait_s
+        if grant.id is None:  # come back later
+            now = start
+            continue
         if start >= seconds:
             ledger.settle(grant.id, status="ok", prompt_tokens=tokens, now=start)
             break
@@ -63,9 +66,9 @@ def test_retry_after_cools_the_key_and_repeated_429s_cool_longer():
     other = ledger.reserve("m", 10, 0.0, now=0.1)
     assert other.key != first.key and other.wait_s == 0.0  # rotated to the other key
     ledger.settle(other.id, status="rate_limited", retry_after_s=5.0, now=0.1)
-    ledger.settle(ledger.reserve("m", 10, 0.0, now=0.2).id, status="rate_limited", retry_after_s=5.0, now=0.2)
     grant = ledger.reserve("m", 10, 0.0, now=0.3)
-    assert grant.wait_s >= 4.5  # everything is cooling down: told to wait, not refused
+    # everything is cooling down: told to come back, not refused, and nothing held meanwhile
+    assert grant.wait_s >= 4.5 and grant.id is None and grant.stop is None
 
 
 def test_insufficient_quota_disables_only_that_key():
@@ -111,7 +114,13 @@ def test_server_headers_lower_our_headroom():
     ledger = QuotaLedger(keys(("a", 600, 10**9)), now=0.0)
     grant = ledger.reserve("m", 10, 0.0, now=0.0)
     ledger.settle(grant.id, status="ok", remaining_requests=0, now=0.0)
-    assert ledger.reserve("m", 10, 0.0, now=0.0).wait_s > 0.5  # the server says its window is full
+    assert ledger.reserve("m", 10, 0.0, now=0.0).wait_s >= 0.1  # the server's window is full: one refill
+    # a header is as old as the call's admission: what refilled since counts, so a stale "0 left" read
+    # late does not hold the lane back twice
+    late = QuotaLedger(keys(("a", 600, 10**9)), now=0.0)
+    grant = late.reserve("m", 10, 0.0, now=0.0)
+    late.settle(grant.id, status="ok", remaining_tokens=0, remaining_requests=0, now=0.5)
+    assert late.reserve("m", 10, 0.0, now=0.5).wait_s == 0.0
 
 
 def test_models_with_their_own_limits_pace_separately_on_one_key():
