@@ -9,7 +9,9 @@ when the config gives that model its own limits (OpenAI limits each model of a k
 the cost and subtracts it at once, so later callers see the debt and are told to wait longer: load
 spreads over time without the broker ever blocking. Against a server counting a sliding 60 s
 window, a bucket of capacity C refilled at (limit - C)/60 per second can never exceed the limit in
-any window, so C is kept small (1% of the limit) and utilisation stays ≥ 99% of the binding limit.
+any window, so C starts small (1% of the limit) and utilisation stays ≥ 99% of the binding limit; the
+token bucket then grows to the server's own bucket as its headers show it, and each lane also keeps a
+record of its last minute, which says whether a call larger than the bucket fits the server's window.
 
 A lane's token bucket counts in the server's tokens, which are never ours (DESIGN.md, "How real
 providers behave"). Each lane learns the ratio of the server's counts (`usage`) to our own, for prompts
