@@ -168,9 +168,11 @@ def serve_llm_main(args: argparse.Namespace) -> int:
 
     faults = Faults(error_5xx=args.fault_5xx, timeout=args.fault_timeout, malformed=args.fault_malformed,
                     truncated=args.fault_truncated, refusal=args.fault_refusal)
+    counting = args.token_counting if args.token_counting in ("ours", "characters") else float(args.token_counting)
     server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=args.rpm, tpm=args.tpm),
                                          latency_ms=(args.latency_ms[0], args.latency_ms[1]), faults=faults,
-                                         seed=args.seed))
+                                         seed=args.seed, token_counting=counting, charge=args.charge,
+                                         quantum_s=args.quantum_s))
     print(f"soulray offline rewriter (not a model) at http://{args.host}:{args.port}/v1 — "
           f"per-key limits {args.rpm} rpm / {args.tpm} tpm; stats at /stats", flush=True)
     web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log=None)
@@ -233,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--latency-ms", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"),
                        help="uniform latency range per request")
     serve.add_argument("--seed", type=int, default=0, help="seed for latency and fault draws")
+    serve.add_argument("--token-counting", default="ours", metavar="ours|characters|RATIO",
+                       help="count tokens as soulray estimates them, one a character, or RATIO times soulray's")
+    serve.add_argument("--charge", choices=("actual", "max_tokens"), default="actual",
+                       help="admission charge: actual tokens, or max(max_tokens, prompt) as OpenAI does")
+    serve.add_argument("--quantum-s", type=float, default=60.0,
+                       help="enforce the per-minute limits in slices this long (OpenAI: 60,000 RPM as 1,000 a second)")
     for fault, text in (("5xx", "503 errors"), ("timeout", "requests that hang 30 s"),
                         ("malformed", "completions without role labels"), ("truncated", "finish_reason=length"),
                         ("refusal", "refusals")):

@@ -147,6 +147,11 @@ class LocalServerConfig(StrictModel):
     latency_ms: tuple[float, float] = (0.0, 0.0)
     rpm: int = Field(100_000, ge=1)
     tpm: int = Field(100_000_000, ge=1)
+    # how a real provider differs from soulray's own view (soulray/rewrite/server.py, ServerConfig)
+    token_counting: Literal["ours", "characters"] | float = Field(
+        "ours", description="'ours', 'characters', or a ratio to ours (e.g. 1.5)")
+    charge: Literal["actual", "max_tokens"] = Field("actual", description="max_tokens: OpenAI's admission rule")
+    quantum_s: float = Field(60.0, gt=0, le=60, description="enforce the minute's limits in slices this long")
 
 
 class RewriteConfig(StrictModel):
@@ -160,7 +165,12 @@ class RewriteConfig(StrictModel):
     prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int = Field(2048, ge=16)
+    max_tokens: int = Field(2048, ge=16, description="the cap on max_tokens; each call sends a budget learned from "
+                                                     "past completions, at most this")
+    max_tokens_quantile: float = Field(0.99, gt=0, le=1, description="a call's max_tokens: this quantile of the "
+                                                                     "completion lengths learned so far…")
+    max_tokens_margin: float = Field(1.25, ge=1, description="…times this margin (a cut completion is re-asked "
+                                                              "with twice the budget)")
     min_turns: int = Field(8, ge=2, description="utterances, user and counselor together")
     max_turns: int = Field(20, ge=2)
     max_reasks: int = Field(2, ge=0, description="re-ask a malformed completion (new seed) this many times")

@@ -9,13 +9,25 @@ when the config gives that model its own limits (OpenAI limits each model of a k
 the cost and subtracts it at once, so later callers see the debt and are told to wait longer: load
 spreads over time without the broker ever blocking. Against a server counting a sliding 60 s
 window, a bucket of capacity C refilled at (limit - C)/60 per second can never exceed the limit in
-any window, so C is kept small (1% of the limit) and utilisation stays ≥ 99% of the binding limit.
+any window, so C starts small (1% of the limit) and utilisation stays ≥ 99% of the binding limit; the
+token bucket then grows to the server's own bucket as its headers show it, and each lane also keeps a
+record of its last minute, which says whether a call larger than the bucket fits the server's window.
+
+A lane's token bucket counts in the server's tokens, which are never ours (DESIGN.md, "How real
+providers behave"). Each lane learns the ratio of the server's counts (`usage`) to our own, for prompts
+and completions apart; each prompt version and model learns how long its completions run relative to
+the caller's prior guess. A reservation is then the learned prompt + expected completion, in the
+server's tokens, and at least the request's max_tokens (OpenAI charges max(max_tokens, prompt) at
+admission); max_tokens itself is a high percentile of the learned lengths with a margin, so no TPM is
+held for headroom nobody uses.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,29 +65,186 @@ class KeyLimits:
 
 @dataclass
 class _Bucket:
+    """A token bucket kept as the moment it will be full again (`full_at`, GCRA's theoretical arrival
+    time), so that a call granted to start later (held back by another bucket, or a cool-down) is
+    drawn at its start, not at its grant: a level drawn at grant time let the next calls start before
+    a held-back one and bunch up with it (the requests bucket of a token-bound key let 2 calls a second
+    through a 60 RPM key, issue 18)."""
+
     capacity: float
     rate: float  # per second
-    level: float
-    updated: float
+    full_at: float
+    smallest: float = 1.0  # the capacity it starts with, and never goes below
 
     @classmethod
     def for_limit(cls, per_minute: int, now: float) -> _Bucket:
         capacity = max(1.0, per_minute * 0.01)
-        return cls(capacity=capacity, rate=max(per_minute - capacity, 1e-9) / 60.0, level=capacity, updated=now)
+        return cls(capacity=capacity, rate=max(per_minute - capacity, 1e-9) / 60.0, full_at=now, smallest=capacity)
 
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
+    def resize(self, server_capacity: float, per_minute: int) -> None:
+        """Hold as much as the server's own bucket does (learned from its headers), at most
+        LARGEST_BURST of the minute: against a server that enforces the minute in one-second slices
+        the burst must be that slice, against a sliding minute it may be larger (the lane's _Minute
+        keeps the minute's total), and a small burst held back a key bound by requests whenever one
+        call was larger than the bucket."""
+        self.capacity = min(max(self.smallest, server_capacity), max(self.smallest, per_minute * LARGEST_BURST))
 
-    def wait(self, cost: float) -> float:
-        """Seconds until `cost` may be taken: until the level covers it (or the whole capacity, for a
-        cost larger than the bucket, which then runs into debt that later callers wait out)."""
-        return max(0.0, (min(cost, self.capacity) - self.level) / self.rate)
+    def level(self, now: float) -> float:
+        return self.capacity - max(0.0, self.full_at - now) * self.rate
+
+    def earliest(self, cost: float, now: float, margin_s: float = 0.0) -> float:
+        """When `cost` may start: when the level covers it (or the whole capacity, for a cost larger
+        than the bucket, which then runs into debt that later callers wait out), and `margin_s` later."""
+        return max(now, self.full_at - (self.capacity - min(cost, self.capacity)) / self.rate + margin_s)
+
+    def take(self, cost: float, start: float) -> None:
+        self.full_at = max(self.full_at, start) + cost / self.rate
+
+    def refund(self, amount: float, now: float) -> None:
+        """Give back (or, negative, charge) the difference between a reservation and what the call
+        really cost; never above capacity, so an over-estimate cannot lift the lane past its burst size."""
+        self.full_at = max(now, self.full_at - amount / self.rate)
+
+    def at_most(self, level: float, now: float) -> None:
+        """What the server says it has left: never believe we have more."""
+        self.full_at = max(self.full_at, now + (self.capacity - level) / self.rate)
+
+
+# A call starts when the bucket holds its reservation and this much more: the reservation is an estimate
+# (the server counts the completion only once it is written), and against a server whose bucket is as
+# small as ours (one-second slices) a call sent the moment its estimate fits was refused whenever it ran
+# longer than estimated. The slack is not drawn: it stays in the bucket for the next call.
+ESTIMATE_SLACK = 0.4
+MINUTE_MARGIN = 0.01  # of the tokens a minute: for the error of the estimates of calls not yet settled
+
+
+class _Minute:
+    """What a lane started in the last minute, as a sliding-window limiter counts it: each call at its
+    start with the tokens reserved until it settles, then with the server's count. A bucket small
+    enough to be safe (1% of the limit) cannot tell whether a call larger than the bucket fits the
+    server's window; this can, exactly, for calls whose count the lane has learned. Calls are kept
+    `LINGER_S` past the minute: the server saw each a little after the start we planned."""
+
+    LINGER_S = 0.25
+
+    def __init__(self) -> None:
+        self.calls: deque[list[float]] = deque()  # [start, tokens], in the order granted
+        self.tokens = 0.0
+
+    def _trim(self, now: float) -> None:
+        while self.calls and self.calls[0][0] <= now - 60.0 - self.LINGER_S:
+            self.tokens -= self.calls.popleft()[1]
+
+    def earliest(self, tokens: float, limits: LaneLimits, now: float) -> float:
+        """When a call of `tokens` fits under both limits, counting every call granted so far (those
+        planned to start within GRANT_AHEAD_S too)."""
+        self._trim(now)
+        excess_tokens = self.tokens + tokens - limits.tpm * (1 - MINUTE_MARGIN)
+        excess_requests = len(self.calls) + 1 - limits.rpm
+        if excess_tokens <= 0 and excess_requests <= 0:
+            return now
+        at = now
+        for index, (start, spent) in enumerate(self.calls):
+            excess_tokens -= spent
+            at = start + 60.0 + self.LINGER_S
+            if excess_tokens <= 0 and index + 1 >= excess_requests:
+                break
+        return at
+
+    def add(self, start: float, tokens: float) -> list[float]:
+        call = [start, tokens]
+        self.calls.append(call)
+        self.tokens += tokens
+        return call
+
+    def settle(self, call: list[float], tokens: float, now: float) -> None:
+        self._trim(now)
+        if call[0] > now - 60.0 - self.LINGER_S:  # still in the minute, so in the sum
+            self.tokens += tokens - call[1]
+        call[1] = tokens
 
 
 def _new_stats() -> dict[str, float]:
+    # cut_by_length: completions that hit the max_tokens we derived (not the configured cap), re-asked
+    # with a larger budget by the caller
     return {"requests": 0, "ok": 0, "rate_limited": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
-            "cost_usd": 0.0}
+            "cost_usd": 0.0, "cut_by_length": 0}
+
+
+@dataclass
+class _Ratio:
+    """The server's count over ours, as a ratio of decayed sums over recent calls (a long text weighs
+    more than a short one; ~50 calls of memory). 1.0 until the first call says otherwise."""
+
+    server: float = 0.0
+    ours: float = 0.0
+
+    def add(self, server: int, ours: int) -> None:
+        if server > 0 and ours > 0:
+            self.server, self.ours = self.server * 0.98 + server, self.ours * 0.98 + ours
+
+    @property
+    def value(self) -> float:
+        return self.server / self.ours if self.ours else 1.0
+
+
+@dataclass
+class CompletionLengths:
+    """How long completions run for one prompt version and model, as a share of the caller's prior
+    guess (CallShape.completion_tokens), in our tokens, over the last 500 completions that ended on
+    their own (a cut one says only that it was longer)."""
+
+    samples: deque = field(default_factory=lambda: deque(maxlen=500))
+    _summary: tuple[list[float], float] | None = None  # (sorted samples, mean + one deviation), kept until an add
+
+    MIN_SAMPLES = 20  # before that, the configured max_tokens and the prior guess
+
+    def add(self, share: float) -> None:
+        self.samples.append(share)
+        self._summary = None
+
+    @property
+    def learned(self) -> bool:
+        return len(self.samples) >= self.MIN_SAMPLES
+
+    def _summarise(self) -> tuple[list[float], float]:
+        if self._summary is None:
+            mean = sum(self.samples) / len(self.samples)
+            deviation = math.sqrt(sum((share - mean) ** 2 for share in self.samples) / len(self.samples))
+            self._summary = (sorted(self.samples), mean + deviation)
+        return self._summary
+
+    def spread(self) -> float:
+        """Mean plus one standard deviation: what a reservation holds for the completion. A mean alone
+        is short for half the calls, and a short reservation lets the next call start before the
+        server has room for it (most 429s against one-second slices, where the room is one call)."""
+        return self._summarise()[1]
+
+    def quantile(self, q: float) -> float:
+        ordered = self._summarise()[0]
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class CallShape:
+    """What a caller knows before a call, in our token counts (soulray/rewrite/tokens.py)."""
+
+    prompt_tokens: int
+    completion_tokens: int  # the prior guess of the completion's length
+    max_tokens: int  # the configured cap on max_tokens
+    namespace: str = ""  # the prompt (or rubric) version: completion lengths are learned per version and model
+    min_max_tokens: int = 0  # a re-ask after finish_reason `length`: at least this budget
+
+
+@dataclass(frozen=True)
+class Budgeting:
+    """How max_tokens is derived from the learned completion lengths: the `quantile` of the lengths
+    times `margin`, plus `slack` tokens, at least `floor`."""
+
+    quantile: float = 0.99
+    margin: float = 1.25
+    slack: int = 32
+    floor: int = 64
 
 
 @dataclass
@@ -85,7 +254,17 @@ class _Lane:
     limits: LaneLimits
     requests: _Bucket
     tokens: _Bucket
+    minute: _Minute = field(default_factory=_Minute)
+    last_start: float = float("-inf")  # of the calls granted so far
+    # How much later than its bucket allows a call starts: calls reach the server later than planned,
+    # by an RPC, a sleep and a request, and not by the same amount each time, so against a server
+    # that allows one call a second two calls planned 1.02 s apart arrived 0.98 s apart (13% of calls
+    # refused against one-second slices, issue 18). Learned from the 429s of calls the lane let
+    # through (+ their Retry-After), forgotten slowly while calls pass.
+    margin_s: float = 0.0
     in_flight: int = 0
+    prompt_ratio: _Ratio = field(default_factory=_Ratio)  # the server's prompt tokens over ours
+    completion_ratio: _Ratio = field(default_factory=_Ratio)  # the same for completions
     cooldown_until: float = 0.0
     consecutive_429: int = 0
     backed_off_at: float = float("-inf")  # when the last 429 that lengthened the cool-down was settled
@@ -93,6 +272,22 @@ class _Lane:
     @classmethod
     def for_limits(cls, limits: LaneLimits, now: float) -> _Lane:
         return cls(limits, _Bucket.for_limit(limits.rpm, now), _Bucket.for_limit(limits.tpm, now))
+
+    def plan(self, shape: CallShape, lengths: CompletionLengths | None, budgeting: Budgeting) -> tuple[int, int]:
+        """(tokens to reserve, max_tokens to send) for a call of `shape` on this lane, in the server's
+        tokens: the learned prompt + expected completion, and at least max_tokens (OpenAI charges
+        max(max_tokens, prompt) at admission)."""
+        completion_ratio = self.completion_ratio.value
+        if lengths is not None and lengths.learned:
+            expected = shape.completion_tokens * lengths.spread()
+            budget = shape.completion_tokens * lengths.quantile(budgeting.quantile) * budgeting.margin
+            max_tokens = max(budgeting.floor, math.ceil(budget * completion_ratio) + budgeting.slack)
+        else:
+            expected, max_tokens = shape.completion_tokens, shape.max_tokens
+        max_tokens = min(shape.max_tokens, max(max_tokens, shape.min_max_tokens))
+        expected_server = min(expected * completion_ratio, max_tokens)
+        reserve = math.ceil(shape.prompt_tokens * self.prompt_ratio.value + expected_server)
+        return max(reserve, max_tokens), max_tokens
 
 
 @dataclass
@@ -121,22 +316,50 @@ class Reservation:
     id: int | None = None
     key: str | None = None
     wait_s: float = 0.0
-    estimated_tokens: int = 0
+    estimated_tokens: int = 0  # reserved on the lane, in the server's tokens as far as learned
     estimated_cost: float = 0.0
     stop: str | None = None  # set when no call may be made (all keys out, budget reached)
+    max_tokens: int | None = None  # the completion budget to send (with a CallShape)
+
+
+@dataclass(frozen=True)
+class _Open:
+    """A reservation granted and not yet settled."""
+
+    key: str
+    lane: str
+    model: str
+    tokens: int
+    cost: float
+    starts: float  # when the call was told to start
+    shape: CallShape | None
+    max_tokens: int | None
+    in_minute: list[float]  # its entry in the lane's _Minute
+
+
+LARGEST_BURST = 0.1  # of a minute's limit: a bucket never holds more
+# A call is granted at most this long before it may start. Granted further ahead, calls queued tens of
+# seconds deep on a busy lane (64 callers, 4 calls a second) and no settlement or header could
+# correct a schedule already handed out: the errors of the estimates added up past the bucket's
+# capacity and the server refused (5% of calls in the quota simulation, issue 18).
+GRANT_AHEAD_S = 1.0
+MAX_COOLDOWN_FACTOR = 2.0
+MAX_MARGIN_S = 0.1  # repeated 429s stretch a Retry-After at most this much
 
 
 class QuotaLedger:
     """The pure bookkeeping; `QuotaBroker` is its Ray actor. Time is passed in, for tests."""
 
-    def __init__(self, keys: list[KeyLimits], *, budget_usd: float | None = None, now: float | None = None) -> None:
+    def __init__(self, keys: list[KeyLimits], *, budget_usd: float | None = None, now: float | None = None,
+                 budgeting: Budgeting = Budgeting()) -> None:
         self.keys = {k.name: _KeyState(k) for k in keys}
         self.budget_usd = budget_usd
+        self.budgeting = budgeting
         self.spent_usd = 0.0
         self.reserved_usd = 0.0
-        # id → key, lane, model, tokens, cost, when the call starts
-        self._open: dict[int, tuple[str, str, str, int, float, float]] = {}
+        self._open: dict[int, _Open] = {}
         self._ids = itertools.count(1)
+        self.lengths: dict[tuple[str, str], CompletionLengths] = {}  # (namespace, model) → completion lengths
         self.rows_done = 0  # rows the callers finished (for progress; calls are counted per key)
         self.persisted = 0  # paid answers the callers have written to the response cache
         self.interrupted: str | None = None  # set when the job is stopping: no call may start
@@ -144,13 +367,18 @@ class QuotaLedger:
     def interrupt(self, why: str) -> None:
         self.interrupted = why
 
-    def reserve(self, model: str, estimated_tokens: int, estimated_cost: float, now: float | None = None) -> Reservation:
+    def reserve(self, model: str, estimated_tokens: int, estimated_cost: float, now: float | None = None,
+                shape: CallShape | None = None) -> Reservation:
+        """A lane and a wait for one call. With `shape`, the tokens reserved and the max_tokens to send
+        come from what the lane and the model have learned (`estimated_tokens` is then unused);
+        without, `estimated_tokens` is reserved as given."""
         now = time.monotonic() if now is None else now
         if self.interrupted:
             return Reservation(stop=f"interrupted: {self.interrupted}")
         if self.budget_usd is not None and self.spent_usd + self.reserved_usd + estimated_cost > self.budget_usd:
             return Reservation(stop=f"budget: ${self.spent_usd:.4f} spent + ${self.reserved_usd:.4f} reserved of "
                                     f"${self.budget_usd:.2f}; no new calls")
+        lengths = self.lengths.get((shape.namespace, model)) if shape else None
         candidates, busy, reasons = [], False, []
         for state in self.keys.values():
             limits = state.limits
@@ -166,71 +394,122 @@ class QuotaLedger:
             if lane.in_flight >= lane.limits.max_concurrent:
                 busy = True
                 continue
-            lane.requests.refill(now)
-            lane.tokens.refill(now)
-            wait = max(lane.requests.wait(1), lane.tokens.wait(estimated_tokens), lane.cooldown_until - now, 0.0)
-            headroom = lane.requests.level / lane.requests.capacity + lane.tokens.level / lane.tokens.capacity
-            candidates.append((wait, -headroom, limits.name, state, lane_name, lane))
+            tokens, max_tokens = lane.plan(shape, lengths, self.budgeting) if shape else (estimated_tokens, None)
+            # never before a call granted earlier: the server checks each call against the calls it has
+            # seen, so one slipped in ahead of a granted call takes the room that call was granted for
+            start = max(lane.requests.earliest(1, now, lane.margin_s),
+                        lane.tokens.earliest(tokens * (1 + ESTIMATE_SLACK), now, lane.margin_s),
+                        lane.cooldown_until,
+                        lane.minute.earliest(tokens, lane.limits, now), lane.last_start)
+            wait = start - now
+            headroom = lane.requests.level(now) / lane.requests.capacity + lane.tokens.level(now) / lane.tokens.capacity
+            candidates.append((wait, -headroom, limits.name, state, lane_name, lane, tokens, max_tokens))
         if not candidates:
             if busy:
                 return Reservation(wait_s=0.05)  # every usable lane is at its concurrency limit: ask again soon
             return Reservation(stop="no usable key for model " + model + (": " + "; ".join(reasons) if reasons else ""))
-        wait, _, name, state, lane_name, lane = min(candidates, key=lambda c: (c[0], c[1], c[2]))
-        lane.requests.level -= 1
-        lane.tokens.level -= estimated_tokens
+        wait, _, name, state, lane_name, lane, tokens, max_tokens = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+        if wait > GRANT_AHEAD_S:
+            return Reservation(wait_s=wait)  # come back then: nothing is held for a call this far off
+        lane.last_start = now + wait
+        lane.requests.take(1, now + wait)
+        lane.tokens.take(tokens, now + wait)
+        in_minute = lane.minute.add(now + wait, tokens)
         lane.in_flight += 1
         state.reserved_usd += estimated_cost
         self.reserved_usd += estimated_cost
         state.count(model, "requests")
         reservation_id = next(self._ids)
-        self._open[reservation_id] = (name, lane_name, model, estimated_tokens, estimated_cost, now + wait)
-        return Reservation(id=reservation_id, key=name, wait_s=wait, estimated_tokens=estimated_tokens,
-                           estimated_cost=estimated_cost)
+        self._open[reservation_id] = _Open(name, lane_name, model, tokens, estimated_cost, now + wait, shape, max_tokens,
+                                           in_minute)
+        return Reservation(id=reservation_id, key=name, wait_s=wait, estimated_tokens=tokens,
+                           estimated_cost=estimated_cost, max_tokens=max_tokens)
 
     def settle(self, reservation_id: int, *, status: str, prompt_tokens: int = 0, completion_tokens: int = 0,
                cost_usd: float = 0.0, retry_after_s: float | None = None, remaining_requests: int | None = None,
-               remaining_tokens: int | None = None, now: float | None = None) -> None:
-        """status: ok | rate_limited | insufficient_quota | error (a failed call that may have cost nothing)."""
+               remaining_tokens: int | None = None, reset_requests_s: float | None = None,
+               reset_tokens_s: float | None = None, own_completion_tokens: int | None = None,
+               finish_reason: str | None = None, now: float | None = None) -> None:
+        """status: ok | rate_limited | insufficient_quota | error (a failed call that may have cost nothing).
+        prompt/completion tokens are the server's (`usage`); own_completion_tokens is the completion
+        as we count it, for learning the ratio between the two."""
         now = time.monotonic() if now is None else now
-        name, lane_name, model, estimated_tokens, estimated_cost, started = self._open.pop(reservation_id)
-        state = self.keys[name]
-        lane = state.lanes[lane_name]
+        call = self._open.pop(reservation_id)
+        state = self.keys[call.key]
+        lane = state.lanes[call.lane]
         lane.in_flight -= 1
-        state.reserved_usd -= estimated_cost
-        self.reserved_usd -= estimated_cost
+        state.reserved_usd -= call.cost
+        self.reserved_usd -= call.cost
         state.spent_usd += cost_usd
         self.spent_usd += cost_usd
-        lane.tokens.refill(now)
-        used = prompt_tokens + completion_tokens
-        lane.tokens.level += estimated_tokens - used  # refund the estimate, charge what was really used
-        state.count(model, "prompt_tokens", prompt_tokens)
-        state.count(model, "completion_tokens", completion_tokens)
-        state.count(model, "cost_usd", cost_usd)
+        lane.tokens.refund(call.tokens - (prompt_tokens + completion_tokens), now)
+        lane.minute.settle(call.in_minute, prompt_tokens + completion_tokens, now)
+        state.count(call.model, "prompt_tokens", prompt_tokens)
+        state.count(call.model, "completion_tokens", completion_tokens)
+        state.count(call.model, "cost_usd", cost_usd)
         if status == "ok":
-            state.count(model, "ok")
+            state.count(call.model, "ok")
             lane.consecutive_429 = 0
+            lane.margin_s *= 0.98
+            self._learn(call, lane, prompt_tokens, completion_tokens, own_completion_tokens, finish_reason)
+            if finish_reason == "length" and call.shape and call.max_tokens is not None \
+                    and call.max_tokens < call.shape.max_tokens:
+                state.count(call.model, "cut_by_length")
         elif status == "rate_limited":
-            state.count(model, "rate_limited")
-            # a call made after the last back-off began and refused again is a repeat: back off longer.
-            # One made before is an echo of the same refusal (a burst answers every call in flight):
-            # counting those as repeats turned 16 calls in flight into a cool-down of minutes.
-            if started >= lane.backed_off_at:
-                lane.consecutive_429 += 1
-                lane.backed_off_at = now
-            # honour Retry-After; without one back off 1, 2, 4 … 60 s; repeated 429s cool the lane longer
-            pause = retry_after_s if retry_after_s is not None else min(60.0, 2.0 ** (lane.consecutive_429 - 1))
-            lane.cooldown_until = max(lane.cooldown_until, now + pause * (1 + 0.5 * (lane.consecutive_429 - 1)))
+            state.count(call.model, "rate_limited")
+            if retry_after_s is not None and call.starts >= lane.backed_off_at and call.starts >= lane.cooldown_until:
+                lane.margin_s = min(MAX_MARGIN_S, lane.margin_s + min(retry_after_s, MAX_MARGIN_S))
+            self._cool_down(lane, call, retry_after_s, now)
         elif status == "insufficient_quota":
-            state.count(model, "errors")
+            state.count(call.model, "errors")
             state.disabled = "insufficient_quota (no credit left on this key)"
         else:
-            state.count(model, "errors")
-        # the server knows its own window: never believe we have more headroom than it says
-        lane.requests.refill(now)
-        if remaining_requests is not None:
-            lane.requests.level = min(lane.requests.level, remaining_requests - lane.requests.capacity)
-        if remaining_tokens is not None:
-            lane.tokens.level = min(lane.tokens.level, remaining_tokens - lane.tokens.capacity)
+            state.count(call.model, "errors")
+        # the server knows its own window: never believe we have more headroom than it had when it
+        # admitted (or refused) this call, plus what has refilled since. On a 429 this is what corrects
+        # an estimate that was too low, before any cool-down.
+        # And the server's bucket is as large as what it has left plus what refills until its reset
+        # ("x-ratelimit-reset-tokens": until the bucket is full again).
+        since = max(0.0, now - call.starts)
+        for bucket, remaining, reset, per_minute in ((lane.requests, remaining_requests, reset_requests_s, lane.limits.rpm),
+                                                     (lane.tokens, remaining_tokens, reset_tokens_s, lane.limits.tpm)):
+            if remaining is None:
+                continue
+            # tokens only: calls stay paced one by one (a call's size is one request, never larger than
+            # the bucket)
+            if reset is not None and remaining > 0 and bucket is lane.tokens:  # at 0 the bucket may be in debt
+                bucket.resize(remaining + reset * per_minute / 60.0, per_minute)
+            bucket.at_most(remaining + since * bucket.rate, now)
+
+    def _learn(self, call: _Open, lane: _Lane, prompt_tokens: int, completion_tokens: int,
+               own_completion_tokens: int | None, finish_reason: str | None) -> None:
+        if call.shape is None:
+            return
+        lane.prompt_ratio.add(prompt_tokens, call.shape.prompt_tokens)
+        if own_completion_tokens is None:
+            return
+        lane.completion_ratio.add(completion_tokens, own_completion_tokens)
+        if finish_reason != "length" and call.shape.completion_tokens > 0:
+            lengths = self.lengths.setdefault((call.shape.namespace, call.model), CompletionLengths())
+            lengths.add(own_completion_tokens / call.shape.completion_tokens)
+
+    @staticmethod
+    def _cool_down(lane: _Lane, call: _Open, retry_after_s: float | None, now: float) -> None:
+        """Honour Retry-After (without one: 1, 2, 4 … 60 s). Repeated 429s stretch a Retry-After, by at
+        most MAX_COOLDOWN_FACTOR: a 429 from a misjudged charge is corrected by the headers (settle),
+        and a lane that kept lengthening its pause went idle for minutes (issue 18)."""
+        # a call made after the last back-off began and refused again is a repeat. One made before is an
+        # echo of the same refusal (a burst answers every call in flight): counting those as repeats
+        # turned 16 calls in flight into a cool-down of minutes.
+        if call.starts >= lane.backed_off_at:
+            lane.consecutive_429 += 1
+            lane.backed_off_at = now
+        repeats = lane.consecutive_429 - 1
+        if retry_after_s is not None:
+            pause = retry_after_s * min(MAX_COOLDOWN_FACTOR, 1 + 0.5 * repeats)
+        else:
+            pause = min(60.0, 2.0 ** repeats)
+        lane.cooldown_until = max(lane.cooldown_until, now + pause)
 
     def snapshot(self) -> dict[str, Any]:
         """Calls, tokens and spend so far: per key (with a per-model breakdown), per model, in total."""
@@ -251,16 +530,18 @@ class QuotaLedger:
 class QuotaBroker:
     """The Ray actor holding the ledger (async: calls interleave, none blocks)."""
 
-    def __init__(self, keys: list[KeyLimits], budget_usd: float | None = None) -> None:
-        self.ledger = QuotaLedger(keys, budget_usd=budget_usd)
+    def __init__(self, keys: list[KeyLimits], budget_usd: float | None = None,
+                 budgeting: Budgeting = Budgeting()) -> None:
+        self.ledger = QuotaLedger(keys, budget_usd=budget_usd, budgeting=budgeting)
 
-    async def reserve(self, model: str, estimated_tokens: int, estimated_cost: float) -> Reservation:
-        return self.ledger.reserve(model, estimated_tokens, estimated_cost)
+    async def reserve(self, model: str, estimated_tokens: int, estimated_cost: float,
+                      shape: CallShape | None = None) -> Reservation:
+        return self.ledger.reserve(model, estimated_tokens, estimated_cost, shape=shape)
 
-    async def reserve_many(self, requests: list[tuple[str, int, float]]) -> list[Reservation]:
-        """Several reservations in one call (model, estimated tokens, estimated cost each), granted in
-        order exactly as if they had come one by one."""
-        return [self.ledger.reserve(model, tokens, cost) for model, tokens, cost in requests]
+    async def reserve_many(self, requests: list[tuple[str, int, float, CallShape | None]]) -> list[Reservation]:
+        """Several reservations in one call (model, estimated tokens, estimated cost, shape each),
+        granted in order exactly as if they had come one by one."""
+        return [self.ledger.reserve(model, tokens, cost, shape=shape) for model, tokens, cost, shape in requests]
 
     async def settle(self, reservation_id: int, **outcome: object) -> None:
         self.ledger.settle(reservation_id, **outcome)
@@ -283,9 +564,10 @@ class QuotaBroker:
         self.ledger.interrupt(why)
 
 
-def start_broker(name: str, keys: list[KeyLimits], budget_usd: float | None, namespace: str):
+def start_broker(name: str, keys: list[KeyLimits], budget_usd: float | None, namespace: str,
+                 budgeting: Budgeting = Budgeting()):
     import ray
 
     actor = ray.remote(QuotaBroker).options(name=name, namespace=namespace, num_cpus=0, max_concurrency=1000,
                                             lifetime=None, get_if_exists=True)
-    return actor.remote(keys, budget_usd)
+    return actor.remote(keys, budget_usd, budgeting)

@@ -8,7 +8,11 @@ soulray/evaluate/offline.py), as deterministic and as model-free. What it
 simulates faithfully is the behaviour of real APIs that soulray must cope with: per-key requests- and
 tokens-per-minute limits (429 + Retry-After + x-ratelimit-* headers), bursts of 429 whatever the pacing,
 latency, 5xx errors, timeouts, malformed, truncated and refused completions, and keys without quota
-(`insufficient_quota`).
+(`insufficient_quota`); and the ways a real provider's limiter differs from the client's own view
+(DESIGN.md, "How real providers behave"): it counts tokens its own way (`token_counting`), may charge a
+request at admission by its max_tokens (`charge`), may enforce a minute's limit in short slices
+(`quantum_s`), cuts a completion at max_tokens (finish_reason `length`), and sends its reset headers as
+duration strings ("6m0s", "1s", "20ms").
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from aiohttp import web
 
 from soulray.evaluate.offline import is_judge_prompt, offline_evaluation
 from soulray.rewrite.prompts import CLOSE, OPEN
-from soulray.rewrite.tokens import count_message_tokens, count_tokens
+from soulray.rewrite.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
 
 
 @dataclass
@@ -92,6 +96,8 @@ class KeyStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     log: list[tuple[float, int, str]] = field(default_factory=list)  # (time, tokens, lane) of every admission
+    refused_at: list[float] = field(default_factory=list)  # when each 429 for rate (limits or bursts) was sent
+    budgets: list[int | None] = field(default_factory=list)  # each request's max_tokens, in arrival order
     bursts: list[Burst] = field(default_factory=list)
     since_burst: int = 0  # requests since the last burst ended
 
@@ -126,6 +132,9 @@ class KeyStats:
         return best_requests, best_tokens
 
 
+CHARGES = ("actual", "max_tokens")
+
+
 @dataclass
 class ServerConfig:
     keys: dict[str, SimulatedKey] = field(default_factory=dict)  # api key value → limits; empty: any key, default limits
@@ -134,6 +143,46 @@ class ServerConfig:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4", "gpt-4o-mini", "deepseek-chat")
+    # How this provider counts tokens (usage and limits): "ours" (soulray/rewrite/tokens.py, what the
+    # client estimates with), "characters" (one a character), or a number: that many times ours (real
+    # tokenizers run ~0.7-2 tokens a Chinese character by model).
+    token_counting: str | float = "ours"
+    # What a request costs at admission: "actual" (prompt + completion, known here before the latency),
+    # or "max_tokens": OpenAI's rule, max(max_tokens, prompt) up front, settled to the actual count when
+    # the completion is done.
+    charge: str = "actual"
+    # 60: each limit is a sliding 60 s window. Less: the minute's limit is enforced in slices of this
+    # many seconds (60,000 RPM as 1,000 per second), as a bucket of limit × quantum_s / 60 refilled at
+    # limit / 60 per second; a request larger than the bucket is admitted only when the bucket is full
+    # and leaves it in debt (a provider enforcing per second still serves a 5,000-token request under
+    # 100k TPM).
+    quantum_s: float = 60.0
+    default_max_tokens: int = 4096  # the completion budget of a request that names none
+
+    def __post_init__(self) -> None:
+        counting = self.token_counting
+        if not (counting in ("ours", "characters") or (isinstance(counting, (int, float)) and counting > 0)):
+            raise ValueError(f"token_counting: 'ours', 'characters' or a positive ratio, not {counting!r}")
+        if self.charge not in CHARGES:
+            raise ValueError(f"charge: one of {CHARGES}, not {self.charge!r}")
+        if not 0 < self.quantum_s <= 60:
+            raise ValueError(f"quantum_s: in (0, 60], not {self.quantum_s}")
+
+    def count(self, text: str) -> int:
+        """Tokens in `text` as this provider counts them."""
+        if self.token_counting == "characters":
+            return len(text)
+        ours = count_tokens(text)
+        return ours if self.token_counting == "ours" else math.ceil(ours * float(self.token_counting))
+
+    def count_messages(self, messages: list[dict[str, str]]) -> int:
+        """The prompt's tokens: each message's content plus the chat framing, as tokens.py frames them."""
+        if self.token_counting == "ours":
+            return count_message_tokens(messages)
+        return sum(self.count(m.get("content") or "") + MESSAGE_OVERHEAD for m in messages) + 3
+
+    def limiter(self) -> _Window | _Slices:
+        return _Window() if self.quantum_s >= 60 else _Slices(self.quantum_s)
 
 
 class _Window:
@@ -166,12 +215,91 @@ class _Window:
         self.tokens += tokens
         return 0.0
 
+    def settle(self, admitted_at: float, charged: int, actual: int) -> None:
+        """The request admitted at `admitted_at` for `charged` tokens really cost `actual` (if it is still
+        in the window: the newest events are searched first, where a request just answered sits)."""
+        for index in range(len(self.events) - 1, -1, -1):
+            moment, tokens = self.events[index]
+            if moment < admitted_at:
+                return
+            if moment == admitted_at and tokens == charged:
+                self.events[index] = (moment, actual)
+                self.tokens += actual - charged
+                return
+
+    def headers(self, limits: SimulatedKey, now: float) -> dict[str, str]:
+        """Remaining = what the window has left; reset = until the window is empty again (the newest
+        event leaves), as a duration string."""
+        self.trim(now)
+        reset = (self.events[-1][0] + 60.0 - now) if self.events else 0.0
+        return _headers(limits, remaining_requests=max(0, limits.rpm - len(self.events)),
+                        remaining_tokens=max(0, limits.tpm - self.tokens), reset_requests_s=reset, reset_tokens_s=reset)
+
+
+class _Slices:
+    """A key's limits enforced in slices of `quantum_s` (ServerConfig.quantum_s): one bucket for requests,
+    one for tokens, each holding a slice's share of the minute's limit and refilled continuously."""
+
+    def __init__(self, quantum_s: float) -> None:
+        self.quantum_s = quantum_s
+        self.requests: float | None = None  # levels; None until the first request sets them full
+        self.tokens: float | None = None
+        self.updated = 0.0
+
+    def _refill(self, now: float, limits: SimulatedKey) -> tuple[float, float]:
+        request_cap, token_cap = limits.rpm * self.quantum_s / 60, limits.tpm * self.quantum_s / 60
+        if self.requests is None:
+            self.requests, self.tokens = request_cap, token_cap
+        elapsed = max(0.0, now - self.updated)
+        self.requests = min(request_cap, self.requests + elapsed * limits.rpm / 60)
+        self.tokens = min(token_cap, self.tokens + elapsed * limits.tpm / 60)
+        self.updated = now
+        return request_cap, token_cap
+
+    def admit(self, now: float, tokens: int, limits: SimulatedKey) -> float:
+        request_cap, token_cap = self._refill(now, limits)
+        need_requests, need_tokens = min(1.0, request_cap), min(float(tokens), token_cap)
+        wait = max((need_requests - self.requests) / (limits.rpm / 60), (need_tokens - self.tokens) / (limits.tpm / 60))
+        if wait > 1e-9:
+            return wait
+        self.requests -= 1
+        self.tokens -= tokens
+        return 0.0
+
+    def settle(self, admitted_at: float, charged: int, actual: int) -> None:
+        if self.tokens is not None:
+            self.tokens += charged - actual  # a refund is capped by the next refill, a surcharge is debt
+
+    def headers(self, limits: SimulatedKey, now: float) -> dict[str, str]:
+        """Remaining = what the buckets hold; reset = until they are full again."""
+        request_cap, token_cap = self._refill(now, limits)
+        return _headers(limits, remaining_requests=int(max(0.0, self.requests)),
+                        remaining_tokens=int(max(0.0, self.tokens)),
+                        reset_requests_s=(request_cap - self.requests) / (limits.rpm / 60),
+                        reset_tokens_s=(token_cap - self.tokens) / (limits.tpm / 60))
+
+
+@dataclass
+class Answer:
+    """The limiter's decision on one request and what the request gets (LocalLLMServer.admit)."""
+
+    at: float
+    wait_s: float  # 0: admitted; else refused, admitted in this many seconds
+    burst: Burst | None  # refused by an injected burst
+    headers: dict[str, str]
+    completion: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    charged: int  # what the limiter charged at admission
+    limiter: _Window | _Slices
+
 
 class LocalLLMServer:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.stats: dict[str, KeyStats] = {}
-        self._windows: dict[tuple[str, str], _Window] = {}  # (key, lane)
+        self._windows: dict[tuple[str, str], _Window | _Slices] = {}  # (key, lane)
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -226,42 +354,28 @@ class LocalLLMServer:
             messages, model = body["messages"], model or body.get("model", "gpt-3.5-turbo")
         except (json.JSONDecodeError, KeyError, TypeError):
             return _error(400, "invalid_request_error", "Expected a JSON body with messages.")
-        no_credit = limits.insufficient_quota  # a key's credit is the key's, whatever the model
-        lane, limits = limits.lane(model)
         with self._lock:
             stats = self.stats.setdefault(key, KeyStats())
             stats.requests += 1
             fault = self._draw_fault()
-        if no_credit:
+        if limits.insufficient_quota:  # a key's credit is the key's, whatever the model
             with self._lock:
                 stats.errors += 1
             return _error(429, "insufficient_quota", "You exceeded your current quota, please check your plan.")
-        prompt = messages[-1]["content"] if messages else ""
-        completion, finish = self._rewrite(prompt, body.get("seed"), fault)
-        prompt_tokens, completion_tokens = count_message_tokens(messages), count_tokens(completion)
-        with self._lock:
-            window = self._windows.setdefault((key, lane), _Window())
-            now = time.monotonic()
-            burst = stats.burst_at(now, self.config.faults,
-                                   started_before=sum(len(s.bursts) for s in self.stats.values()))
-            wait = 0.0 if burst else window.admit(now, prompt_tokens + completion_tokens, limits)
-            headers = _ratelimit_headers(window, limits, now)
-            if burst:
-                burst.refused.append(_call_id(model, messages, body.get("seed")))
-            if burst or wait:
-                stats.rate_limited += 1
-            else:
-                stats.log.append((now, prompt_tokens + completion_tokens, lane))  # admissions: what limits count
-        if burst:
+        answer = self.admit(key, model, messages, max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+                            seed=body.get("seed"), fault=fault)
+        if answer.burst:
             return _error(429, "rate_limit_exceeded", "Rate limit reached (injected burst).",
-                          {**headers, **burst.retry_headers(now)})
-        if wait:
-            headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            headers["retry-after-ms"] = str(int(wait * 1000))
-            return _error(429, "rate_limit_exceeded", "Rate limit reached.", headers)
+                          {**answer.headers, **answer.burst.retry_headers(answer.at)})
+        if answer.wait_s:
+            retry = {"Retry-After": str(max(1, math.ceil(answer.wait_s))),
+                     "retry-after-ms": str(max(1, math.ceil(answer.wait_s * 1000)))}
+            return _error(429, "rate_limit_exceeded", "Rate limit reached.", {**answer.headers, **retry})
         low, high = self.config.latency_ms
         if high > 0:
             await asyncio.sleep(self._uniform(low, high) / 1000)
+        self.finish(answer)
+        headers = answer.headers
         if fault == "error_5xx":
             with self._lock:
                 stats.errors += 1
@@ -271,15 +385,59 @@ class LocalLLMServer:
             return _error(504, "timeout", "Gateway timeout (injected).", headers)
         with self._lock:
             stats.completed += 1
-            stats.prompt_tokens += prompt_tokens
-            stats.completion_tokens += completion_tokens
+            stats.prompt_tokens += answer.prompt_tokens
+            stats.completion_tokens += answer.completion_tokens
+        prompt = messages[-1]["content"] if messages else ""
         return web.json_response({
             "id": "chatcmpl-" + hashlib.sha256(f"{prompt}{body.get('seed')}".encode()).hexdigest()[:24],
             "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.completion},
+                         "finish_reason": answer.finish_reason}],
+            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                      "total_tokens": answer.prompt_tokens + answer.completion_tokens},
         }, headers=headers)
+
+    def admit(self, key: str, model: str, messages: list[dict[str, str]], *, max_tokens: int | None, seed: object,
+              fault: str | None = None, now: float | None = None) -> Answer:
+        """The limiter's decision on one request of `key` (admitted, or refused with a wait), with the
+        completion it would get and its token counts as this provider counts them. The HTTP handler
+        uses it; a simulation in tests calls it with its own clock (then `finish` when the completion
+        is done)."""
+        limits = self.config.keys.get(key) if self.config.keys else self.config.default_limits
+        lane, limits = limits.lane(model)
+        prompt = messages[-1]["content"] if messages else ""
+        budget = max_tokens or self.config.default_max_tokens
+        completion, finish = self._rewrite(prompt, seed, fault)
+        if self.config.count(completion) > budget:  # a real model stops at max_tokens: cut, finish "length"
+            completion, finish = _cut(completion, budget, self.config.count), "length"
+        prompt_tokens, completion_tokens = self.config.count_messages(messages), self.config.count(completion)
+        actual = prompt_tokens + completion_tokens
+        charged = max(budget, prompt_tokens) if self.config.charge == "max_tokens" else actual
+        with self._lock:
+            stats = self.stats.setdefault(key, KeyStats())
+            limiter = self._windows.setdefault((key, lane), self.config.limiter())
+            now = time.monotonic() if now is None else now
+            stats.budgets.append(max_tokens)
+            burst = stats.burst_at(now, self.config.faults,
+                                   started_before=sum(len(s.bursts) for s in self.stats.values()))
+            wait = 0.0 if burst else limiter.admit(now, charged, limits)
+            headers = limiter.headers(limits, now)
+            if burst:
+                burst.refused.append(_call_id(model, messages, seed))
+            if burst or wait:
+                stats.rate_limited += 1
+                stats.refused_at.append(now)
+            else:
+                stats.log.append((now, actual, lane))  # admissions, at what they finally cost
+        return Answer(at=now, wait_s=wait, burst=burst, headers=headers, completion=completion, finish_reason=finish,
+                      prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, charged=charged,
+                      limiter=limiter)
+
+    def finish(self, answer: Answer) -> None:
+        """The completion is done: the limiter now counts what it really cost (charge: max_tokens)."""
+        if answer.charged != answer.prompt_tokens + answer.completion_tokens:
+            with self._lock:
+                answer.limiter.settle(answer.at, answer.charged, answer.prompt_tokens + answer.completion_tokens)
 
     def _draw_fault(self) -> str | None:
         faults = self.config.faults
@@ -385,6 +543,18 @@ def _split_block(block: str) -> tuple[str, str, str, str]:
     return user_label, assistant_label, "\n".join(question), "".join(answer)
 
 
+def _cut(text: str, budget: int, count) -> str:
+    """The longest prefix of `text` within `budget` tokens (as `count` counts them)."""
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count(text[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
 def _busiest(stats: KeyStats, lane: str | None = None) -> dict[str, int]:
     return dict(zip(("requests", "tokens"), stats.max_in_window(60.0, lane), strict=True))
 
@@ -399,14 +569,22 @@ def _key_label(key: str) -> str:
     return f"…{key[-4:]}" if key else "(none)"
 
 
-def _ratelimit_headers(window: _Window, limits: SimulatedKey, now: float) -> dict[str, str]:
-    window.trim(now)
-    used = window.tokens
-    reset = (window.events[0][0] + 60.0 - now) if window.events else 0.0
+def _headers(limits: SimulatedKey, *, remaining_requests: int, remaining_tokens: int, reset_requests_s: float,
+             reset_tokens_s: float) -> dict[str, str]:
+    """x-ratelimit-* as OpenAI sends them: limits per minute, what is left, and the resets as durations."""
     return {"x-ratelimit-limit-requests": str(limits.rpm), "x-ratelimit-limit-tokens": str(limits.tpm),
-            "x-ratelimit-remaining-requests": str(max(0, limits.rpm - len(window.events))),
-            "x-ratelimit-remaining-tokens": str(max(0, limits.tpm - used)),
-            "x-ratelimit-reset-requests": f"{reset:.3f}s", "x-ratelimit-reset-tokens": f"{reset:.3f}s"}
+            "x-ratelimit-remaining-requests": str(remaining_requests),
+            "x-ratelimit-remaining-tokens": str(remaining_tokens),
+            "x-ratelimit-reset-requests": duration(reset_requests_s), "x-ratelimit-reset-tokens": duration(reset_tokens_s)}
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's (Go's) duration strings: "6m0s", "1.5s", "20ms"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(round(seconds, 3), 60)
+    rest_text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{rest_text}" if minutes else rest_text
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import SoulrayError
-from soulray.rewrite.broker import KeyLimits, LaneLimits, start_broker
+from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.rewrite.cache import build_index, compact
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.stage import Rewriter, RewriteRun
@@ -47,12 +47,15 @@ class RewriteSession:
 
             local = self.config.local_server
             self.server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=local.rpm, tpm=local.tpm),
-                                                      latency_ms=tuple(local.latency_ms)))
+                                                      latency_ms=tuple(local.latency_ms),
+                                                      token_counting=local.token_counting, charge=local.charge,
+                                                      quantum_s=local.quantum_s))
             base_url = self.server.start()
             log.info("rewrite: using the embedded offline rewriter at %s (not a model: for demos and tests)", base_url)
         keys = [key_limits(key) for key in self.config.keys]
         broker_name = f"soulray-quota-broker-{self.run_id}"
-        self.broker = start_broker(broker_name, keys, self.config.budget_usd, NAMESPACE)
+        budgeting = Budgeting(quantile=self.config.max_tokens_quantile, margin=self.config.max_tokens_margin)
+        self.broker = start_broker(broker_name, keys, self.config.budget_usd, NAMESPACE, budgeting)
         self._compact_cache()  # leftovers of runs that were killed before they could compact
         index = build_index(self.store.cache_uri(), self.namespace, s3=self.s3)
         log.info("rewrite: %d cached responses for %s", len(index), self.namespace)

@@ -1,6 +1,10 @@
 """The quota ledger, with time passed in: pacing, Retry-After, key rotation, quotas, budgets."""
 
-from soulray.rewrite.broker import KeyLimits, QuotaLedger
+import math
+
+import pytest
+
+from soulray.rewrite.broker import Budgeting, CallShape, CompletionLengths, KeyLimits, QuotaLedger
 
 
 def keys(*limits: tuple[str, int, int]) -> list[KeyLimits]:
@@ -15,6 +19,9 @@ def drive(ledger: QuotaLedger, seconds: float, tokens: int = 100, model: str = "
     while now < seconds:
         grant = ledger.reserve(model, tokens, 0.0, now=now)
         start = now + grant.wait_s
+        if grant.id is None:  # come back later
+            now = start
+            continue
         if start >= seconds:
             ledger.settle(grant.id, status="ok", prompt_tokens=tokens, now=start)
             break
@@ -63,9 +70,9 @@ def test_retry_after_cools_the_key_and_repeated_429s_cool_longer():
     other = ledger.reserve("m", 10, 0.0, now=0.1)
     assert other.key != first.key and other.wait_s == 0.0  # rotated to the other key
     ledger.settle(other.id, status="rate_limited", retry_after_s=5.0, now=0.1)
-    ledger.settle(ledger.reserve("m", 10, 0.0, now=0.2).id, status="rate_limited", retry_after_s=5.0, now=0.2)
     grant = ledger.reserve("m", 10, 0.0, now=0.3)
-    assert grant.wait_s >= 4.5  # everything is cooling down: told to wait, not refused
+    # everything is cooling down: told to come back, not refused, and nothing held meanwhile
+    assert grant.wait_s >= 4.5 and grant.id is None and grant.stop is None
 
 
 def test_insufficient_quota_disables_only_that_key():
@@ -111,7 +118,13 @@ def test_server_headers_lower_our_headroom():
     ledger = QuotaLedger(keys(("a", 600, 10**9)), now=0.0)
     grant = ledger.reserve("m", 10, 0.0, now=0.0)
     ledger.settle(grant.id, status="ok", remaining_requests=0, now=0.0)
-    assert ledger.reserve("m", 10, 0.0, now=0.0).wait_s > 0.5  # the server says its window is full
+    assert ledger.reserve("m", 10, 0.0, now=0.0).wait_s >= 0.1  # the server's window is full: one refill
+    # a header is as old as the call's admission: what refilled since counts, so a stale "0 left" read
+    # late does not hold the lane back twice
+    late = QuotaLedger(keys(("a", 600, 10**9)), now=0.0)
+    grant = late.reserve("m", 10, 0.0, now=0.0)
+    late.settle(grant.id, status="ok", remaining_tokens=0, remaining_requests=0, now=0.5)
+    assert late.reserve("m", 10, 0.0, now=0.5).wait_s == 0.0
 
 
 def test_models_with_their_own_limits_pace_separately_on_one_key():
@@ -158,3 +171,92 @@ def test_429s_of_calls_already_in_flight_are_one_burst_not_repeats():
     ledger.settle(retry.id, status="rate_limited", now=retry.wait_s + 0.2)  # refused again after waiting
     assert ledger.reserve("m", 10, 0.0, now=retry.wait_s + 0.2).wait_s >= 2.0  # 2 s × 1.5: longer
     assert ledger.snapshot()["keys"]["a"]["rate_limited"] == 9  # every 429 still counted
+
+
+def test_a_refund_never_lifts_a_bucket_above_its_capacity():
+    """An over-estimate refunded after the bucket has refilled must not leave it holding more than its
+    burst: two calls of 700 on a 1,000-token bucket cannot both start at once (issue 18)."""
+    ledger = QuotaLedger(keys(("a", 10_000, 100_000)), now=0.0)  # token bucket: capacity 1,000
+    grant = ledger.reserve("m", 500, 0.0, now=0.0)
+    ledger.settle(grant.id, status="ok", prompt_tokens=0, now=10.0)  # refilled long ago, then refunded 500
+    first, second = ledger.reserve("m", 700, 0.0, now=10.0), ledger.reserve("m", 700, 0.0, now=10.0)
+    assert first.wait_s == 0.0 and second.wait_s > 0.2
+
+
+def test_repeated_429s_stretch_a_retry_after_at_most_twice():
+    """A lane refused again and again (a charge it misjudges) must not cool down for minutes: the
+    multiplier on Retry-After is bounded, so the lane keeps calling and its estimates keep improving."""
+    ledger = QuotaLedger(keys(("a", 6000, 10**9)), now=0.0)
+    now = 0.0
+    for _ in range(20):
+        grant = ledger.reserve("m", 10, 0.0, now=now)
+        now += grant.wait_s
+        if grant.id is None:  # told to come back: do
+            grant = ledger.reserve("m", 10, 0.0, now=now)
+            now += grant.wait_s
+        ledger.settle(grant.id, status="rate_limited", retry_after_s=2.0, now=now)
+    assert ledger.reserve("m", 10, 0.0, now=now).wait_s <= 4.0 + 1e-9  # was 2 × (1 + 0.5 × 19) = 21 s
+
+
+def test_a_429_lowers_the_bucket_to_what_the_server_has_left():
+    ledger = QuotaLedger(keys(("a", 6000, 100_000)), now=0.0)
+    grant = ledger.reserve("m", 800, 0.0, now=0.0)
+    ledger.settle(grant.id, status="rate_limited", retry_after_s=0.1, remaining_tokens=0, now=0.0)
+    # the server had nothing left: the next call waits until the bucket has refilled (it is smaller than
+    # 800 tokens and the slack: all of it), and the lane now starts calls later than its bucket allows by
+    # what the server said it lacked (a paced call was refused: they arrive later than planned)
+    assert ledger.keys["a"].lanes["*"].margin_s == pytest.approx(0.1)
+    assert ledger.reserve("m", 800, 0.0, now=0.0).wait_s == pytest.approx(1_000 / (99_000 / 60) + 0.1, rel=0.01)
+
+
+def test_the_server_count_and_completion_lengths_are_learned():
+    """Reservations are in the server's tokens (ratio learned from usage), and max_tokens comes from the
+    completion lengths learned per prompt version and model: the configured cap until MIN_SAMPLES
+    completions, then their 99th percentile with a margin."""
+    ledger = QuotaLedger(keys(("a", 10**6, 10**9)), now=0.0)
+    shape = CallShape(prompt_tokens=500, completion_tokens=400, max_tokens=4096, namespace="v1")
+    first = ledger.reserve("m", 900, 0.0, now=0.0, shape=shape)
+    assert (first.max_tokens, first.estimated_tokens) == (4096, 4096)  # nothing learned: the cap, reserved
+    for step in range(CompletionLengths.MIN_SAMPLES):
+        grant = first if step == 0 else ledger.reserve("m", 900, 0.0, now=float(step), shape=shape)
+        # the server counts 1.5x ours; completions run half the prior guess (200 of our tokens)
+        ledger.settle(grant.id, status="ok", prompt_tokens=750, completion_tokens=300, own_completion_tokens=200,
+                      finish_reason="stop", now=float(step))
+    learned = ledger.reserve("m", 900, 0.0, now=30.0, shape=shape)
+    budgeting = Budgeting()
+    assert learned.max_tokens == math.ceil(400 * 0.5 * budgeting.margin * 1.5) + budgeting.slack
+    assert learned.estimated_tokens == max(750 + 300, learned.max_tokens)  # the server's count, spread 0
+    other = ledger.reserve("m", 900, 0.0, now=30.0, shape=CallShape(500, 400, 4096, namespace="v2"))
+    assert other.max_tokens == 4096  # another prompt version has learned nothing yet
+    again = ledger.reserve("m", 900, 0.0, now=30.0, shape=CallShape(500, 400, 4096, "v1", min_max_tokens=1000))
+    assert again.max_tokens == 1000  # a re-ask after `length` asks for more
+    ledger.settle(learned.id, status="ok", prompt_tokens=750, completion_tokens=learned.max_tokens,
+                  own_completion_tokens=300, finish_reason="length", now=31.0)
+    assert ledger.snapshot()["keys"]["a"]["cut_by_length"] == 1
+
+
+def test_reset_headers_size_the_bucket_like_the_servers():
+    """Remaining + reset × rate is the server's bucket: one-second slices of 100k TPM hold 1,667 tokens,
+    a sliding minute far more (held to LARGEST_BURST of the minute)."""
+    from soulray.rewrite.broker import LARGEST_BURST
+
+    ledger = QuotaLedger(keys(("a", 6000, 100_000)), now=0.0)
+    grant = ledger.reserve("m", 10, 0.0, now=0.0)
+    ledger.settle(grant.id, status="ok", remaining_tokens=667, reset_tokens_s=0.6, now=0.0)
+    assert ledger.keys["a"].lanes["*"].tokens.capacity == pytest.approx(1667)
+    grant = ledger.reserve("m", 10, 0.0, now=1.0)
+    ledger.settle(grant.id, status="ok", remaining_tokens=90_000, reset_tokens_s=59.0, now=1.0)
+    assert ledger.keys["a"].lanes["*"].tokens.capacity == pytest.approx(100_000 * LARGEST_BURST)
+
+
+def test_a_call_larger_than_the_bucket_waits_until_the_minute_has_room_for_it():
+    """A sliding-minute server admits a call only if the minute has room for all of it; a bucket of 1%
+    cannot tell, the lane's minute can."""
+    ledger = QuotaLedger(keys(("a", 6000, 10_000)), now=0.0)
+    for step in range(6):  # 9,000 tokens in the minute
+        grant = ledger.reserve("m", 1_500, 0.0, now=step * 10.0)
+        ledger.settle(grant.id, status="ok", prompt_tokens=1_500, now=step * 10.0 + grant.wait_s)
+    big = ledger.reserve("m", 2_000, 0.0, now=55.0)
+    # the bucket alone is full again at ~59 s; 2,000 more fit under 99% of the minute only once the
+    # first call has left it (60 s, and the 0.25 s the server may have seen it later)
+    assert 55.0 + big.wait_s == pytest.approx(60.25)

@@ -193,3 +193,26 @@ def test_a_rewrite_ending_with_the_client_is_repaired_with_one_call(ray_local, l
     assert all(row["messages"][-1]["role"] == "assistant" for row in data)
     assert sum(stats["completed"] for stats in stats_by_env(server).values()) == 12  # no re-asks
     assert result.manifest.profile["flags"] == {"repair:trailing_client": 12}
+
+
+def test_learned_max_tokens_and_the_reask_after_length(ray_local, llm, tmp_path):
+    """max_tokens comes from the completions seen so far (here their median, no margin: about half are
+    cut); a completion cut by `length` under that budget is asked again with twice the budget, paid for,
+    counted in the manifest (cut_by_length), and the row ends complete. Issue 18."""
+    server, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=SimulatedKey()))
+    keys = [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)]
+    result = run(job(tmp_path, url, keys, "rewrite.max_tokens_quantile=0.5", "rewrite.max_tokens_margin=1.0",
+                     "rewrite.concurrency_per_actor=4", limit=60))
+    version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
+    assert_accounted(version)
+    served = server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]]
+    assert served.budgets[0] == 2048 and min(served.budgets) < 2048  # the cap, until lengths were learned
+    usage = result.manifest.usage["keys"]["key_a"]
+    assert usage["cut_by_length"] > 0
+    assert usage["ok"] == served.completed and usage["completion_tokens"] == stats_by_env(server)[
+        "SOULRAY_TEST_KEY_A"]["completion_tokens"]  # the cut completions were paid for and counted
+    # every cut was asked again with a larger budget: more calls than rows and parse re-asks
+    data, rejects = version.to_table().to_pylist(), version.to_table("rejects").to_pylist()
+    asked = sum(row["attempts"] for row in data) + usage["cut_by_length"]
+    assert served.completed == asked if not rejects else served.completed >= asked
+    assert "truncated" not in {row["reason"] for row in rejects}  # no row lost to our own budget
