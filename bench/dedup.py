@@ -178,20 +178,7 @@ def _variant(rng: np.random.Generator, text: str, kind: str, strength: float, po
 
 def exact_jaccard_pairs(texts: list[str], threshold: float, ngram: int) -> set[tuple[int, int]]:
     """Every pair whose n-gram sets have Jaccard >= threshold, exactly (sparse intersection counts)."""
-    from scipy.sparse import csr_matrix
-
-    vocabulary: dict[str, int] = {}
-    rows, columns = [], []
-    for index, text in enumerate(texts):
-        for shingle in set(char_shingles(text, ngram)):
-            rows.append(index)
-            columns.append(vocabulary.setdefault(shingle, len(vocabulary)))
-    incidence = csr_matrix((np.ones(len(rows), np.int32), (rows, columns)), shape=(len(texts), len(vocabulary)))
-    sizes = np.asarray(incidence.sum(axis=1)).ravel()
-    overlap = (incidence @ incidence.T).tocoo()
-    upper = overlap.row < overlap.col
-    left, right, inter = overlap.row[upper], overlap.col[upper], overlap.data[upper]
-    similarity = inter / (sizes[left] + sizes[right] - inter)
+    left, right, similarity = _all_pairs_jaccard([set(char_shingles(text, ngram)) for text in texts])
     keep = similarity >= threshold
     return set(zip(left[keep].tolist(), right[keep].tolist(), strict=True))
 

@@ -145,5 +145,6 @@ def test_access_denied_names_bucket_endpoint_and_setting():
         with pytest.raises(StoreError) as error:
             VersionStore("s3://some-bucket/x", "corpus", s3=s3).latest()
     message = str(error.value)
+    assert "refused the credentials" in message
     assert "some-bucket" in message and endpoint in message and "s3.access_key_id_env" in message
     assert "\n" not in message and PLANTED_SECRET not in message and "testing-key-id" not in message

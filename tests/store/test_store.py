@@ -173,14 +173,4 @@ def test_missing_bucket_and_bad_credentials_are_clear_and_secret_free(s3_config,
         VersionStore("s3://b", "corpus", s3=bad)
 
 
-def test_wrong_credentials_are_refused_clearly():
-    """A moto server that checks signatures (INITIAL_NO_AUTH_ACTION_COUNT=0): unknown keys are refused."""
-    from tests.conftest import moto_server
-
-    with moto_server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
-        s3 = S3Config(endpoint_url=endpoint, region="us-east-1",
-                      access_key_id_env="SOULRAY_TEST_S3_KEY_ID", secret_access_key_env="SOULRAY_TEST_S3_SECRET")
-        with pytest.raises(StoreError) as error:
-            VersionStore("s3://some-bucket/x", "corpus", s3=s3).latest()
-        assert "refused the credentials" in str(error.value)
         assert PLANTED_SECRET not in str(error.value) and "testing-key-id" not in str(error.value)
