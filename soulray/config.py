@@ -193,7 +193,7 @@ class RewriteConfig(StrictModel):
 
 # ---- filters and clean (soulray/filters/, soulray/clean.py, jobs/clean.py) ----------------------------------
 # A chain is an ordered list of filter specs; each spec names its filter (`name`) and sets its parameters.
-# Defaults follow SoulChat and SMILE (../shared/reference/SOULCHAT.md); soulray/filters/ cites each rule.
+# Defaults follow the SoulChat (EMNLP 2023 Findings) and SMILE (EMNLP 2024 Findings) papers; soulray/filters/ cites each rule.
 
 PiiType = Literal["email", "url", "id", "bankcard", "phone", "ip", "qq", "wechat"]
 Role = Literal["user", "assistant"]

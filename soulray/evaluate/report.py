@@ -14,7 +14,7 @@ AUTOMATIC = [("B-1", "bleu-1"), ("B-2", "bleu-2"), ("B-3", "bleu-3"), ("B-4", "b
 RATED = [("Con.", "content"), ("Emp.", "empathy"), ("Hel.", "helpfulness"), ("Saf.", "safety")]
 COLUMNS = [label for label, _ in AUTOMATIC + RATED]
 
-# SoulChat, Table 1 (poster; ../shared/reference/SOULCHAT.md): B-1..4, R-1/2/L, Con., Emp., Hel., Saf.
+# SoulChat, Table 1 (poster; SoulChat, Chen et al., EMNLP 2023 Findings): B-1..4, R-1/2/L, Con., Emp., Hel., Saf.
 PAPER_TABLE_1 = {
     "SoulChatCorpus": {
         "ChatGLM-6B": (22.73, 13.15, 8.04, 4.92, 25.33, 5.72, 18.84, 1.90, 1.55, 1.92, 1.0),

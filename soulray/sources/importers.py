@@ -8,7 +8,7 @@
   (answer_id: the dialogue's id; question_id: `schema.question_group` of the question, shared by
   every rewrite of one PsyQA question).
 
-Formats: ../shared/reference/SOULCHAT.md, "Source formats". Every structural problem is an error that
+Formats: as the PsyQA, SMILECHAT and SoulChatCorpus releases publish them. Every structural problem is an error that
 names the file and the item; `dialogue_items` instead hands a bad dialogue back with its problem (a
 reason and that message), so the clean job can reject that one row and keep the rest.
 """
