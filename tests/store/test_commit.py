@@ -17,26 +17,7 @@ from soulray.errors import StoreError, VersionConflict
 from soulray.fs import resolve
 from soulray.store import Manifest, VersionStore, open_version, publish
 from soulray.store.versions import COMMIT_LEASE_S, COMMIT_LOCK
-from tests.store.test_store import working_rows, write_version
-
-
-def race(store: VersionStore, manifests: list[Manifest]) -> tuple[list[Manifest], list[str]]:
-    """Publish every manifest at once, one thread each: (committed manifests, run ids that lost)."""
-    committed, lost, start = [], [], threading.Barrier(len(manifests))
-
-    def run(manifest: Manifest) -> None:
-        start.wait()
-        try:
-            committed.append(publish(store, manifest))
-        except VersionConflict:
-            lost.append(manifest.run_id)
-
-    threads = [threading.Thread(target=run, args=(manifest,)) for manifest in manifests]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return committed, lost
+from tests.store.test_store import race, working_rows, write_version
 
 
 def listed_files(store: VersionStore, manifest: Manifest) -> dict[str, bytes]:
@@ -69,7 +50,7 @@ def test_the_loser_of_a_version_race_does_not_touch_the_winners_files(store):
 
 
 def test_a_concurrent_race_for_one_version_has_one_winner_whose_files_match(store):
-    committed, lost = race(store, [write_version(store, "v1", working_rows(5 + index)) for index in range(4)])
+    committed, lost = race(lambda manifest: publish(store, manifest), [write_version(store, "v1", working_rows(5 + index)) for index in range(4)])
     assert len(committed) == 1 and len(lost) == 3
     winner = store.manifest("v1")
     assert winner.run_id == committed[0].run_id and store.latest() == "v1"
@@ -91,7 +72,7 @@ def test_verify_checks_every_file_the_manifest_lists(store, kind):
 def test_concurrent_publishes_form_one_lineage_in_commit_order(store):
     """Runs that all started before any of them committed: each records the version that was latest
     when it committed, so the lineage is one chain and `latest` is the last commit."""
-    committed, lost = race(store, [write_version(store, f"v{index}", working_rows(3 + index)) for index in range(5)])
+    committed, lost = race(lambda manifest: publish(store, manifest), [write_version(store, f"v{index}", working_rows(3 + index)) for index in range(5)])
     assert not lost
     stored = sorted((store.manifest(manifest.version) for manifest in committed), key=lambda m: m.created_at)
     assert [m.parent_version for m in stored] == [None] + [m.version for m in stored[:-1]]

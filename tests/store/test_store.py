@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,6 +15,7 @@ from soulray.errors import SoulrayError, StoreError, VersionConflict
 from soulray.fs import resolve
 from soulray.schema import UNIT, WORKING_UNIT
 from soulray.store import ShardTarget, VersionStore, build_manifest, open_version
+from soulray.store.manifest import Manifest
 from soulray.store.shards import write_batch
 from tests.accounting import assert_accounted
 from tests.conftest import PLANTED_SECRET
@@ -81,22 +83,29 @@ def test_accounting_mismatch_refuses_to_publish(store):
                        config_hash="h", inputs=[], input_rows=11, data_schema=UNIT, shard_facts=facts)
 
 
-def test_concurrent_publish_of_one_version_has_one_winner(store):
-    manifests = [write_version(store, "v1", working_rows(5 + index)) for index in range(6)]
-    winners, losers = [], []
+def race(commit: Callable[[Manifest], Manifest], manifests: list[Manifest]) -> tuple[list[Manifest], list[str]]:
+    """Commit every manifest at once, one thread each: (the committed manifests, run ids that lost)."""
+    committed, lost, start = [], [], threading.Barrier(len(manifests))
 
-    def commit(manifest):
+    def run(manifest: Manifest) -> None:
+        start.wait()
         try:
-            store.commit(manifest)
-            winners.append(manifest.run_id)
+            committed.append(commit(manifest))
         except VersionConflict:
-            losers.append(manifest.run_id)
+            lost.append(manifest.run_id)
 
-    threads = [threading.Thread(target=commit, args=(m,)) for m in manifests]
+    threads = [threading.Thread(target=run, args=(manifest,)) for manifest in manifests]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return committed, lost
+
+
+def test_concurrent_publish_of_one_version_has_one_winner(store):
+    manifests = [write_version(store, "v1", working_rows(5 + index)) for index in range(6)]
+    committed, losers = race(store.commit, manifests)
+    winners = [manifest.run_id for manifest in committed]
     assert len(winners) == 1 and len(losers) == 5
     assert store.manifest("v1").run_id == winners[0] == store.manifest("latest").run_id
     # the losers' shards sit in the version folder unreferenced: gc finds exactly those
