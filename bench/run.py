@@ -95,7 +95,7 @@ def bench_store_write(units: pa.Table, root: str, s3: S3Config, rows_per_shard: 
             "baseline_mb_per_s": megabytes / bare_t, "ratio": bare_t / soulray_t}
 
 
-# How a real provider's limiter differs from soulray's own view (soulray/rewrite/server.py, ServerConfig;
+# How a real provider's limiter differs from soulray's own view (soulray/offline/server.py, ServerConfig;
 # DESIGN.md, "How real providers behave"): one run of the regenerate job per mode.
 QUOTA_MODES = {
     "same counter": {},
@@ -116,8 +116,8 @@ def bench_rewrite_quota(workdir: Path, rows: int, modes: list[str] | None = None
     share of its binding limit (requests or tokens a minute, whichever its calls came closer to), and
     the share of requests answered 429."""
     from soulray.config import RegenerateConfig, load_config
+    from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey
     from soulray.regenerate import run
-    from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
 
     results = {}
     for mode in modes or list(QUOTA_MODES):

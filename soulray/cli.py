@@ -164,7 +164,7 @@ def synth_main(args: argparse.Namespace) -> int:
 def serve_llm_main(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from soulray.rewrite.server import Faults, LocalLLMServer, ServerConfig, SimulatedKey
+    from soulray.offline.server import Faults, LocalLLMServer, ServerConfig, SimulatedKey
 
     faults = Faults(error_5xx=args.fault_5xx, timeout=args.fault_timeout, malformed=args.fault_malformed,
                     truncated=args.fault_truncated, refusal=args.fault_refusal)

@@ -147,7 +147,7 @@ class LocalServerConfig(StrictModel):
     latency_ms: tuple[float, float] = (0.0, 0.0)
     rpm: int = Field(100_000, ge=1)
     tpm: int = Field(100_000_000, ge=1)
-    # how a real provider differs from soulray's own view (soulray/rewrite/server.py, ServerConfig)
+    # how a real provider differs from soulray's own view (soulray/offline/server.py, ServerConfig)
     token_counting: Literal["ours", "characters"] | float = Field(
         "ours", description="'ours', 'characters', or a ratio to ours (e.g. 1.5)")
     charge: Literal["actual", "max_tokens"] = Field("actual", description="max_tokens: OpenAI's admission rule")

@@ -244,7 +244,7 @@ def _from_endpoint(model: EvalModel, samples: pa.Table, *, config: EvaluateConfi
     import ray.data
 
     from soulray.evaluate.llm import EndpointGenerator, api_config, next_turn_namespace
-    from soulray.rewrite.session import RewriteSession
+    from soulray.llm.session import RewriteSession
 
     decoding, api = config.decoding, config.api
     rewrite = api_config(api, model=model.endpoint_model, temperature=decoding.temperature, top_p=decoding.top_p,
@@ -267,7 +267,7 @@ def rate(samples: pa.Table, responses: pa.Table, *, config: EvaluateConfig, stor
     import ray.data
 
     from soulray.evaluate.llm import Judge, api_config
-    from soulray.rewrite.session import RewriteSession
+    from soulray.llm.session import RewriteSession
 
     judge, api = config.judge, config.api
     chosen = samples.slice(0, judge.samples) if judge.samples else samples

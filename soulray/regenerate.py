@@ -27,8 +27,8 @@ from soulray.config import (
 )
 from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
+from soulray.llm.session import RewriteSession
 from soulray.redaction import redact_tree
-from soulray.rewrite.session import RewriteSession
 from soulray.rewrite.stage import check_failures, estimate_batch
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import DIALOGUE, UNIT

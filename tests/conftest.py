@@ -105,7 +105,7 @@ def s3_bucket(s3_config, request) -> str:
 @pytest.fixture
 def llm():
     """Start local OpenAI-compatible servers (real HTTP on loopback); stopped after the test."""
-    from soulray.rewrite.server import LocalLLMServer, ServerConfig
+    from soulray.offline.server import LocalLLMServer, ServerConfig
 
     servers = []
 

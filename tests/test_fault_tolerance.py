@@ -18,9 +18,9 @@ import pytest
 
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.llm.cache import build_index
+from soulray.offline.server import SimulatedKey
 from soulray.regenerate import run
-from soulray.rewrite.cache import build_index
-from soulray.rewrite.server import SimulatedKey
 from soulray.schema import record_id
 from soulray.store import VersionStore, open_version
 from tests.accounting import assert_accounted

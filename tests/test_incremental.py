@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
+from soulray.llm.session import progress_line
+from soulray.offline.server import SimulatedKey
 from soulray.regenerate import run, summary
-from soulray.rewrite.server import SimulatedKey
-from soulray.rewrite.session import progress_line
 from soulray.store import open_version
 from tests.conftest import DEMO_QA, TEST_API_KEYS
 

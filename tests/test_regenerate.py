@@ -116,7 +116,7 @@ def test_duplicate_sources_are_paid_for_once(ray_local, llm, tmp_path):
     """Source dedup runs before the rewrite: an exact copy (another answer_id, different spacing and
     punctuation) and a near copy of an answer become reject rows naming the row they duplicate, and
     only the kept row is sent to the LLM."""
-    from soulray.rewrite.server import SimulatedKey
+    from soulray.offline.server import SimulatedKey
     from tests.conftest import DEMO_QA, TEST_API_KEYS
 
     demo = pq.read_table(DEMO_QA).slice(0, 20).to_pylist()

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from soulray.fs import boto3_client
-from soulray.rewrite.server import SimulatedKey
+from soulray.offline.server import SimulatedKey
 from soulray.store import open_version
 from tests.conftest import PLANTED_API_KEY, PLANTED_SECRET, TEST_API_KEYS, free_port
 

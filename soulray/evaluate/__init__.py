@@ -6,6 +6,5 @@
     metrics.py   BLEU-1..4 (characters), ROUGE-1/2/L (jieba words), distinct-n, length
     judge.py     the rubric, the rating parser, means with intervals, agreement between judge runs
     report.py    Table 1 layout beside the paper's rows, a PNG plot
-    offline.py   the local server's model-free answers to evaluation requests
 The job's story is soulray/evaluation.py.
 """

@@ -10,9 +10,9 @@ import pytest
 
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.llm.cache import build_index
+from soulray.offline.server import Faults, SimulatedKey
 from soulray.regenerate import run
-from soulray.rewrite.cache import build_index
-from soulray.rewrite.server import Faults, SimulatedKey
 from soulray.rewrite.stage import RewriteOutage, check_failures
 from soulray.store import VersionStore
 from tests.conftest import TEST_API_KEYS, free_port

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from soulray.config import S3Config
-from soulray.rewrite.cache import build_index
-from soulray.rewrite.server import SimulatedKey
+from soulray.llm.cache import build_index
+from soulray.offline.server import SimulatedKey
 from soulray.schema import record_id
 from soulray.store import VersionStore, open_version
 from tests.accounting import assert_accounted

@@ -11,8 +11,8 @@ import pytest
 
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
+from soulray.offline.server import Faults, LocalLLMServer, SimulatedKey
 from soulray.regenerate import run
-from soulray.rewrite.server import Faults, LocalLLMServer, SimulatedKey
 from soulray.rewrite.stage import cost_of
 from soulray.store import open_version
 from tests.accounting import assert_accounted

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import SoulrayError
-from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
-from soulray.rewrite.cache import build_index, compact
+from soulray.llm.broker import Budgeting, KeyLimits, LaneLimits, start_broker
+from soulray.llm.cache import build_index, compact
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.stage import Rewriter, RewriteRun
 from soulray.runtime import NAMESPACE, add_drain
@@ -43,7 +43,7 @@ class RewriteSession:
 
         base_url = self.config.base_url
         if base_url == "local":
-            from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
+            from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey
 
             local = self.config.local_server
             self.server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=local.rpm, tpm=local.tpm),

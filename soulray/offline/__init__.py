@@ -1,0 +1,7 @@
+"""A local OpenAI-compatible server for demos, tests and benchmarks (`soulray serve-llm`, and what
+`rewrite.base_url: local` starts): model-free answers that behave like a real provider where it
+matters (limits, 429s, faults). Not on the product path: nothing here is a model.
+
+    server.py      the HTTP server, its simulated keys and limiter, the offline rewriter, injected faults
+    evaluation.py  its answers to the evaluation's requests: judge ratings and next counselor turns
+"""
