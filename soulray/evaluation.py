@@ -244,13 +244,13 @@ def _from_endpoint(model: EvalModel, samples: pa.Table, *, config: EvaluateConfi
     import ray.data
 
     from soulray.evaluate.llm import EndpointGenerator, api_config, next_turn_namespace
-    from soulray.llm.session import RewriteSession
+    from soulray.llm.session import LLMSession
 
     decoding, api = config.decoding, config.api
     rewrite = api_config(api, model=model.endpoint_model, temperature=decoding.temperature, top_p=decoding.top_p,
                          max_tokens=decoding.max_new_tokens)
     namespace = next_turn_namespace(decoding.seed)
-    with RewriteSession(rewrite, run_id=run_id, store=store, s3=config.s3, namespace=namespace) as session:
+    with LLMSession(rewrite, run_id=run_id, store=store, s3=config.s3, namespace=namespace) as session:
         output = _blocks(samples.select(["sample_id", "history", "reference"]), api.batch_size).map_batches(
             EndpointGenerator, batch_size=api.batch_size, batch_format="pyarrow",
             fn_constructor_kwargs={"config": rewrite, "run": session.run, "namespace": namespace,
@@ -267,7 +267,7 @@ def rate(samples: pa.Table, responses: pa.Table, *, config: EvaluateConfig, stor
     import ray.data
 
     from soulray.evaluate.llm import Judge, api_config
-    from soulray.llm.session import RewriteSession
+    from soulray.llm.session import LLMSession
 
     judge, api = config.judge, config.api
     chosen = samples.slice(0, judge.samples) if judge.samples else samples
@@ -276,7 +276,7 @@ def rate(samples: pa.Table, responses: pa.Table, *, config: EvaluateConfig, stor
               "response": row["response"]} for row in responses.to_pylist()
              if row["sample_id"] in history and row["error"] is None]
     rewrite = api_config(api, model=judge.model, temperature=judge.temperature, top_p=None, max_tokens=judge.max_tokens)
-    with RewriteSession(rewrite, run_id=run_id, store=store, s3=config.s3,
+    with LLMSession(rewrite, run_id=run_id, store=store, s3=config.s3,
                         namespace=load_rubric_version(judge.rubric)) as session:
         output = _blocks(pa.Table.from_pylist(items), api.batch_size).map_batches(
             Judge, batch_size=api.batch_size, batch_format="pyarrow",

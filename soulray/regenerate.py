@@ -27,9 +27,8 @@ from soulray.config import (
 )
 from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
-from soulray.llm.session import RewriteSession
 from soulray.redaction import redact_tree
-from soulray.rewrite.stage import check_failures, estimate_batch
+from soulray.rewrite.stage import RewriteSession, check_failures, estimate_batch
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import DIALOGUE, UNIT
 from soulray.sources import SourcePlan, normalise_fragment, plan_fragments

@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from soulray.llm.broker import KeyLimits, QuotaLedger
+from soulray.llm.client import parse_duration
 from soulray.llm.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
 from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey, duration
-from soulray.rewrite.stage import parse_duration
 from tests.llm.quota_sim import MODEL, simulate, utilisation
 from tests.offline.test_server import prompt
 

@@ -11,9 +11,9 @@ import pytest
 
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
+from soulray.llm.pricing import cost_of
 from soulray.offline.server import Faults, LocalLLMServer, SimulatedKey
 from soulray.regenerate import run
-from soulray.rewrite.stage import cost_of
 from soulray.store import open_version
 from tests.accounting import assert_accounted
 from tests.conftest import PLANTED_API_KEY, TEST_API_KEYS
@@ -98,7 +98,7 @@ def test_chaos_ends_as_output_or_reject_with_exact_accounting_and_rerun_pays_not
         assert (mine["requests"], mine["ok"], mine["rate_limited"], mine["prompt_tokens"], mine["completion_tokens"]) \
             == (theirs["requests"], theirs["completed"], theirs["rate_limited"], theirs["prompt_tokens"],
                 theirs["completion_tokens"]), (env, mine, theirs)
-        paid = cost_of(config.rewrite, "gpt-3.5-turbo", theirs["prompt_tokens"], theirs["completion_tokens"])
+        paid = cost_of(config.rewrite.prices, "gpt-3.5-turbo", theirs["prompt_tokens"], theirs["completion_tokens"])
         assert mine["cost_usd"] == pytest.approx(paid)
     assert result.manifest.tokens["prompt"] == sum(s["prompt_tokens"] for s in served.values())
 
