@@ -1,8 +1,8 @@
 """Endpoint models and the judge, called through soulray.llm.
 
-Both are `LLMCaller`s (soulray/llm/client.py), like the rewrite stage: the same cluster-wide quota broker, retries, response
-cache and per-key accounting as the rewrite, each under its own cache namespace, so a rerun of an
-evaluation pays for nothing it already paid for. Each is an async callable class for `map_batches`.
+Both are `LLMCaller`s (soulray/llm/client.py), like the rewrite stage: the same cluster-wide quota
+broker, retries, re-asks, response cache and per-key accounting as the rewrite, each under its own cache
+namespace, so a rerun of an evaluation pays for nothing it already paid for. Each is an async callable class for `map_batches`.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class LLMSession:
         index = build_index(self.store.cache_uri(), self.namespace, s3=self.s3)
         log.info("rewrite: %d cached responses for %s", len(index), self.namespace)
         self.run = LLMRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
-                              cache_index=ray.put(index))
+                          cache_index=ray.put(index))
         self._remove_drain = add_drain(self.drain)
         return self
 
