@@ -1,5 +1,5 @@
 """soulray.llm is what the rewrite and the evaluation build on, so it must not import either of them
-(issue 19: rewrite.server imported evaluate.offline while evaluate.llm imported rewrite.stage)."""
+(issue 19: the local server imported the evaluation while the evaluation imported the rewrite stage)."""
 
 from __future__ import annotations
 
