@@ -40,28 +40,29 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soulray.clean import raw_dialogues, working_dialogues  # noqa: E402
-from soulray.config import (  # noqa: E402
-    AdviceListSpec,
-    AiDisclosureSpec,
-    BlocklistSpec,
-    CjkRatioSpec,
-    CrisisSpec,
-    DialogueFormatSpec,
-    FiltersConfig,
-    LengthRatioSpec,
-    PiiSpec,
-    RepetitionSpec,
-    SourceSpec,
-    TurnLengthSpec,
-)
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain  # noqa: E402
-from soulray.filters.dialogue import ENGLISH_SENTENCE, ROLE_LABEL  # noqa: E402
-from soulray.filters.ethics import CrisisRule  # noqa: E402
-from soulray.filters.pii import CANDIDATE, PiiDetector  # noqa: E402
+from soulray.filters.dialogue import (  # noqa: E402
+    ENGLISH_SENTENCE,
+    ROLE_LABEL,
+    DialogueFormatSpec,  # noqa: E402
+)
+from soulray.filters.ethics import (  # noqa: E402
+    BlocklistSpec,
+    CrisisRule,  # noqa: E402
+    CrisisSpec,
+)
+from soulray.filters.pii import (  # noqa: E402
+    CANDIDATE,
+    PiiDetector,
+    PiiSpec,  # noqa: E402
+)
+from soulray.filters.quality import CjkRatioSpec, LengthRatioSpec, RepetitionSpec, TurnLengthSpec  # noqa: E402
+from soulray.filters.registry import FiltersConfig  # noqa: E402
 from soulray.filters.source import replace_whole_words  # noqa: E402
-from soulray.filters.template import ADVICE_CUE, LIST_INTRO, LIST_ITEM  # noqa: E402
+from soulray.filters.template import ADVICE_CUE, LIST_INTRO, LIST_ITEM, AdviceListSpec, AiDisclosureSpec  # noqa: E402  # noqa: E402
 from soulray.repair import TurnLimits, repair_messages  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
+from soulray.sources.settings import SourceSpec  # noqa: E402
 from soulray.store.shards import profile  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "smilechat-sample"

@@ -12,8 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from soulray.config import ApiConfig, ModelShare, RewriteConfig
 from soulray.evaluate.judge import DIMENSIONS, load_rubric, parse_rating
+from soulray.llm.settings import ApiConfig, ModelShare
+from soulray.rewrite.settings import RewriteConfig
 from soulray.rewrite.stage import Failure, LLMCaller, RewriteRun
 from soulray.schema import EVAL_RESPONSE, JUDGE_SCORE
 

@@ -8,11 +8,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import SoulrayError
+from soulray.fs import S3Config
+from soulray.llm.settings import ApiKey
 from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.rewrite.cache import build_index, compact
 from soulray.rewrite.prompts import load_template
+from soulray.rewrite.settings import RewriteConfig
 from soulray.rewrite.stage import Rewriter, RewriteRun
 from soulray.runtime import NAMESPACE, add_drain
 

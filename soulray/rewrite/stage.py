@@ -17,14 +17,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import ConfigError, SoulrayError
+from soulray.fs import S3Config
+from soulray.llm.settings import ApiKey
 from soulray.redaction import install_log_redaction, redact
 from soulray.repair import FLAG_PREFIX
 from soulray.rewrite.broker import CallShape, Reservation
 from soulray.rewrite.cache import ResponseCache, call_key
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
+from soulray.rewrite.settings import RewriteConfig
 from soulray.rewrite.tokens import count_message_tokens, count_tokens
 from soulray.runtime import NAMESPACE
 from soulray.schema import WORKING_DIALOGUE

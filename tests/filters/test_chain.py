@@ -9,9 +9,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from soulray.config import CleanConfig, CrisisSpec, DialogueFormatSpec, FiltersConfig, PiiSpec, load_config
+from soulray.config import CleanConfig, load_config
 from soulray.errors import ConfigError
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain
+from soulray.filters.dialogue import DialogueFormatSpec
+from soulray.filters.ethics import CrisisSpec
+from soulray.filters.pii import PiiSpec
+from soulray.filters.registry import FiltersConfig
 from soulray.schema import WORKING_DIALOGUE, WORKING_UNIT
 from tests.filters.tables import dialogues, good_dialogue, reasons, smilechat, units
 
