@@ -116,7 +116,7 @@ class Baseline:
             return reason
         turns, _ = repair_messages(turns, limits=self.limits)
         return (self._format(turns) or self._length_cap(turns) or self._ethics(turns) or self._template(turns)
-                or self._lengths(turns) or self._repetition(turns) or self._cjk(turns))
+                or self._lengths(turns) or self._repetition(turns) or self._cjk(turns) or self._duplicate(turns))
 
     def _forum_words(self, text: str) -> str:
         for rule in self.forum_rules:
@@ -215,6 +215,15 @@ class Baseline:
         words = len(self.word.findall(text))
         ratio = len(self.han.findall(text)) / words if words else 1.0
         return "low_cjk_ratio" if ratio < self.specs["cjk_ratio"].min_ratio else None
+
+    def _duplicate(self, turns: list[dict[str, str]]) -> str | None:
+        spec, seen = self.specs["duplicate_turns"], set()
+        for turn in turns:
+            key = (turn["role"], turn["content"].strip())
+            if key in seen and len(key[1]) >= spec.min_chars and turn["role"] in spec.roles:
+                return "duplicate_turn"
+            seen.add(key)
+        return None
 
 
 def bench_throughput(rows: int, repeats: int) -> dict:

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from soulray.filters.base import Filter, FilterSettings
 from soulray.filters.dialogue import DialogueFormat, DialogueFormatSpec
+from soulray.filters.duplicate_turns import DuplicateTurns, DuplicateTurnsSpec
 from soulray.filters.ethics import BlocklistSpec, CrisisScreen, CrisisSpec, EthicsBlocklist
 from soulray.filters.pii import PiiRedact, PiiSpec
 from soulray.filters.quality import (
@@ -48,7 +49,8 @@ from soulray.settings import StrictModel
 
 FILTERS: dict[str, type[Filter]] = {cls.name: cls for cls in (
     ForumWords, TemplateMarkers, LengthCap, TooShort, PiiRedact, CrisisScreen, EthicsBlocklist, DialogueRepair,
-    DialogueFormat, AiDisclosure, AdviceList, Repetition, CjkRatio, TurnLength, LengthRatio)}
+    DialogueFormat, AiDisclosure, AdviceList, Repetition, CjkRatio, TurnLength, LengthRatio,
+    DuplicateTurns)}
 
 if TYPE_CHECKING:
     FilterSpec = FilterSettings  # what every member of the union below is
@@ -75,7 +77,8 @@ def _default_dialogue_chain() -> list[FilterSpec]:
             LengthCapSpec(name="length_cap", max_chars=MAX_DIALOGUE_CHARS), CrisisSpec(name="crisis_screen"),
             BlocklistSpec(name="ethics_blocklist"), AiDisclosureSpec(name="ai_disclosure"),
             AdviceListSpec(name="advice_list"), TurnLengthSpec(name="turn_length"),
-            LengthRatioSpec(name="length_ratio"), RepetitionSpec(name="repetition"), CjkRatioSpec(name="cjk_ratio")]
+            LengthRatioSpec(name="length_ratio"), RepetitionSpec(name="repetition"), CjkRatioSpec(name="cjk_ratio"),
+            DuplicateTurnsSpec(name="duplicate_turns")]  # last: earlier indices stay what --set overrides name
 
 
 class FiltersConfig(StrictModel):

@@ -121,8 +121,8 @@ def test_config_overrides_patch_the_default_chain():
     assert [spec.name for spec in config.filters.dialogue] == [spec.name for spec in FiltersConfig().dialogue]
     with pytest.raises(ConfigError, match="filters.dialogue.4.dialogue_format.min_turn: unknown key"):
         load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.4.min_turn=4"])
-    with pytest.raises(ConfigError, match="the default dialogue chain has 14 filters"):
-        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.14.min_turns=4"])
+    with pytest.raises(ConfigError, match="the default dialogue chain has 15 filters"):
+        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.15.min_turns=4"])
 
 
 def test_an_empty_chain_changes_nothing():
