@@ -28,13 +28,14 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soulray.config import (
+from soulray.fs import (  # noqa: E402
     S3Config,  # noqa: E402
-    SourceSpec,  # noqa: E402
+    boto3_client,
+    resolve,
 )
-from soulray.fs import boto3_client, resolve  # noqa: E402
 from soulray.schema import UNIT  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
+from soulray.sources.settings import SourceSpec  # noqa: E402
 from soulray.sources.synthetic import write_synthetic  # noqa: E402
 from soulray.store import ShardTarget, VersionStore, build_manifest  # noqa: E402
 from soulray.store.shards import write_batch  # noqa: E402
@@ -183,9 +184,10 @@ def bench_rewrite_overhead(workdir: Path, rows: int, repeats: int) -> dict:
 
     import openai
 
-    from soulray.config import RegenerateConfig, SourceSpec, load_config
+    from soulray.config import RegenerateConfig, load_config
     from soulray.regenerate import run
     from soulray.rewrite.prompts import load_template
+    from soulray.sources.settings import SourceSpec
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "soulray", "serve-llm", "--port", str(port), "--rpm", "10000000",

@@ -21,17 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.config import (
-    CleanConfig,
-    CleanInput,
-    S3Config,
-    check_named_secrets,
-    config_hash,
-    secret_env_names,
-)
+from soulray.config import CleanConfig, check_named_secrets, config_hash, secret_env_names
 from soulray.errors import SourceError
 from soulray.filters import DIALOGUE_STAGE, apply_chain, build_chain
-from soulray.fs import resolve
+from soulray.fs import S3Config, resolve
 from soulray.redaction import redact_tree
 from soulray.regenerate import RunResult, dedup_stage
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
@@ -47,6 +40,7 @@ from soulray.schema import (
 )
 from soulray.sources.importers import dialogue_items
 from soulray.sources.reader import is_text_type, list_parquet_files, read_metadata, read_row_group
+from soulray.sources.settings import CleanInput
 from soulray.store import (
     InputFile,
     ShardTarget,

@@ -16,8 +16,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from soulray.config import CleanConfig, RegenerateConfig, S3Config, load_config
+from soulray.config import CleanConfig, RegenerateConfig, load_config
 from soulray.errors import Interrupted, SoulrayError
+from soulray.fs import S3Config
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 

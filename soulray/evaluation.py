@@ -21,12 +21,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soulray.config import EvalModel, EvaluateConfig, S3Config, check_named_secrets, config_hash
+from soulray.config import EvaluateConfig, check_named_secrets, config_hash
 from soulray.errors import SoulrayError
 from soulray.evaluate.judge import DIMENSIONS, agreement, mean_with_interval
 from soulray.evaluate.metrics import score
 from soulray.evaluate.report import markdown, plot
 from soulray.evaluate.samples import HeldOut, hash_split, listed_split, next_turn_samples
+from soulray.evaluate.settings import EvalModel
+from soulray.fs import S3Config
 from soulray.runtime import init_ray
 from soulray.schema import EVAL_RESPONSE, JUDGE_SCORE
 from soulray.store import VersionStore, open_version

@@ -17,17 +17,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from soulray.config import (
-    DedupConfig,
-    RegenerateConfig,
-    RewriteConfig,
-    check_named_secrets,
-    config_hash,
-    secret_env_names,
-)
+from soulray.config import RegenerateConfig, check_named_secrets, config_hash, secret_env_names
 from soulray.dedup import dedup_dataset
+from soulray.dedup.settings import DedupConfig
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
 from soulray.redaction import redact_tree
+from soulray.rewrite.settings import RewriteConfig
 from soulray.rewrite.stage import RewriteSession, check_failures, estimate_batch
 from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 from soulray.schema import DIALOGUE, UNIT

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from soulray.config import RayConfig, S3Config
+from soulray.fs import S3Config
+from soulray.runtime import RayConfig
 
 # Test S3 credentials, set before Ray starts so its workers inherit them the way cluster nodes get
 # theirs from node setup. The secret is planted: tests grep outputs and logs for it.

@@ -36,10 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.config import DedupConfig
 from soulray.dedup.cluster import Decisions, Members, Rules, connected_components, resolve
 from soulray.dedup.lsh import band_keys
 from soulray.dedup.minhash import MinHasher
+from soulray.dedup.settings import DedupConfig
 from soulray.dedup.text import DedupInputError, content_hashes, normalise, row_texts
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from soulray.config import ApiConfig, ModelShare, RewriteConfig
 from soulray.evaluate.judge import DIMENSIONS, Rating, load_rubric, parse_rating
 from soulray.llm.client import Failure, LLMCaller, LLMRun
+from soulray.llm.settings import ApiConfig, CallConfig, ModelShare
 from soulray.schema import EVAL_RESPONSE, JUDGE_SCORE
 
 NEXT_TURN = "next-turn-v1"  # the cache namespace of endpoint generation (the messages are the history)
@@ -22,9 +22,9 @@ RUN_STRIDE = 1000  # judge run r, re-ask a is call attempt r·1000 + a: runs nev
 
 
 def api_config(api: ApiConfig, *, model: str, temperature: float, top_p: float | None,
-               max_tokens: int) -> RewriteConfig:
-    """The rewrite stage's config for calls to `model` with these decoding parameters."""
-    return RewriteConfig(**api.model_dump(), models=[ModelShare(name=model)], temperature=temperature, top_p=top_p,
+               max_tokens: int) -> CallConfig:
+    """The call settings for `model` with these decoding parameters."""
+    return CallConfig(**api.model_dump(), models=[ModelShare(name=model)], temperature=temperature, top_p=top_p,
                          max_tokens=max_tokens)
 
 
@@ -35,7 +35,7 @@ def next_turn_namespace(seed: int) -> str:
 class EndpointGenerator(LLMCaller):
     """The next counselor turn from a chat model: the history as chat messages, one completion each."""
 
-    def __init__(self, *, config: RewriteConfig, run: LLMRun, namespace: str, model_name: str,
+    def __init__(self, *, config: CallConfig, run: LLMRun, namespace: str, model_name: str,
                  system_prompt: str | None) -> None:
         super().__init__(config=config, run=run, namespace=namespace)
         self.model_name, self.endpoint_model = model_name, config.models[0].name
@@ -66,7 +66,7 @@ class Judge(LLMCaller):
     """Rates responses (rows with sample_id, model, history, response) once per judge run, re-asking an
     unparseable rating; a rating that never parses keeps its row, without scores, with the reason."""
 
-    def __init__(self, *, config: RewriteConfig, run: LLMRun, rubric: str, runs: int, max_reasks: int) -> None:
+    def __init__(self, *, config: CallConfig, run: LLMRun, rubric: str, runs: int, max_reasks: int) -> None:
         self.rubric = load_rubric(rubric)
         super().__init__(config=config, run=run, namespace=self.rubric.version)
         self.judge_model, self.runs, self.max_reasks = config.models[0].name, runs, max_reasks

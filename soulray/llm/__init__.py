@@ -8,5 +8,6 @@ evaluation's endpoint models and its judge).
     session.py  what the driver sets up around the calls of one run (endpoint, broker, cache index)
     tokens.py   token counts without a download, and the estimate a reservation holds before a call
     pricing.py  what a call costs, from the configured prices
+    settings.py keys, limits, prices, the local server, and what a kind of call sends (CallConfig)
 Nothing here imports soulray.rewrite or soulray.evaluate: they use it, with their own prompts and parsers.
 """

@@ -17,11 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import ConfigError
+from soulray.fs import S3Config
 from soulray.llm.broker import CallShape, Reservation
 from soulray.llm.cache import ResponseCache, call_key
 from soulray.llm.pricing import cost_of
+from soulray.llm.settings import ApiKey, CallConfig
 from soulray.llm.tokens import count_tokens, estimate_tokens
 from soulray.redaction import install_log_redaction, redact
 from soulray.runtime import NAMESPACE
@@ -137,7 +138,7 @@ class LLMCaller:
     retries, the response cache (under `namespace`, a prompt or rubric version) and the accounting.
     The rewrite stage is one user (Rewriter); the evaluation's endpoint models and judge are others."""
 
-    def __init__(self, *, config: RewriteConfig, run: LLMRun, namespace: str) -> None:
+    def __init__(self, *, config: CallConfig, run: LLMRun, namespace: str) -> None:
         import ray
 
         install_log_redaction()  # this worker's log lines, like the driver's

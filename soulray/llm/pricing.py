@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from soulray.config import Price
+from soulray.llm.settings import Price
 
 
 def cost_of(prices: Mapping[str, Price], model: str, prompt_tokens: int, completion_tokens: int) -> float:

@@ -8,11 +8,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import SoulrayError
+from soulray.fs import S3Config
 from soulray.llm.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.llm.cache import build_index, compact
 from soulray.llm.client import LLMRun
+from soulray.llm.settings import ApiKey, CallConfig
 from soulray.runtime import NAMESPACE, add_drain
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class LLMSession:
     judge's rubric version, the evaluation's next-turn generation. Callers started inside it reach the
     broker and the cache through `run`."""
 
-    def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config,
+    def __init__(self, config: CallConfig, *, run_id: str, store: VersionStore, s3: S3Config,
                  namespace: str) -> None:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
         self.server = None

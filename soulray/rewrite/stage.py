@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from soulray.config import RewriteConfig, S3Config
 from soulray.errors import SoulrayError
+from soulray.fs import S3Config
 from soulray.llm.client import LLMCaller, LLMRun
 from soulray.llm.pricing import cost_of
 from soulray.llm.session import LLMSession
@@ -20,6 +20,7 @@ from soulray.llm.tokens import estimate_tokens
 from soulray.repair import FLAG_PREFIX
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
+from soulray.rewrite.settings import RewriteConfig
 from soulray.schema import WORKING_DIALOGUE
 
 if TYPE_CHECKING:

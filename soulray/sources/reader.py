@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from soulray.config import S3Config, SourceSpec
 from soulray.errors import SourceError
-from soulray.fs import Location, resolve
+from soulray.fs import Location, S3Config, resolve
 from soulray.schema import WORKING_UNIT, question_group, record_id
+from soulray.sources.settings import SourceSpec
 
 STAGE = "normalize"
 _TEXT_FIELDS = ("question", "description", "topic")

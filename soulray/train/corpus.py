@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soulray.config import S3Config
+from soulray.fs import S3Config
 from soulray.schema import DIALOGUE, first_user_turn, question_group, record_id
 from soulray.store import ShardTarget, VersionStore, build_manifest
 from soulray.store.shards import write_batch

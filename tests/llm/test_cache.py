@@ -1,6 +1,6 @@
 """The response cache: journals, the key index, lookups across journals, torn journals."""
 
-from soulray.config import S3Config
+from soulray.fs import S3Config
 from soulray.llm.cache import ResponseCache, build_index, call_key
 
 

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from soulray.cli import DEMO_CONFIG
-from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.config import RegenerateConfig, load_config
+from soulray.fs import S3Config
 from soulray.llm.cache import build_index
 from soulray.offline.server import Faults, SimulatedKey
 from soulray.regenerate import run

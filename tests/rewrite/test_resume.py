@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.config import S3Config
+from soulray.fs import S3Config
 from soulray.llm.cache import build_index
 from soulray.offline.server import SimulatedKey
 from soulray.schema import record_id

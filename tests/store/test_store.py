@@ -10,9 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.config import S3Config
 from soulray.errors import SoulrayError, StoreError, VersionConflict
-from soulray.fs import resolve
+from soulray.fs import S3Config, resolve
 from soulray.schema import UNIT, WORKING_UNIT
 from soulray.store import ShardTarget, VersionStore, build_manifest, open_version
 from soulray.store.manifest import Manifest
