@@ -24,13 +24,12 @@ from soulray.filters.quality import CjkRatio, LengthRatio, Repetition, TurnLengt
 from soulray.filters.repair import DialogueRepair
 from soulray.filters.source import ForumWords, LengthCap, TooShort
 from soulray.filters.template import AdviceList, AiDisclosure, TemplateMarkers
-from soulray.schema import SCORES
+from soulray.schema import FILTER_DIALOGUE, FILTER_SOURCE, SCORES
 
 if TYPE_CHECKING:
     import ray.data
 
-SOURCE_STAGE = "filter_source"
-DIALOGUE_STAGE = "filter_dialogue"
+SOURCE_STAGE, DIALOGUE_STAGE = FILTER_SOURCE, FILTER_DIALOGUE
 FILTERS: dict[str, type[Filter]] = {cls.name: cls for cls in (
     ForumWords, TemplateMarkers, LengthCap, TooShort, PiiRedact, CrisisScreen, EthicsBlocklist, DialogueRepair,
     DialogueFormat, AiDisclosure, AdviceList, Repetition, CjkRatio, TurnLength, LengthRatio)}

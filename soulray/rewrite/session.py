@@ -13,7 +13,7 @@ from soulray.errors import SoulrayError
 from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.rewrite.cache import build_index, compact
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.stage import Rewriter, RewriteRun
+from soulray.rewrite.stage import STAGE, Rewriter, RewriteRun
 from soulray.runtime import NAMESPACE, add_drain
 
 if TYPE_CHECKING:
@@ -83,17 +83,22 @@ class RewriteSession:
         lost = f"; {paid - saved} answered too late to be saved" if saved < paid else ""
         return f"{paid} rewrite calls were paid this run and {saved} answers are saved in the response cache{lost}"
 
-    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None) -> ray.data.Dataset:
+    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None,
+              clock: Any = None) -> ray.data.Dataset:
         """The rewrite stage on `pipeline`; with `expected_rows`, a progress line is logged every
-        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend)."""
+        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend); with `clock`
+        (soulray.pipeline.StageClock), its busy time is counted."""
         import ray.data
 
         if expected_rows is not None and self.progress is None:
             self.progress = _ProgressLog(self.broker, expected_rows)
             self.progress.start()
         config = self.config
+        fn, kwargs = Rewriter, {"config": config, "run": self.run}
+        if clock is not None:
+            fn, kwargs = clock.wrap_class(fn, stage=STAGE, kwargs=kwargs)
         return pipeline.map_batches(
-            Rewriter, fn_constructor_kwargs={"config": config, "run": self.run}, batch_size=config.batch_size,
+            fn, fn_constructor_kwargs=kwargs, batch_size=config.batch_size,
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=config.actor_num_cpus,
         )

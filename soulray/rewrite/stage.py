@@ -27,11 +27,11 @@ from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.tokens import count_message_tokens, count_tokens
 from soulray.runtime import NAMESPACE
-from soulray.schema import WORKING_DIALOGUE
+from soulray.schema import DEDUP_SOURCE, FILTER_SOURCE, NORMALIZE, PARSE, REWRITE, WORKING_DIALOGUE
+from soulray.store.manifest import Counts
 
 log = logging.getLogger(__name__)
-STAGE = "rewrite"
-PARSE_STAGE = "parse"
+STAGE, PARSE_STAGE = REWRITE, PARSE
 _NO_SECRET = "soulray-local-no-secret"
 FLUSH_EVERY_S = 1.0
 
@@ -82,14 +82,14 @@ class RewriteOutage(SoulrayError):
     """Too many rewrite calls failed for infrastructure reasons to publish the run."""
 
 
-def check_failures(counts: dict[str, Any], *, max_share: float, paid_calls: int) -> None:
+def check_failures(counts: Counts, *, max_share: float, paid_calls: int) -> None:
     """Refuse to publish (RewriteOutage) when more than `max_share` of the rows sent to the rewrite
     failed for infrastructure reasons. `counts` are a manifest's: rows in, and rejects by stage."""
-    by_stage = counts.get("by_stage", {})
+    by_stage = counts.by_stage
     failed = {reason: count for reason, count in by_stage.get(STAGE, {}).items()
               if reason in INFRASTRUCTURE_FAILURES or reason.startswith("http_5")}
-    before = sum(sum(by_stage.get(stage, {}).values()) for stage in ("normalize", "filter_source", "dedup_source"))
-    sent = counts["input_rows"] - before
+    before = sum(sum(by_stage.get(stage, {}).values()) for stage in (NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE))
+    sent = counts.input_rows - before
     if not failed or sum(failed.values()) <= max_share * sent:
         return
     total = sum(failed.values())
