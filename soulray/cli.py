@@ -104,23 +104,15 @@ def _open(args: argparse.Namespace):
 
 
 def inspect_main(args: argparse.Namespace) -> int:
+    from soulray.report import text
+
     version = _open(args)
     checked = version.verify() if args.verify else 0
     manifest = version.manifest
     if args.json:
         print(manifest.to_json().decode())
         return 0
-    counts = manifest.counts
-    print(f"{manifest.dataset} {manifest.version}  (job {manifest.job}, {manifest.created_at})")
-    print(f"  parent {manifest.parent_version}  code {manifest.code_version}  config {manifest.config_hash[:12]}")
-    print(f"  rows   {counts['input_rows']} in = {counts['output_rows']} out + {counts['rejected_rows']} rejected")
-    for stage, reasons in counts.get("by_stage", {}).items():
-        print(f"  reject {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
-    print(f"  shards {len(manifest.data)} data ({sum(s.bytes for s in manifest.data)} bytes), "
-          f"{len(manifest.rejects)} rejects")
-    print("  topics " + ", ".join(f"{topic or '(none)'} {count}" for topic, count in manifest.topics.items()))
-    for item in manifest.inputs:
-        print(f"  input  {item.uri} ({item.rows} rows, {item.bytes} bytes)")
+    print(text(manifest))
     if args.verify:
         print(f"  checksums verified: all {checked} files the manifest lists (data, rejects, report)")
     return 0
