@@ -63,9 +63,13 @@ def pipeline(config: CleanConfig) -> Pipeline:
     return Pipeline(job="clean", source=DialogueSource(config.input), stages=stages, data_schema=DIALOGUE)
 
 
+def job_settings(config: CleanConfig) -> JobSettings:
+    return JobSettings(dataset=config.dataset, storage=config.storage, s3=config.s3, ray=config.ray,
+                       limit=config.limit, config=config)
+
+
 def run(config: CleanConfig) -> RunResult:
-    return run_pipeline(pipeline(config), job=JobSettings(dataset=config.dataset, storage=config.storage, s3=config.s3,
-                                                          ray=config.ray, limit=config.limit, config=config))
+    return run_pipeline(pipeline(config), job=job_settings(config))
 
 
 # -- reading ----------------------------------------------------------------------------------------

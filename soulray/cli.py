@@ -48,15 +48,19 @@ def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default=None)
 
 
-def clean_main(args: argparse.Namespace) -> int:
-    from soulray.clean import run
-    from soulray.regenerate import summary
-
+def clean_config(args: argparse.Namespace) -> CleanConfig:
     flags = [f"input.path={args.input}", f"storage.root={args.output}"]
     flags += [f"input.format={args.format}"] if args.format else []
     flags += [f"dataset={args.dataset}"] if args.dataset else []
-    config = load_config(CleanConfig, args.config, flags + args.overrides)
-    print(summary(run(config)))
+    return load_config(CleanConfig, args.config, flags + args.overrides)
+
+
+def clean_main(args: argparse.Namespace) -> int:
+    from soulray.clean import run
+    from soulray.report import text
+
+    result = run(clean_config(args))
+    print(text(result.manifest, version_uri=result.version_uri))
     return 0
 
 
