@@ -56,7 +56,7 @@ def test_changed_source_pays_only_for_what_changed_and_reports_it(ray_local, llm
                                             "usage.png")} <= set(files)
     folder = tmp_path / "out" / "smilechat-demo" / "versions" / version.manifest.version / report
     text = (folder / "report.md").read_text()
-    assert "**40 rows in = 40 published + 0 rejected.**" in text and "10 rows added, 10 removed, 30 kept" in text
+    assert "40 in = 40 out + 0 rejected" in text and "10 added, 10 removed, 30 kept" in text
     assert (folder / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     utterances = version.manifest.profile["utterances"]
     lengths = pc.list_value_length(version.to_table()["messages"]).to_pylist()
