@@ -16,9 +16,9 @@ import argparse
 import logging
 import sys
 
-from soulray.clean import job_settings, pipeline
+from soulray.clean import pipeline
 from soulray.cli import add_clean_arguments, clean_config, configure_logging, run_cli
-from soulray.pipeline import run
+from soulray.pipeline import JobSettings, run
 from soulray.report import text
 
 log = logging.getLogger("soulray.jobs.clean")
@@ -26,9 +26,9 @@ log = logging.getLogger("soulray.jobs.clean")
 
 def clean(args: argparse.Namespace) -> int:
     config = clean_config(args)
-    job = pipeline(config)
-    log.info("clean: %s → %s", type(job.source).__name__, " → ".join(stage.name for stage in job.stages))
-    result = run(job, job=job_settings(config))
+    flow = pipeline(config)
+    log.info("clean: %s → %s", type(flow.source).__name__, " → ".join(stage.name for stage in flow.stages))
+    result = run(flow, settings=JobSettings.of(config))
     print(text(result.manifest, version_uri=result.version_uri))
     return 0
 

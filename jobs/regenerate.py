@@ -19,8 +19,8 @@ import sys
 
 from soulray.cli import add_config_arguments, configure_logging, run_cli
 from soulray.config import RegenerateConfig, load_config
-from soulray.pipeline import run
-from soulray.regenerate import dry_run, job_settings, pipeline, summary
+from soulray.pipeline import JobSettings, run
+from soulray.regenerate import dry_run, pipeline, summary
 
 log = logging.getLogger("soulray.jobs.regenerate")
 
@@ -30,9 +30,9 @@ def regenerate(args: argparse.Namespace) -> int:
     if config.rewrite.enabled and config.rewrite.dry_run:  # the stages before the rewrite, then an estimate
         print(summary(dry_run(config)))
         return 0
-    job = pipeline(config)
-    log.info("regenerate: %s → %s", type(job.source).__name__, " → ".join(stage.name for stage in job.stages))
-    print(summary(run(job, job=job_settings(config))))
+    flow = pipeline(config)
+    log.info("regenerate: %s → %s", type(flow.source).__name__, " → ".join(stage.name for stage in flow.stages))
+    print(summary(run(flow, settings=JobSettings.of(config))))
     return 0
 
 

@@ -1,10 +1,11 @@
 """The clean job, top to bottom: an existing multi-turn corpus → dialogue filters → a published version.
 
 For corpora people already hold (the released SoulChatCorpus, SMILECHAT, their own), cleaned without
-paying for a rewrite. Stages: read (Parquet in the SoulChatCorpus layout `id, topic, messages`, or JSON
-converted by the importers) → the dialogue filter chain → MinHash dedup → shards, a run report and a
-manifest through the same store code as the regenerate job. Every input dialogue ends as a published
-row or a reject row.
+paying for a rewrite. Read by `DialogueSource` (Parquet in the SoulChatCorpus layout `id, topic,
+messages` through soulray/sources/reader.py, or JSON converted by the importers; roles mapped, each row
+named by `schema.dialogue_record_id`), then the stages of `pipeline`: the dialogue filter chain and
+MinHash dedup, run and published by soulray/pipeline.py like the regenerate job. Every input dialogue
+ends as a published row or a reject row.
 """
 
 from __future__ import annotations
@@ -63,13 +64,8 @@ def pipeline(config: CleanConfig) -> Pipeline:
     return Pipeline(job="clean", source=DialogueSource(config.input), stages=stages, data_schema=DIALOGUE)
 
 
-def job_settings(config: CleanConfig) -> JobSettings:
-    return JobSettings(dataset=config.dataset, storage=config.storage, s3=config.s3, ray=config.ray,
-                       limit=config.limit, config=config)
-
-
 def run(config: CleanConfig) -> RunResult:
-    return run_pipeline(pipeline(config), job=job_settings(config))
+    return run_pipeline(pipeline(config), settings=JobSettings.of(config))
 
 
 # -- reading ----------------------------------------------------------------------------------------

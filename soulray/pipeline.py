@@ -1,7 +1,7 @@
 """A pipeline and the one way to run it: a source, a list of stages, a published version.
 
     pipeline = Pipeline(job="clean", source=..., stages=[FilterStage(...), DedupStage(...)], data_schema=DIALOGUE)
-    result = run(pipeline, job=JobSettings(...))
+    result = run(pipeline, settings=JobSettings(...))
 
 `run` plans the source on the driver (files checked, lineage taken), starts Ray, reads, applies each
 stage in order, writes the shards (Ray Data streams: the stages run as the writer pulls rows), builds
@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 from pydantic import BaseModel
@@ -83,11 +83,16 @@ class Context:
 
 
 class Stage(Protocol):
+    """One step of a pipeline. `apply` adds its work to the lazy `dataset` and returns it: it marks the
+    rows it drops (reject_stage = `name`, a reason, a detail) and never removes one; it may report facts
+    of itself (`context.report`) and time its batch function (`context.clock.wrap`)."""
+
     name: str
 
     def apply(self, dataset: ray.data.Dataset, context: Context) -> ray.data.Dataset: ...
 
 
+@runtime_checkable
 class Checks(Protocol):
     """A stage that also checks the built manifest (raises to refuse publishing)."""
 
@@ -148,6 +153,12 @@ class JobSettings:
     config: BaseModel | None = None
     version_prefix: str | None = None  # version ids `<prefix>-<run id>` instead of UTC time + run id
 
+    @classmethod
+    def of(cls, config: BaseModel) -> JobSettings:
+        """From a job config with the usual fields (dataset, storage, s3, ray, limit): regenerate, clean."""
+        return cls(dataset=config.dataset, storage=config.storage, s3=config.s3, ray=config.ray, limit=config.limit,
+                   config=config)
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -156,28 +167,28 @@ class RunResult:
 
 
 # -- running ----------------------------------------------------------------------------------------------
-def run(pipeline: Pipeline, *, job: JobSettings) -> RunResult:
+def run(pipeline: Pipeline, *, settings: JobSettings) -> RunResult:
     """Plan, apply every stage, write the shards, build, check and commit the manifest."""
     started = time.perf_counter()
-    with start(pipeline, job=job) as running:
+    with start(pipeline, settings=settings) as running:
         dataset, context, plan = running.dataset, running.context, running.plan
         target = ShardTarget(version_uri=context.store.version_uri(context.version), run_id=context.run_id,
-                             data_schema=pipeline.data_schema, s3=job.s3,
-                             max_shard_bytes=job.storage.max_shard_mb * 1024 * 1024)
+                             data_schema=pipeline.data_schema, s3=settings.s3,
+                             max_shard_bytes=settings.storage.max_shard_mb * 1024 * 1024)
         phase = time.perf_counter()
-        shard_facts = write_shards(dataset, target, rows_per_shard=job.storage.rows_per_shard)
+        shard_facts = write_shards(dataset, target, rows_per_shard=settings.storage.rows_per_shard)
         running.timings["pipeline_s"] = time.perf_counter() - phase
         usage = context.usage() if context.usage else None
         reports = _with_busy_times(pipeline.stages, context)
     manifest = build_manifest(
         store=context.store, version=context.version, run_id=context.run_id, job=pipeline.job,
-        config=redact_tree(job.config.model_dump(mode="json")) if job.config else {},
-        config_hash=config_hash(job.config) if job.config else "-",
+        config=redact_tree(settings.config.model_dump(mode="json")) if settings.config else {},
+        config_hash=config_hash(settings.config) if settings.config else "-",
         inputs=plan.inputs, input_rows=context.input_rows, data_schema=pipeline.data_schema, shard_facts=shard_facts,
         timings_s={**running.timings, "total_s": time.perf_counter() - started}, usage=usage, stages=reports,
     )
     for stage in pipeline.stages:  # before anything of the version (its report) is written
-        if hasattr(stage, "check"):
+        if isinstance(stage, Checks):
             stage.check(manifest)
     manifest = publish(context.store, manifest)
     return RunResult(manifest=manifest, version_uri=context.store.version_uri(context.version))
@@ -198,35 +209,35 @@ class Running:
         self.cleanup.close()
 
 
-def start(pipeline: Pipeline, *, job: JobSettings, stop_before: str | None = None) -> Running:
+def start(pipeline: Pipeline, *, settings: JobSettings, stop_before: str | None = None) -> Running:
     """Everything up to the write: the source planned and read, the stages applied in order (all, or
     those before `stop_before`: a dry run estimates there). Use as a context manager: sessions the
     stages opened close on exit."""
     from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
 
-    if job.config is not None:
-        check_named_secrets(job.config)  # before Ray or any pipeline starts: fails in a second, naming the key
+    if settings.config is not None:
+        check_named_secrets(settings.config)  # before Ray or any pipeline starts: fails in a second, naming the key
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
-    store = VersionStore(job.storage.root, job.dataset, s3=job.s3)
-    version = job.storage.version or (f"{job.version_prefix}-{run_id[:8]}" if job.version_prefix
+    store = VersionStore(settings.storage.root, settings.dataset, s3=settings.s3)
+    version = settings.storage.version or (f"{settings.version_prefix}-{run_id[:8]}" if settings.version_prefix
                                       else new_version_id(run_id))
     store.require_new(version)
-    log.info("run %s: publishing %s/%s", run_id, job.dataset, version)
-    plan = pipeline.source.plan(job.s3)
+    log.info("run %s: publishing %s/%s", run_id, settings.dataset, version)
+    plan = pipeline.source.plan(settings.s3)
     timings = {"plan_s": time.perf_counter() - started}
 
-    init_ray(job.ray)
-    refuse_secrets_in_runtime_env(secret_env_names(job.config) if job.config is not None else [])
+    init_ray(settings.ray)
+    refuse_secrets_in_runtime_env(secret_env_names(settings.config) if settings.config is not None else [])
     cleanup = ExitStack()
-    input_rows = plan.rows if job.limit is None else min(plan.rows, job.limit)
-    context = Context(run_id=run_id, store=store, version=version, s3=job.s3, input_rows=input_rows,
+    input_rows = plan.rows if settings.limit is None else min(plan.rows, settings.limit)
+    context = Context(run_id=run_id, store=store, version=version, s3=settings.s3, input_rows=input_rows,
                       cleanup=cleanup, clock=StageClock.start())
     cleanup.callback(context.clock.stop)
     try:
         dataset = pipeline.source.read(context)
-        if job.limit is not None:
-            dataset = dataset.limit(job.limit)
+        if settings.limit is not None:
+            dataset = dataset.limit(settings.limit)
         for stage in pipeline.stages:
             if stage.name == stop_before:
                 break

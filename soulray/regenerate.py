@@ -52,11 +52,6 @@ def pipeline(config: RegenerateConfig) -> Pipeline:
     return Pipeline(job="regenerate", source=source, stages=stages, data_schema=DIALOGUE if rewriting else UNIT)
 
 
-def job_settings(config: RegenerateConfig) -> JobSettings:
-    return JobSettings(dataset=config.dataset, storage=config.storage, s3=config.s3, ray=config.ray,
-                       limit=config.limit, config=config)
-
-
 @dataclass(frozen=True)
 class DryRun:
     estimate: dict[str, dict[str, float]]  # per model: rows, prompt_tokens, completion_tokens, cost_usd
@@ -66,12 +61,12 @@ class DryRun:
 def run(config: RegenerateConfig) -> RunResult | DryRun:
     if config.rewrite.enabled and config.rewrite.dry_run:
         return dry_run(config)
-    return run_pipeline(pipeline(config), job=job_settings(config))
+    return run_pipeline(pipeline(config), settings=JobSettings.of(config))
 
 
 def dry_run(config: RegenerateConfig) -> DryRun:
     """Everything before the rewrite, then the rewrite's tokens and cost estimated, nothing called."""
-    with start(pipeline(config), job=job_settings(config), stop_before=REWRITE) as running:
+    with start(pipeline(config), settings=JobSettings.of(config), stop_before=REWRITE) as running:
         return DryRun(estimate=estimate(running.dataset, config.rewrite), input_rows=running.context.input_rows)
 
 

@@ -37,7 +37,7 @@ def test_run_publishes_with_a_report_and_busy_time_per_stage_and_changes(ray_loc
     pipeline = Pipeline(job="test", source=TableSource(working_rows(30), block_rows=7), stages=[MarkEveryThird()],
                         data_schema=UNIT)
     job = JobSettings(dataset="d", storage=StorageConfig(root=str(tmp_path)))
-    first = run(pipeline, job=job)
+    first = run(pipeline, settings=job)
     counts = first.manifest.counts
     assert (counts.input_rows, counts.output_rows, counts.by_stage) == (30, 20, {"filter_source": {"third": 10}})
     report = first.manifest.stages["filter_source"]
@@ -45,6 +45,6 @@ def test_run_publishes_with_a_report_and_busy_time_per_stage_and_changes(ray_loc
     assert first.manifest.changes is None and any(f.path.endswith("report.md") for f in first.manifest.report)
     assert_accounted(open_version(first.version_uri))
 
-    second = run(pipeline, job=job)
+    second = run(pipeline, settings=job)
     assert second.manifest.parent_version == first.manifest.version
     assert (second.manifest.changes.added, second.manifest.changes.kept) == (0, 30)

@@ -39,6 +39,6 @@ def publish_dialogues(table: pa.Table, *, root: str, dataset: str, s3: S3Config 
     """Commit `table` (schema.DIALOGUE) as a new version of `dataset` under `root`, through the one
     publish path (no stages); returns the version."""
     pipeline = Pipeline(job=job, source=TableSource(table.cast(DIALOGUE)), stages=[], data_schema=DIALOGUE)
-    result = run(pipeline, job=JobSettings(dataset=dataset, storage=StorageConfig(root=root), s3=s3,
+    result = run(pipeline, settings=JobSettings(dataset=dataset, storage=StorageConfig(root=root), s3=s3,
                                            version_prefix="import"))
     return result.manifest.version
