@@ -7,12 +7,15 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from soulray.config import StorageConfig
 from soulray.pipeline import Context, JobSettings, Pipeline, TableSource, run
-from soulray.schema import UNIT
+from soulray.schema import UNIT, dialogue_record_id
 from soulray.store import open_version
+from soulray.train.corpus import publish_dialogues, smilechat_dialogues
 from tests.accounting import assert_accounted
+from tests.conftest import SMILECHAT_SAMPLE
 from tests.store.test_store import working_rows
 
 
@@ -48,3 +51,20 @@ def test_run_publishes_with_a_report_and_busy_time_per_stage_and_changes(ray_loc
     second = run(pipeline, settings=job)
     assert second.manifest.parent_version == first.manifest.version
     assert (second.manifest.changes.added, second.manifest.changes.kept) == (0, 30)
+
+
+def test_an_imported_corpus_is_published_through_the_same_path(ray_local, tmp_path, smilechat_sample_dialogues):
+    """publish_dialogues used to commit without changes or a report; now it is a pipeline without stages."""
+    first = publish_dialogues(smilechat_sample_dialogues, root=str(tmp_path), dataset="smile")
+    second = publish_dialogues(smilechat_sample_dialogues, root=str(tmp_path), dataset="smile")
+    version = open_version(second, root=str(tmp_path), dataset="smile", verify=True)
+    assert first.startswith("import-") and version.manifest.parent_version == first
+    assert version.manifest.changes.kept == len(set(smilechat_sample_dialogues["record_id"].to_pylist()))
+    assert any(shard.path.endswith("report.md") for shard in version.manifest.report)
+    assert version.to_table()["record_id"].to_pylist() == [dialogue_record_id(messages) for messages in
+                                                          smilechat_sample_dialogues["messages"].to_pylist()]
+
+
+@pytest.fixture
+def smilechat_sample_dialogues() -> pa.Table:
+    return smilechat_dialogues(SMILECHAT_SAMPLE, limit=20)
