@@ -164,15 +164,15 @@ def quota_figures(server, limits: dict, manifest, wall: float) -> dict:
         served += len(calls)
         refused += key_refused
     counts = manifest.counts
-    usage = manifest.usage.get("keys", {})
+    usage = (manifest.usage.keys if manifest.usage else {})
     return {"wall_s": wall, "steady_window_s": end - start, "per_key": per_key,
             "utilisation_min": min(key["utilisation"] for key in per_key.values()),
             "rate_limited_share": refused / max(1, served + refused),
             "rate_limited_share_whole_run": sum(len(s.refused_at) for s in logs.values())
             / max(1, sum(len(s.log) + len(s.refused_at) for s in logs.values())),
-            "rewrite_failed_rows": sum(counts["by_stage"].get("rewrite", {}).values()),
-            "parse_rejects": sum(counts["by_stage"].get("parse", {}).values()),
-            "output_rows": counts["output_rows"], "cut_by_length": sum(k.get("cut_by_length", 0) for k in usage.values())}
+            "rewrite_failed_rows": sum(counts.by_stage.get("rewrite", {}).values()),
+            "parse_rejects": sum(counts.by_stage.get("parse", {}).values()),
+            "output_rows": counts.output_rows, "cut_by_length": sum(getattr(k, "cut_by_length", 0) for k in usage.values())}
 
 
 def bench_rewrite_overhead(workdir: Path, rows: int, repeats: int) -> dict:

@@ -17,13 +17,12 @@ from soulray.errors import ConfigError
 from soulray.filters.base import Filter
 from soulray.filters.batch import Batch, batch_from_table, write_back
 from soulray.filters.registry import FILTERS, FilterSpec
-from soulray.schema import SCORES
+from soulray.schema import FILTER_DIALOGUE, FILTER_SOURCE, SCORES
 
 if TYPE_CHECKING:
     import ray.data
 
-SOURCE_STAGE = "filter_source"
-DIALOGUE_STAGE = "filter_dialogue"
+SOURCE_STAGE, DIALOGUE_STAGE = FILTER_SOURCE, FILTER_DIALOGUE
 FLAGS_TYPE = pa.list_(pa.string())
 
 

@@ -21,15 +21,15 @@ from soulray.repair import FLAG_PREFIX
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.settings import RewriteConfig
-from soulray.schema import WORKING_DIALOGUE
+from soulray.schema import DEDUP_SOURCE, FILTER_SOURCE, NORMALIZE, PARSE, REWRITE, WORKING_DIALOGUE
+from soulray.store.manifest import Counts
 
 if TYPE_CHECKING:
     import ray.data
 
     from soulray.store import VersionStore
 
-STAGE = "rewrite"
-PARSE_STAGE = "parse"
+STAGE, PARSE_STAGE = REWRITE, PARSE
 
 # Reasons of rewrite rejects that say the endpoint failed, not the content: no answer was had at all.
 # (Budget stops are the operator's choice; parse rejects and filter drops are about the text.)
@@ -40,14 +40,14 @@ class RewriteOutage(SoulrayError):
     """Too many rewrite calls failed for infrastructure reasons to publish the run."""
 
 
-def check_failures(counts: dict[str, Any], *, max_share: float, paid_calls: int) -> None:
+def check_failures(counts: Counts, *, max_share: float, paid_calls: int) -> None:
     """Refuse to publish (RewriteOutage) when more than `max_share` of the rows sent to the rewrite
     failed for infrastructure reasons. `counts` are a manifest's: rows in, and rejects by stage."""
-    by_stage = counts.get("by_stage", {})
+    by_stage = counts.by_stage
     failed = {reason: count for reason, count in by_stage.get(STAGE, {}).items()
               if reason in INFRASTRUCTURE_FAILURES or reason.startswith("http_5")}
-    before = sum(sum(by_stage.get(stage, {}).values()) for stage in ("normalize", "filter_source", "dedup_source"))
-    sent = counts["input_rows"] - before
+    before = sum(sum(by_stage.get(stage, {}).values()) for stage in (NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE))
+    sent = counts.input_rows - before
     if not failed or sum(failed.values()) <= max_share * sent:
         return
     total = sum(failed.values())
@@ -108,16 +108,21 @@ class RewriteSession(LLMSession):
         # fail on a bad prompt before anything starts
         super().__init__(config, run_id=run_id, store=store, s3=s3, namespace=load_template(config.prompt).version)
 
-    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None) -> ray.data.Dataset:
+    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None,
+              clock: Any = None) -> ray.data.Dataset:
         """The rewrite stage on `pipeline`; with `expected_rows`, a progress line is logged every
-        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend)."""
+        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend); with `clock`
+        (soulray.pipeline.StageClock), its busy time is counted."""
         import ray.data
 
         if expected_rows is not None:
             self.log_progress(expected_rows)
         config = self.config
+        fn, kwargs = Rewriter, {"config": config, "run": self.run}
+        if clock is not None:
+            fn, kwargs = clock.wrap_class(fn, stage=STAGE, kwargs=kwargs)
         return pipeline.map_batches(
-            Rewriter, fn_constructor_kwargs={"config": config, "run": self.run}, batch_size=config.batch_size,
+            fn, fn_constructor_kwargs=kwargs, batch_size=config.batch_size,
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=config.actor_num_cpus,
         )
