@@ -299,6 +299,7 @@ class _Lane:
     # the deviations of the reservations granted and not settled: their errors are what a slack covers
     pending_variance: float = 0.0
     pending_deviation: float = 0.0
+    sliced: bool = False  # the server's token bucket, from its headers, is a slice of the minute (< 5%)
     prompt_ratio: _Ratio = field(default_factory=_Ratio)  # the server's prompt tokens over ours
     completion_ratio: _Ratio = field(default_factory=_Ratio)  # the same for completions
     cooldown_until: float = 0.0
@@ -338,14 +339,15 @@ class _Lane:
 
     def detour_s(self, tokens: int, typical_tokens: float) -> float:
         """How much later than its wait a call should count on this lane when keys are compared: on a
-        lane bound by requests (typical calls fill its requests before its tokens), a call holding the
-        tokens longer than one request's turn delays the next call past its turn, and against
-        one-second slices that turn is lost for good (a 60 RPM key served 0.88 of its requests when
-        the earliest start sent it the calls over 2,500 tokens, its token bucket being the one full;
-        issue 18). Weighted by DETOUR_WEIGHT: such a call goes elsewhere unless every other key is
-        seconds away."""
+        lane bound by requests (typical calls fill its requests before its tokens) whose server
+        enforces the minute in slices, a call holding the tokens longer than one request's turn delays
+        the next call past its turn, and that turn is lost for good (a 60 RPM key served 0.88 of its
+        requests when the earliest start sent it the calls over 2,500 tokens, its token bucket being
+        the one full; issue 18). Weighted by DETOUR_WEIGHT: such a call goes elsewhere unless every
+        other key is seconds away. Against a sliding minute the lane catches up (its requests bucket
+        holds one more), and the detour only held up the job's batches: not there."""
         limits = self.limits
-        if not typical_tokens or typical_tokens >= limits.tpm / limits.rpm:
+        if not (self.sliced and typical_tokens) or typical_tokens >= limits.tpm / limits.rpm:
             return 0.0
         return DETOUR_WEIGHT * max(0.0, tokens * 60.0 / limits.tpm - 60.0 / limits.rpm)
 
@@ -413,6 +415,7 @@ MAX_MARGIN_S = 0.1  # repeated 429s stretch a Retry-After at most this much
 MARGIN_STEP_S = 0.005
 MARGIN_DECAY_S = 0.0001
 DETOUR_WEIGHT = 10.0
+SLICED = 0.05  # of the minute: a server bucket smaller than this enforces the minute in slices
 # The requests bucket follows the server's (remaining + reset × rate) less one request, as a reserve
 # for calls that arrive earlier than planned, and at most one request above 1% of the minute: a key
 # bound by tokens for a moment catches up one request after, and any 10 s still holds at most a sixth
@@ -564,6 +567,7 @@ class QuotaLedger:
                 bucket.follow(remaining + reset * per_minute / 60.0, REQUESTS_KEPT, REQUESTS_CATCH_UP)
             elif reset is not None and remaining > 0:  # at 0 the token bucket may be in debt
                 bucket.resize(remaining + reset * per_minute / 60.0, per_minute)
+                lane.sliced = remaining + reset * per_minute / 60.0 < SLICED * per_minute
             bucket.at_most(remaining + since * bucket.rate, now)
 
     def _learn(self, call: _Open, lane: _Lane, prompt_tokens: int, completion_tokens: int,

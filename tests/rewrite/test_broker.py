@@ -311,11 +311,14 @@ def test_the_requests_bucket_follows_the_servers_less_one_and_catches_up_one():
 
 def test_a_call_holding_the_tokens_past_a_requests_turn_goes_to_a_key_bound_by_tokens():
     """Typical calls of ~900 tokens fill a 60 RPM / 100k TPM key's requests first (1,667 tokens a
-    request) and a 240 RPM one's tokens first. A 3,000-token call holds the first key's tokens for 1.8 s,
-    past its one-second turn: it goes to the second, which only spends the tokens it would anyway."""
+    request) and a 240 RPM one's tokens first. Against one-second slices, a 3,000-token call holds the
+    first key's tokens for 1.8 s, past its one-second turn: it goes to the second, which only spends the
+    tokens it would anyway."""
     ledger = QuotaLedger(keys(("b", 60, 100_000), ("c", 240, 100_000)), now=0.0)
-    grant = ledger.reserve("m", 900, 0.0, now=0.0)
-    ledger.settle(grant.id, status="ok", prompt_tokens=900, now=0.5)
+    for now in (0.0, 10.0):  # one call on each key: the servers' buckets are one-second slices
+        grant = ledger.reserve("m", 900, 0.0, now=now)
+        ledger.settle(grant.id, status="ok", prompt_tokens=900, remaining_tokens=767, reset_tokens_s=0.54,
+                      now=now + 0.5)
     assert ledger.reserve("m", 3_000, 0.0, now=60.0).key == "c"
     assert ledger.reserve("m", 900, 0.0, now=120.0).key == "b"  # both free: the first by name
 
