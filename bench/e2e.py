@@ -75,7 +75,7 @@ def _one_size(workdir: Path, rows: int, url: str) -> dict:
     manifest = VersionStore(str(root), "smilechat-demo").manifest("latest")
     counts = manifest.counts
     if counts.output_rows + counts.rejected_rows != rows:
-        raise RuntimeError(f"e2e {rows}: {counts['output_rows']} published + {counts['rejected_rows']} rejected")
+        raise RuntimeError(f"e2e {rows}: {counts.output_rows} published + {counts.rejected_rows} rejected")
     return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": peak / 1e6,
             "output_rows": counts.output_rows, "rejected_rows": counts.rejected_rows,
             "by_stage": counts.by_stage,
