@@ -26,8 +26,10 @@ from pydantic import (
 )
 
 from soulray.errors import ConfigError
+from soulray.gate.settings import QualityGateSettings
 from soulray.redaction import find_secret, redact
 from soulray.repair import TurnLimits
+from soulray.rewrite.persona import PersonaSettings
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 # Dataset and version names become path segments (local folders, S3 keys): letters, digits and ._-,
@@ -189,6 +191,7 @@ class RewriteConfig(StrictModel):
     concurrency_per_actor: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)
     local_server: LocalServerConfig = LocalServerConfig()
+    persona: PersonaSettings = PersonaSettings()  # client profiles: soulray/rewrite/persona.py
 
 
 # ---- filters and clean (soulray/filters/, soulray/clean.py, jobs/clean.py) ----------------------------------
@@ -484,6 +487,7 @@ class RegenerateConfig(StrictModel):
     rewrite: RewriteConfig = RewriteConfig()
     filters: FiltersConfig = FiltersConfig()
     dedup: DedupJobConfig = Field(default_factory=lambda: DedupJobConfig())
+    quality_gate: QualityGateSettings = QualityGateSettings()  # LLM judge + one revision: soulray/gate/
     limit: int | None = Field(None, ge=1, description="read at most this many rewrite units (smoke runs)")
 
 

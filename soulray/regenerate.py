@@ -27,6 +27,9 @@ from soulray.config import (
 )
 from soulray.dedup import dedup_dataset
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, apply_chain, build_chain
+from soulray.gate.core import summary_lines as gate_summary_lines
+from soulray.gate.settings import QualityGateSettings
+from soulray.gate.stage import QualityGateStage
 from soulray.redaction import redact_tree
 from soulray.rewrite.session import RewriteSession
 from soulray.rewrite.stage import check_failures, estimate_batch
@@ -88,7 +91,9 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
                           block_rows=config.rewrite.batch_size * 4)
 
     if config.rewrite.enabled and config.rewrite.dry_run:
-        return DryRun(estimate=estimate(pipeline, config.rewrite), input_rows=input_rows)
+        return DryRun(estimate=estimate(pipeline, config.rewrite,
+                                        gate=config.quality_gate if config.quality_gate.enabled else None),
+                      input_rows=input_rows)
 
     data_schema, usage = UNIT, {}
     with ExitStack() as cleanup:
@@ -100,6 +105,10 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
             if config.dedup.dialogue.enabled:
                 against = open_version(config.dedup.against, s3=config.s3) if config.dedup.against else None
                 pipeline = dedup_stage(pipeline, config.dedup.dialogue, "dedup_dialogue", stages, timings, against=against)
+            # H21 quality gate (soulray/gate/): after dialogue dedup, so only distinct dialogues are paid for
+            gate = QualityGateStage(settings=config.quality_gate, filters=config.filters.dialogue)
+            if config.quality_gate.enabled:
+                pipeline = gate.apply(pipeline, rewrite)
         target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=data_schema,
                              s3=config.s3, max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
         phase = time.perf_counter()
@@ -107,6 +116,8 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
         timings["pipeline_s"] = time.perf_counter() - phase
         if config.rewrite.enabled:
             usage = rewrite.usage()
+            if config.quality_gate.enabled:
+                stages["quality_gate"] = gate.report(rewrite).as_dict()
 
     manifest = build_manifest(
         store=store, version=version, run_id=run_id, job="regenerate",
@@ -164,10 +175,12 @@ def _normalise_batch(batch, *, config: RegenerateConfig, block_rows: int):
             yield table.slice(start, block_rows)
 
 
-def estimate(pipeline, config: RewriteConfig) -> dict[str, dict[str, float]]:
-    """Tokens and cost the rewrite would take, per model, from the real prompts of every row."""
+def estimate(pipeline, config: RewriteConfig, *, gate: QualityGateSettings | None = None) -> dict[str, dict[str, float]]:
+    """Tokens and cost the rewrite (and the persona and quality-gate calls) would take, per model, from
+    the real prompts of every row."""
     totals: dict[str, dict[str, float]] = {}
-    for row in pipeline.map_batches(estimate_batch, fn_kwargs={"config": config}, batch_format="pyarrow").take_all():
+    for row in pipeline.map_batches(estimate_batch, fn_kwargs={"config": config, "gate": gate},
+                                    batch_format="pyarrow").take_all():
         model = totals.setdefault(row["model"], {"rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
         for field in model:
             model[field] += row[field]
@@ -204,6 +217,8 @@ def summary(result: RunResult | DryRun) -> str:
                      f"{stats['completion_tokens']:.0f} tokens, ${stats['cost_usd']:.4f}")
     if manifest.usage:
         lines.append(f"  spend   ${manifest.cost_usd:.4f} this run; tokens {manifest.tokens}")
+    lines += gate_summary_lines(manifest.usage.get("kinds", {}), manifest.stages.get("quality_gate"),
+                                counts["output_rows"])
     for stage, facts in manifest.stages.items():
         if "clusters" in facts:
             lines.append(f"  dedup   {stage}: {facts['clusters']} clusters, {facts['rows_marked']} rows marked "

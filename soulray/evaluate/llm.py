@@ -52,7 +52,7 @@ class EndpointGenerator(LLMCaller):
             # a reply about as long as the reference sizes the reservation; the real usage settles it
             result = await self.complete(record_id=sample["sample_id"], model=self.endpoint_model,
                                          messages=self.system + history, attempt=0,
-                                         expected_chars=len(sample["reference"]))
+                                         expected_chars=len(sample["reference"]), kind="generate")
         row = {"sample_id": sample["sample_id"], "model": self.model_name, "response": "", "finish_reason": None,
                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "error": None}
         if isinstance(result, Failure):
@@ -85,7 +85,8 @@ class Judge(LLMCaller):
         async with self.semaphore:
             for reask in range(self.max_reasks + 1):
                 result = await self.complete(record_id=item["sample_id"], model=self.judge_model, messages=messages,
-                                             attempt=run * RUN_STRIDE + reask, expected_chars=0)
+                                             attempt=run * RUN_STRIDE + reask, expected_chars=0,
+                                             kind="judge")
                 row["attempts"] = reask + 1
                 if isinstance(result, Failure):
                     return {**row, "error": f"{result.reason}: {result.detail}"[:300]}

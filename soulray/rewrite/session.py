@@ -13,7 +13,7 @@ from soulray.errors import SoulrayError
 from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.rewrite.cache import build_index, compact
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.stage import Rewriter, RewriteRun
+from soulray.rewrite.stage import CALLS_PREFIX, Rewriter, RewriteRun
 from soulray.runtime import NAMESPACE, add_drain
 
 if TYPE_CHECKING:
@@ -105,7 +105,14 @@ class RewriteSession:
         tokens = {"prompt": int(sum(k["prompt_tokens"] for k in snapshot["keys"].values())),
                   "completion": int(sum(k["completion_tokens"] for k in snapshot["keys"].values()))}
         return {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
-                "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
+                "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"],
+                "kinds": calls_by_kind(snapshot["tallies"])}
+
+    def tallies(self) -> dict[str, float]:
+        """What the callers added to the broker's tallies (the quality gate's counts among them)."""
+        import ray
+
+        return ray.get(self.broker.snapshot.remote())["tallies"]
 
     def _compact_cache(self) -> None:
         try:
@@ -125,6 +132,17 @@ class RewriteSession:
         if self.server is not None:
             self.server.stop()
         self._compact_cache()
+
+
+def calls_by_kind(tallies: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The broker's flat `calls.<kind>.<field>` tallies as {kind: {paid, cached, tokens, cost_usd}}."""
+    kinds: dict[str, dict[str, float]] = {}
+    for name, value in sorted(tallies.items()):
+        if name.startswith(CALLS_PREFIX):
+            kind, field = name.removeprefix(CALLS_PREFIX).rsplit(".", 1)
+            kinds.setdefault(kind, {"paid": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                    "cost_usd": 0.0})[field] = value
+    return kinds
 
 
 def key_limits(key: ApiKey) -> KeyLimits:

@@ -6,6 +6,7 @@ cache in front. Every row comes back exactly once: as a dialogue, or marked with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -19,11 +20,20 @@ import pyarrow as pa
 
 from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import ConfigError, SoulrayError
+from soulray.gate.settings import QualityGateSettings
 from soulray.redaction import install_log_redaction, redact
 from soulray.repair import FLAG_PREFIX
 from soulray.rewrite.broker import CallShape, Reservation
 from soulray.rewrite.cache import ResponseCache, call_key
 from soulray.rewrite.parse import parse_completion
+from soulray.rewrite.persona import (
+    PROFILE_VERSION,
+    Persona,
+    check_template,
+    parse_profile,
+    profile_prompt,
+    rule_persona,
+)
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.tokens import count_message_tokens, count_tokens
 from soulray.runtime import NAMESPACE
@@ -34,6 +44,7 @@ STAGE = "rewrite"
 PARSE_STAGE = "parse"
 _NO_SECRET = "soulray-local-no-secret"
 FLUSH_EVERY_S = 1.0
+CALLS_PREFIX = "calls."  # the broker's tallies of calls per kind: calls.<kind>.<paid|cached|…_tokens|cost_usd>
 
 
 @dataclass(frozen=True)
@@ -161,11 +172,25 @@ class LLMCaller:
         self.settling: asyncio.Task | None = None
         self.requests: list[tuple[tuple[str, int, float, CallShape], asyncio.Future]] = []
         self.requesting: asyncio.Task | None = None
+        self.calls: dict[str, float] = {}  # this batch's calls per kind, see _count
 
     async def finish_batch(self) -> None:
-        """At the end of every batch: persist its paid completions and settle its reservations."""
+        """At the end of every batch: persist its paid completions, settle its reservations and send the
+        batch's calls per kind to the broker's tallies."""
         await self._flush_cache(force=True)
         await self._send_settlements()
+        if self.calls:
+            self.broker.tally.remote(self.calls)
+            self.calls = {}
+
+    def _count(self, kind: str, result: Completion | Failure) -> None:
+        """Calls per kind (rewrite, persona, judge, revision): the broker counts per key and model only."""
+        if not isinstance(result, Completion):
+            return
+        name = f"{CALLS_PREFIX}{kind}."
+        for field, value in (("cached" if result.cached else "paid", 1), ("prompt_tokens", result.prompt_tokens),
+                             ("completion_tokens", result.completion_tokens), ("cost_usd", result.cost_usd)):
+            self.calls[name + field] = self.calls.get(name + field, 0) + value
 
     async def _flush_cache(self, *, force: bool = False) -> None:
         """Persist paid completions: every FLUSH_EVERY_S while calls complete (a killed job then loses
@@ -224,7 +249,14 @@ class LLMCaller:
             await self.broker.settle_many.remote(pending)
 
     async def complete(self, *, record_id: str, model: str, messages: list[dict[str, str]], attempt: int,
-                       expected_chars: int) -> Completion | Failure:
+                       expected_chars: int, kind: str = "rewrite") -> Completion | Failure:
+        result = await self._complete(record_id=record_id, model=model, messages=messages, attempt=attempt,
+                                      expected_chars=expected_chars)
+        self._count(kind, result)
+        return result
+
+    async def _complete(self, *, record_id: str, model: str, messages: list[dict[str, str]], attempt: int,
+                        expected_chars: int) -> Completion | Failure:
         """One completion of `messages`: from the cache, or paid for under the broker's quotas (retried
         as configured). `attempt` numbers re-asks (each is a new call, with a new seed); `expected_chars`
         gives the prior guess of the completion's length (about 2 tokens a character, see
@@ -349,11 +381,19 @@ class Rewriter(LLMCaller):
 
     def __init__(self, *, config: RewriteConfig, run: RewriteRun) -> None:
         self.template = load_template(config.prompt)
+        check_template(self.template, config.persona)
         super().__init__(config=config, run=run, namespace=self.template.version)
+        # rewrite.persona: the profile calls under their own cache section and length lane (a profile is
+        # ~100 tokens, a rewrite ~1,500: one learned max_tokens for both would fit neither)
+        self.profiles = (LLMCaller(config=config.model_copy(update={"max_tokens": config.persona.max_tokens}),
+                                   run=dataclasses.replace(run, cache_index=None), namespace=PROFILE_VERSION)
+                         if config.persona.enabled and config.persona.source == "llm" else None)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
         await self.finish_batch()
+        if self.profiles is not None:
+            await self.profiles.finish_batch()
         self.broker.progress.remote(len(rows))  # for the driver's progress line; nothing waits on it
         return pa.Table.from_pylist(rows, schema=WORKING_DIALOGUE)
 
@@ -363,7 +403,10 @@ class Rewriter(LLMCaller):
             return row
         model = route_model(unit["record_id"], self.config)
         row["model"] = model
-        messages = self.template.render(unit["question"], unit["description"], unit["answer"])
+        persona = await self._persona(unit, model, row) if self.config.persona.enabled else None
+        row["persona"] = persona.to_json() if persona else None
+        messages = self.template.render(unit["question"], unit["description"], unit["answer"],
+                                        persona=persona.describe() if persona else None)
         parsed = None
         async with self.semaphore:
             for attempt in range(self.config.max_reasks + 1):
@@ -383,6 +426,23 @@ class Rewriter(LLMCaller):
                     row["flags"] = [FLAG_PREFIX + kind for kind in parsed.repairs] or None
                     return row
         return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
+
+    async def _persona(self, unit: dict[str, Any], model: str, row: dict[str, Any]) -> Persona:
+        """The client profile: one profile call (its cost on the row), else the rule-based profile (a
+        failed or unparseable call costs the row nothing more; a budget stop then stops the rewrite)."""
+        if self.profiles is not None:
+            async with self.profiles.semaphore:
+                result = await self.profiles.complete(
+                    record_id=unit["record_id"], model=model, messages=profile_prompt(unit["question"], unit["description"]),
+                    attempt=0, expected_chars=60, kind="persona")
+            if isinstance(result, Completion):
+                row["prompt_tokens"] += result.prompt_tokens
+                row["completion_tokens"] += result.completion_tokens
+                row["cost_usd"] += result.cost_usd
+                persona = parse_profile(result.text)
+                if persona is not None:
+                    return persona
+        return rule_persona(unit["question"], unit["description"], unit["topic"])
 
 
 def source_chars(unit: dict[str, Any]) -> int:
@@ -405,21 +465,36 @@ def cost_of(config: RewriteConfig, model: str, prompt_tokens: int, completion_to
     return prompt_tokens / 1000 * price.prompt_per_1k + completion_tokens / 1000 * price.completion_per_1k
 
 
-def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
-    """Dry run: what rewriting these rows would cost, per model, without calling anything."""
+def estimate_batch(batch: pa.Table, *, config: RewriteConfig, gate: QualityGateSettings | None = None) -> pa.Table:
+    """Dry run: what rewriting these rows would cost, per model, without calling anything; the persona's
+    and the quality gate's calls (`gate`: its settings when on) as their own lines, "<model> (<kind>)"."""
+    from soulray.gate.stage import estimate_gate  # the gate builds on this module
+
     template = load_template(config.prompt)
     totals: dict[str, list[float]] = {}
+
+    def add(label: str, model: str, prompt: float, completion: float, rows: int = 1) -> None:
+        row = totals.setdefault(label, [0, 0, 0, 0.0])
+        row[0] += rows
+        row[1] += prompt
+        row[2] += completion
+        row[3] += cost_of(config, model, prompt, completion)
+
     for unit in batch.to_pylist():
         if unit["reject_reason"]:
             continue
         model = route_model(unit["record_id"], config)
-        messages = template.render(unit["question"], unit["description"], unit["answer"])
-        prompt, completion = estimate_tokens(messages, source_chars(unit), config.max_tokens)
-        row = totals.setdefault(model, [0, 0, 0, 0.0])
-        row[0] += 1
-        row[1] += prompt
-        row[2] += completion
-        row[3] += cost_of(config, model, prompt, completion)
+        persona = rule_persona(unit["question"], unit["description"], unit["topic"]) if template.uses_persona else None
+        messages = template.render(unit["question"], unit["description"], unit["answer"],
+                                   persona=persona.describe() if persona else None)
+        add(model, model, *estimate_tokens(messages, source_chars(unit), config.max_tokens))
+        if persona is not None and config.persona.source == "llm":
+            add(f"{model} (persona)", model, count_message_tokens(profile_prompt(unit["question"], unit["description"])),
+                config.persona.max_tokens // 2)
+        if gate is not None:
+            gate_model = gate.model or config.models[0].name
+            for kind, (prompt, completion) in estimate_gate(source_chars(unit), config=config, settings=gate).items():
+                add(f"{gate_model} ({kind})", gate_model, prompt, completion)
     return pa.table({"model": list(totals), "rows": [int(v[0]) for v in totals.values()],
                      "prompt_tokens": [int(v[1]) for v in totals.values()],
                      "completion_tokens": [int(v[2]) for v in totals.values()],
@@ -434,7 +509,7 @@ def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:
             "api_key_name": None, "attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
             "source_file": unit["source_file"], "source_row": unit["source_row"],
             "reject_stage": unit["reject_stage"], "reject_reason": unit["reject_reason"],
-            "reject_detail": unit["reject_detail"]}
+            "reject_detail": unit["reject_detail"], "persona": None, "gate": None, "source_answer": unit["answer"]}
 
 
 def _reject(row: dict[str, Any], stage: str, reason: str | None, detail: str | None) -> dict[str, Any]:
