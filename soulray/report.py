@@ -12,10 +12,12 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from soulray.gate.report import gate_chart, gate_markdown
 from soulray.store.manifest import Manifest
 
 # Where each stage runs in the regenerate/clean jobs, so the flow chart reads left to right.
-STAGE_ORDER = ["normalize", "filter_source", "dedup_source", "rewrite", "parse", "filter_dialogue", "dedup_dialogue"]
+STAGE_ORDER = ["normalize", "filter_source", "dedup_source", "rewrite", "parse", "filter_dialogue", "dedup_dialogue",
+               "quality_gate"]
 TOP_TOPICS = 12
 
 
@@ -27,6 +29,7 @@ def render(manifest: Manifest) -> dict[str, bytes]:
         "topics.png": _topics_chart(manifest),
         "utterances.png": _utterances_chart(manifest),
         "usage.png": _usage_chart(manifest),
+        "gate.png": gate_chart(manifest.stages.get("quality_gate")),  # soulray/gate/report.py
     }
     charts = {name: png for name, png in charts.items() if png is not None}
     return {"report.md": markdown(manifest, charts=list(charts)).encode("utf-8"), **charts}
@@ -69,6 +72,8 @@ def markdown(manifest: Manifest, *, charts: list[str]) -> str:
         lines += ["", "## Utterances per dialogue", "", "| utterances | dialogues |", "|---|---|"]
         lines += [f"| {n} | {c} |" for n, c in sorted(utterances.items(), key=lambda item: int(item[0]))]
     lines += _usage_tables(manifest.usage)
+    lines += gate_markdown(manifest.stages.get("quality_gate"), manifest.usage.get("kinds", {}),
+                           counts.get("output_rows", 0))
     lines += ["", "## Time", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in manifest.timings_s.items()]
     if charts:
@@ -193,7 +198,7 @@ def _utterances_chart(manifest: Manifest) -> bytes | None:
 
 def _usage_chart(manifest: Manifest) -> bytes | None:
     usage = manifest.usage
-    groups = [(kind, usage.get(kind, {})) for kind in ("models", "keys") if usage.get(kind)]
+    groups = [(kind, usage.get(kind, {})) for kind in ("models", "keys", "kinds") if usage.get(kind)]
     if not groups:
         return None
     plt, figure, axes_grid = _figure(width=9.0, height=3.2 * len(groups))
