@@ -102,7 +102,8 @@ class QualityGateStage:
     def apply(self, dataset: ray.data.Dataset, session: RewriteSession) -> ray.data.Dataset:
         import ray.data
 
-        load_gate_rubric(self.settings)  # a bad rubric fails here, before any actor starts
+        rubric = load_gate_rubric(self.settings)  # a bad rubric fails here, before any actor starts
+        session.other_sections += [rubric.version, REVISION_VERSION]  # compacted with the rewrite's
         config = session.config
         return dataset.map_batches(
             QualityGate, fn_constructor_kwargs={"config": config, "run": session.run, "settings": self.settings,

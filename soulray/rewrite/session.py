@@ -12,6 +12,7 @@ from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import SoulrayError
 from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.rewrite.cache import build_index, compact
+from soulray.rewrite.persona import PROFILE_VERSION, check_template
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.stage import CALLS_PREFIX, Rewriter, RewriteRun
 from soulray.runtime import NAMESPACE, add_drain
@@ -35,8 +36,13 @@ class RewriteSession:
         self.broker = None
         self.progress: _ProgressLog | None = None
         self._remove_drain = None
-        # fail on a bad prompt before anything starts
+        # fail on a bad prompt (or one that does not fit rewrite.persona) before anything starts
         self.namespace = namespace or load_template(config.prompt).version
+        if namespace is None:
+            check_template(load_template(config.prompt), config.persona)
+        # the cache sections compacted at the end besides the rewrite's: the persona's profile calls, and
+        # those a later stage on this session's broker adds (the quality gate's)
+        self.other_sections = [PROFILE_VERSION] if namespace is None and config.persona.enabled else []
 
     def __enter__(self) -> RewriteSession:
         import ray
@@ -116,7 +122,8 @@ class RewriteSession:
 
     def _compact_cache(self) -> None:
         try:
-            compact(self.store.cache_uri(), self.namespace, s3=self.s3)
+            for section in (self.namespace, *self.other_sections):
+                compact(self.store.cache_uri(), section, s3=self.s3)
         except (OSError, SoulrayError) as exc:  # the run's outcome does not depend on it; the next run retries
             log.warning("rewrite: cache compaction failed (%s); the journals stay as they are", exc)
 
