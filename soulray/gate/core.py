@@ -191,6 +191,7 @@ async def gate_row(row: dict[str, Any], tools: GateTools) -> tuple[dict[str, Any
 
 # -- the report ----------------------------------------------------------------------------------------
 TALLY_PREFIX = "gate."
+BUSY_TALLY = TALLY_PREFIX + "actor_s"  # seconds the gate's actors spent in batches, summed over actors
 
 
 def tally(outcomes: Iterable[Outcome]) -> dict[str, float]:
@@ -223,6 +224,7 @@ class GateReport:
     # the gate") and the ratings of the dialogues it let through ("after")
     before: dict[str, dict[str, int]] = field(default_factory=dict)
     after: dict[str, dict[str, int]] = field(default_factory=dict)
+    actor_s: float = 0.0  # the stage streams inside the pipeline: its actors' time in batches, summed
 
     @property
     def pass_rate(self) -> float:
@@ -235,7 +237,9 @@ class GateReport:
             if not key.startswith(TALLY_PREFIX):
                 continue
             parts, count = key.removeprefix(TALLY_PREFIX).split("."), int(value)
-            if parts == ["judged"]:
+            if key == BUSY_TALLY:
+                report.actor_s = float(value)
+            elif parts == ["judged"]:
                 report.judged = count
             elif parts[0] == "path" and parts[1] in ("passed", "revised_passed"):
                 setattr(report, parts[1], count)
@@ -254,7 +258,7 @@ class GateReport:
     def as_dict(self) -> dict[str, Any]:
         return {"rubric_version": self.rubric_version, "threshold": self.threshold, "judged": self.judged,
                 "passed": self.passed, "revised_passed": self.revised_passed, "rejected": self.rejected,
-                "pass_rate": self.pass_rate, "before": self.before, "after": self.after}
+                "pass_rate": self.pass_rate, "before": self.before, "after": self.after, "actor_s": self.actor_s}
 
 
 def summary_lines(kinds: dict[str, dict[str, float]], gate: dict[str, Any] | None, published: int) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow as pa
 from soulray.config import FilterSpec, RewriteConfig
 from soulray.evaluate.judge import load_rubric
 from soulray.filters import DIALOGUE_STAGE, build_chain
-from soulray.gate.core import REVISION_VERSION, GateReport, GateTools, gate_row, tally
+from soulray.gate.core import BUSY_TALLY, REVISION_VERSION, GateReport, GateTools, gate_row, tally
 from soulray.gate.settings import QualityGateSettings
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.stage import Completion, Failure, LLMCaller, RewriteRun, estimate_tokens
@@ -61,12 +62,13 @@ class QualityGate:
                                rubric=rubric, settings=settings)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
         results = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
         await self.judge.finish_batch()
         await self.reviser.finish_batch()
-        counts = tally(outcome for _, outcome in results)
-        if counts:
-            self.judge.broker.tally.remote(counts)
+        # the stage streams inside the pipeline: its time is the actors' time in batches, summed
+        counts = {**tally(outcome for _, outcome in results), BUSY_TALLY: time.perf_counter() - started}
+        self.judge.broker.tally.remote(counts)
         return pa.Table.from_pylist([row for row, _ in results], schema=batch.schema)
 
     async def _row(self, row: dict[str, Any]):
