@@ -184,12 +184,14 @@ class LLMCaller:
             self.calls = {}
 
     def _count(self, kind: str, result: Completion | Failure) -> None:
-        """Calls per kind (rewrite, persona, judge, revision): the broker counts per key and model only."""
+        """Calls per kind (rewrite, persona, judge, revision): the broker counts per key and model only.
+        Tokens and cost are this run's spend, as the broker's: a cache hit counts as a call, at no cost."""
         if not isinstance(result, Completion):
             return
         name = f"{CALLS_PREFIX}{kind}."
-        for field, value in (("cached" if result.cached else "paid", 1), ("prompt_tokens", result.prompt_tokens),
-                             ("completion_tokens", result.completion_tokens), ("cost_usd", result.cost_usd)):
+        spent = (0, 0, 0.0) if result.cached else (result.prompt_tokens, result.completion_tokens, result.cost_usd)
+        for field, value in (("cached" if result.cached else "paid", 1), *zip(
+                ("prompt_tokens", "completion_tokens", "cost_usd"), spent, strict=True)):
             self.calls[name + field] = self.calls.get(name + field, 0) + value
 
     async def _flush_cache(self, *, force: bool = False) -> None:
