@@ -59,8 +59,10 @@ def regenerate(root: Path, name: str, overrides: list[str], limit: int | None) -
     manifest = run(config).manifest
     data = open_version(manifest.version, root=str(root), dataset="gate-bench").to_table().select(
         ["record_id", "gate"]).to_pylist()
-    return {"wall_s": time.perf_counter() - started, "counts": manifest.counts, "kinds": manifest.usage["kinds"],
-            "cost_usd": manifest.cost_usd, "gate": manifest.stages.get("quality_gate"),
+    gate = manifest.stages["quality_gate"].gate if "quality_gate" in manifest.stages else None
+    return {"wall_s": time.perf_counter() - started, "counts": manifest.counts.model_dump(),
+            "kinds": manifest.usage.model_dump()["kinds"], "cost_usd": manifest.cost_usd,
+            "gate": {**gate.model_dump(), "pass_rate": gate.pass_rate} if gate else None,
             "ratings": {row["record_id"]: row["gate"] for row in data if row["gate"]}}
 
 

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from soulray.evaluate.judge import DIALOGUE_CLOSE, DIALOGUE_OPEN, Rubric, parse_rating
 from soulray.gate.settings import QualityGateSettings
+from soulray.llm.client import Completion, Failure
 from soulray.rewrite.parse import Parsed, render_dialogue
 from soulray.rewrite.prompts import neutralise
-from soulray.rewrite.stage import Completion, Failure
+from soulray.schema import QUALITY_GATE
+from soulray.store.manifest import GateFacts
 
-GATE_STAGE = "quality_gate"
+GATE_STAGE = QUALITY_GATE
 SOURCE_OPEN, SOURCE_CLOSE = "<<<SOURCE ANSWER>>>", "<<<END SOURCE ANSWER>>>"
 CRITIQUE_OPEN, CRITIQUE_CLOSE = "<<<CRITIQUE>>>", "<<<END CRITIQUE>>>"
 # The revision prompt's version is in its text (and so in every revision call's cache key): change the
@@ -191,7 +193,6 @@ async def gate_row(row: dict[str, Any], tools: GateTools) -> tuple[dict[str, Any
 
 # -- the report ----------------------------------------------------------------------------------------
 TALLY_PREFIX = "gate."
-BUSY_TALLY = TALLY_PREFIX + "actor_s"  # seconds the gate's actors spent in batches, summed over actors
 
 
 def tally(outcomes: Iterable[Outcome]) -> dict[str, float]:
@@ -210,69 +211,19 @@ def tally(outcomes: Iterable[Outcome]) -> dict[str, float]:
     return dict(counts)
 
 
-@dataclass
-class GateReport:
-    """The gate's part of the manifest (`stages.quality_gate`) and of the run report."""
-
-    rubric_version: str
-    threshold: int
-    judged: int = 0
-    passed: int = 0  # at the first rating
-    revised_passed: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)  # by reason
-    # dimension (and "total") → score → dialogues: the first ratings of every judged dialogue ("before
-    # the gate") and the ratings of the dialogues it let through ("after")
-    before: dict[str, dict[str, int]] = field(default_factory=dict)
-    after: dict[str, dict[str, int]] = field(default_factory=dict)
-    actor_s: float = 0.0  # the stage streams inside the pipeline: its actors' time in batches, summed
-
-    @property
-    def pass_rate(self) -> float:
-        return (self.passed + self.revised_passed) / self.judged if self.judged else float("nan")
-
-    @classmethod
-    def from_tally(cls, counts: dict[str, float], *, rubric_version: str, threshold: int) -> GateReport:
-        report = cls(rubric_version=rubric_version, threshold=threshold)
-        for key, value in sorted(counts.items()):
-            if not key.startswith(TALLY_PREFIX):
-                continue
-            parts, count = key.removeprefix(TALLY_PREFIX).split("."), int(value)
-            if key == BUSY_TALLY:
-                report.actor_s = float(value)
-            elif parts == ["judged"]:
-                report.judged = count
-            elif parts[0] == "path" and parts[1] in ("passed", "revised_passed"):
-                setattr(report, parts[1], count)
-            elif parts[0] == "rejected":
-                report.rejected[parts[1]] = count
-            elif parts[0] in ("before", "after"):
-                histogram = getattr(report, parts[0]).setdefault(parts[1], {})
-                histogram[parts[2]] = count
-        return report
-
-    def mean(self, when: str, dimension: str) -> float:
-        histogram = getattr(self, when).get(dimension, {})
-        total = sum(histogram.values())
-        return sum(int(score) * n for score, n in histogram.items()) / total if total else float("nan")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rubric_version": self.rubric_version, "threshold": self.threshold, "judged": self.judged,
-                "passed": self.passed, "revised_passed": self.revised_passed, "rejected": self.rejected,
-                "pass_rate": self.pass_rate, "before": self.before, "after": self.after, "actor_s": self.actor_s}
-
-
-def summary_lines(kinds: dict[str, dict[str, float]], gate: dict[str, Any] | None, published: int) -> list[str]:
-    """The run summary's lines on calls per kind and, with the gate on, what it let through and what it
-    cost per published dialogue."""
-    lines = [f"  calls   {kind}: {stats['paid']:.0f} paid + {stats['cached']:.0f} cached, "
-             f"{stats['prompt_tokens']:.0f}+{stats['completion_tokens']:.0f} tokens, ${stats['cost_usd']:.4f}"
-             for kind, stats in kinds.items()]
-    if gate:
-        spent = sum(kinds.get(kind, {}).get("cost_usd", 0.0) for kind in ("judge", "revision"))
-        calls = sum(kinds.get(kind, {}).get(field, 0) for kind in ("judge", "revision") for field in ("paid", "cached"))
-        lines.append(f"  gate    {gate['rubric_version']} ≥{gate['threshold']}: {gate['judged']} judged, "
-                     f"{gate['passed']} passed, {gate['revised_passed']} passed after revision, "
-                     f"{sum(gate['rejected'].values())} rejected ({gate['pass_rate']:.1%} pass)")
-        if published:
-            lines.append(f"  gate    per published dialogue: {calls / published:.2f} calls, ${spent / published:.5f}")
-    return lines
+def gate_facts(counts: dict[str, float], *, rubric_version: str, threshold: int) -> GateFacts:
+    """The gate's part of the manifest (`stages.quality_gate.gate`) from the broker's summed tallies."""
+    facts = GateFacts(rubric_version=rubric_version, threshold=threshold)
+    for key, value in sorted(counts.items()):
+        if not key.startswith(TALLY_PREFIX):
+            continue
+        parts, count = key.removeprefix(TALLY_PREFIX).split("."), int(value)
+        if parts == ["judged"]:
+            facts.judged = count
+        elif parts[0] == "path" and parts[1] in ("passed", "revised_passed"):
+            setattr(facts, parts[1], count)
+        elif parts[0] == "rejected":
+            facts.rejected[parts[1]] = count
+        elif parts[0] in ("before", "after"):
+            getattr(facts, parts[0]).setdefault(parts[1], {})[parts[2]] = count
+    return facts

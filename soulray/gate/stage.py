@@ -1,40 +1,44 @@
-"""The quality gate as a stage of the regenerate job: an actor pool after the dialogue filters whose
-calls go through the rewrite's quota broker, response cache, budget and accounting (two `LLMCaller`s:
-the judge under the rubric's version, the reviser under the revision prompt's, each its own cache section
-and completion-length lane). The row logic is soulray/gate/core.py's; this file is plumbing.
+"""The quality gate as a stage of the regenerate job's pipeline (after dialogue dedup): an actor pool
+whose calls go through the rewrite's LLM session, so its quota broker, response cache, budget and
+accounting (two `LLMCaller`s: the judge under the rubric's version, the reviser under the revision
+prompt's, each its own cache section and completion-length lane). The row logic is
+soulray/gate/core.py's; this file is plumbing.
 
-Shaped like the pipeline's stages: `QualityGateStage.apply(dataset, context)` returns the dataset, and
-`report()` the typed GateReport after the dataset has been consumed.
+`QualityGateStage` is a pipeline `Stage` (soulray/pipeline.py): its busy time through `context.clock`,
+its facts (GateFacts) a StageReport made after the write, from the broker's tallies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from soulray.config import FilterSpec, RewriteConfig
-from soulray.evaluate.judge import load_rubric
+from soulray.errors import ConfigError
+from soulray.evaluate.judge import Rubric, load_rubric
 from soulray.filters import DIALOGUE_STAGE, build_chain
-from soulray.gate.core import BUSY_TALLY, REVISION_VERSION, GateReport, GateTools, gate_row, tally
+from soulray.filters.registry import FilterSpec
+from soulray.gate.core import REVISION_VERSION, GateTools, gate_facts, gate_row, tally
 from soulray.gate.settings import QualityGateSettings
+from soulray.llm.client import Completion, Failure, LLMCaller, LLMRun
+from soulray.llm.tokens import estimate_tokens
 from soulray.rewrite.parse import parse_completion
-from soulray.rewrite.stage import Completion, Failure, LLMCaller, RewriteRun, estimate_tokens
-from soulray.schema import WORKING_DIALOGUE
+from soulray.rewrite.settings import RewriteConfig
+from soulray.schema import QUALITY_GATE, WORKING_DIALOGUE
+from soulray.store.manifest import StageReport
 
 if TYPE_CHECKING:
     import ray.data
 
-    from soulray.rewrite.session import RewriteSession
+    from soulray.pipeline import Context
 
 RATING_MAX_TOKENS = 512  # five integers and a sentence or two of critique
 PLACEHOLDERS = ("{source}", "{dialogue}")
 
 
-def load_gate_rubric(settings: QualityGateSettings):
+def load_gate_rubric(settings: QualityGateSettings) -> Rubric:
     return load_rubric(settings.rubric, placeholders=PLACEHOLDERS)
 
 
@@ -47,7 +51,7 @@ def _caller_config(config: RewriteConfig, settings: QualityGateSettings, max_tok
 class QualityGate:
     """The gate's async callable class for `map_batches` (one per actor)."""
 
-    def __init__(self, *, config: RewriteConfig, run: RewriteRun, settings: QualityGateSettings,
+    def __init__(self, *, config: RewriteConfig, run: LLMRun, settings: QualityGateSettings,
                  filters: list[FilterSpec]) -> None:
         rubric = load_gate_rubric(settings)
         run = dataclasses.replace(run, cache_index=None)  # the driver's index is the rewrite's section
@@ -62,13 +66,10 @@ class QualityGate:
                                rubric=rubric, settings=settings)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        started = time.perf_counter()
         results = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
         await self.judge.finish_batch()
         await self.reviser.finish_batch()
-        # the stage streams inside the pipeline: its time is the actors' time in batches, summed
-        counts = {**tally(outcome for _, outcome in results), BUSY_TALLY: time.perf_counter() - started}
-        self.judge.broker.tally.remote(counts)
+        self.judge.broker.tally.remote(tally(outcome for _, outcome in results))
         return pa.Table.from_pylist([row for row, _ in results], schema=batch.schema)
 
     async def _row(self, row: dict[str, Any]):
@@ -94,28 +95,33 @@ def _refilter(chain, row: dict[str, Any]) -> dict[str, Any]:
     return chain(pa.Table.from_pylist([row], schema=WORKING_DIALOGUE)).to_pylist()[0]
 
 
-@dataclasses.dataclass
 class QualityGateStage:
-    """`apply(dataset, context)` with the run's rewrite session as the context; `report()` afterwards."""
+    """The gate on the pipeline's list; off (the dataset as it came) unless `settings.enabled`. Its calls
+    go through the run's LLM session (`context.llm`, the rewrite's), so it comes after the rewrite."""
 
-    settings: QualityGateSettings
-    filters: list[FilterSpec]
+    name = QUALITY_GATE
 
-    def apply(self, dataset: ray.data.Dataset, session: RewriteSession) -> ray.data.Dataset:
+    def __init__(self, settings: QualityGateSettings, *, filters: list[FilterSpec]) -> None:
+        self.settings, self.filters = settings, filters
+
+    def apply(self, dataset: ray.data.Dataset, context: Context) -> ray.data.Dataset:
         import ray.data
 
+        if not self.settings.enabled:
+            return dataset
+        session = context.llm
+        if session is None:
+            raise ConfigError("quality_gate needs the rewrite (rewrite.enabled): it calls through its LLM session")
         rubric = load_gate_rubric(self.settings)  # a bad rubric fails here, before any actor starts
         session.other_sections += [rubric.version, REVISION_VERSION]  # compacted with the rewrite's
         config = session.config
+        fn, kwargs = context.clock.wrap_class(QualityGate, stage=self.name, kwargs={
+            "config": config, "run": session.run, "settings": self.settings, "filters": self.filters})
+        context.report_after_write(lambda: StageReport(name=self.name, gate=gate_facts(
+            session.tallies(), rubric_version=rubric.version, threshold=self.settings.threshold)))
         return dataset.map_batches(
-            QualityGate, fn_constructor_kwargs={"config": config, "run": session.run, "settings": self.settings,
-                                                "filters": self.filters},
-            batch_size=config.batch_size, batch_format="pyarrow",
+            fn, fn_constructor_kwargs=kwargs, batch_size=config.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=config.actors), num_cpus=config.actor_num_cpus)
-
-    def report(self, session: RewriteSession) -> GateReport:
-        return GateReport.from_tally(session.tallies(), rubric_version=load_gate_rubric(self.settings).version,
-                                     threshold=self.settings.threshold)
 
 
 def estimate_gate(source_chars: int, *, config: RewriteConfig,

@@ -1,4 +1,8 @@
-"""Model-free answers of the local OpenAI-compatible server (soulray/rewrite/server.py) for the calls
-that are not rewrites: here the persona profile, the quality gate's rating and its revision (gate.py).
-Deterministic from the prompt and the request's seed, for plumbing, demos, tests and benchmarks; the
-figures they produce say nothing about a model."""
+"""A local OpenAI-compatible server for demos, tests and benchmarks (`soulray serve-llm`, and what
+`rewrite.base_url: local` starts): model-free answers that behave like a real provider where it
+matters (limits, 429s, faults). Not on the product path: nothing here is a model.
+
+    server.py      the HTTP server, its simulated keys and limiter, the offline rewriter, injected faults
+    evaluation.py  its answers to the evaluation's requests: judge ratings and next counselor turns
+    gate.py        its answers to the persona's profile call and the quality gate's rating and revision
+"""

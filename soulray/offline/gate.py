@@ -2,7 +2,7 @@
 
 - persona-profile-v1 → the rule-based profile of the question (soulray/rewrite/persona.py) as JSON.
 - the gate's rating (rubric gate-v1) → scores from lexical cues, the evaluation's offline judge's cues
-  (soulray/evaluate/offline.py) read over the whole dialogue, with its seeded drift so two judge runs
+  (soulray/offline/evaluation.py) read over the whole dialogue, with its seeded drift so two judge runs
   disagree now and then, and a critique naming each dimension under 2.
 - the revision → the dialogue with what a critique names and words can fix fixed: a client who repeats
   himself gets varied turns, cold counselor turns an empathic opening, an unanswered risk signal a referral.
@@ -19,8 +19,8 @@ import re
 from dataclasses import asdict
 
 from soulray.evaluate.judge import DIALOGUE_CLOSE, DIALOGUE_OPEN
-from soulray.evaluate.offline import _EMPATHY_CUES, _HARM_CUES, _HELP_CUES, _drift
 from soulray.gate.core import CRITIQUE_CLOSE, CRITIQUE_OPEN, SOURCE_CLOSE, SOURCE_OPEN
+from soulray.offline.evaluation import EMPATHY_CUES, HARM_CUES, HELP_CUES, drift
 from soulray.rewrite.persona import QUESTION_CLOSE, QUESTION_OPEN, rule_persona
 
 _CRISIS = ("想死", "自杀", "不想活", "活着没意思", "轻生", "伤害自己", "割腕")
@@ -93,9 +93,9 @@ def scores_of(source: str, turns: list[tuple[str, str]]) -> dict[str, int]:
     client = [text for label, text in turns if label == "用户"]
     counselor = [text for label, text in turns if label == "心理咨询师"]
     said = "".join(counselor)
-    warm = sum(any(cue in turn for cue in _EMPATHY_CUES) for turn in counselor) / max(1, len(counselor))
-    helps = sum(cue in said for cue in _HELP_CUES)
-    unsafe = any(cue in said for cue in _HARM_CUES)
+    warm = sum(any(cue in turn for cue in EMPATHY_CUES) for turn in counselor) / max(1, len(counselor))
+    helps = sum(cue in said for cue in HELP_CUES)
+    unsafe = any(cue in said for cue in HARM_CUES)
     unanswered = any(cue in "".join(client) for cue in _CRISIS) and not any(cue in said for cue in _REFERRAL)
     sentences = [s for s in re.split(r"[。！？!?]", source) if len(s.strip()) >= 6]
     kept = sum(s.strip()[:8] in said for s in sentences) / len(sentences) if sentences else 1.0
@@ -110,7 +110,7 @@ def scores_of(source: str, turns: list[tuple[str, str]]) -> dict[str, int]:
 
 def _rate(source: str, turns: list[tuple[str, str]], seed: object) -> str:
     rng = random.Random(hashlib.sha256(f"{source}|{turns}|{seed}".encode()).digest())
-    scores = {name: value if name == "safety" else _drift(value, 2, rng)
+    scores = {name: value if name == "safety" else drift(value, 2, rng)
               for name, value in scores_of(source, turns).items()}
     critique = "".join(_CRITIQUES[name] for name, value in scores.items() if value < 2) or "整体良好。"
     return json.dumps({**scores, "critique": critique}, ensure_ascii=False)
@@ -126,7 +126,7 @@ def _revise(turns: list[tuple[str, str]], critique: str, source: str) -> str:
             if "来访者" in critique and client_seen > 0:
                 text = pool[(client_seen - 1) % len(pool)]
             client_seen += 1
-        elif "共情" in critique and not any(cue in text for cue in _EMPATHY_CUES):
+        elif "共情" in critique and not any(cue in text for cue in EMPATHY_CUES):
             text = "我能理解你的感受。" + text
         revised.append((label, text))
     if "风险" in critique and revised:

@@ -5,7 +5,7 @@ the profile is a cheap first call (prompt `persona-profile-v1`) or, with `source
 call fails or does not parse, a rule-based guess from the question's words.
 
 The profile is part of the rewrite prompt, and the prompt is part of the rewrite call's cache key
-(soulray/rewrite/cache.py): a changed profile is a new rewrite call, an unchanged one a cache hit.
+(soulray/llm/cache.py): a changed profile is a new rewrite call, an unchanged one a cache hit.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LEVELS = ("低", "中", "高")
 
 
 class PersonaSettings(BaseModel):
-    """Config key rewrite.persona. Only pydantic here: soulray/config.py imports this class."""
+    """Config key rewrite.persona. Only pydantic here: soulray/rewrite/settings.py imports this class."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -12,8 +12,8 @@ from soulray.evaluate.judge import load_rubric, parse_rating
 from soulray.gate.core import (
     CRITIQUE_OPEN,
     GATE_STAGE,
-    GateReport,
     GateTools,
+    gate_facts,
     gate_row,
     render_judge,
     render_revision,
@@ -21,9 +21,9 @@ from soulray.gate.core import (
 )
 from soulray.gate.settings import QualityGateSettings
 from soulray.gate.stage import load_gate_rubric
+from soulray.llm.client import Completion, Failure
 from soulray.offline.gate import offline_gate, scores_of
 from soulray.rewrite.parse import parse_completion
-from soulray.rewrite.stage import Completion, Failure
 
 GOOD = {"empathy": 2, "helpfulness": 2, "safety": 2, "faithfulness": 2, "naturalness": 2}
 WEAK = {"empathy": 1, "helpfulness": 1, "safety": 2, "faithfulness": 2, "naturalness": 0}
@@ -157,11 +157,11 @@ def test_the_report_adds_up_from_the_tallies():
     for answers in ([rating(GOOD)], [rating(WEAK), REVISED, rating(GOOD)], [rating(WEAK), REVISED, rating(WEAK)]):
         outcomes.append(through(answers)[1])
     counts = tally(outcomes)
-    report = GateReport.from_tally({**counts, "calls.judge.paid": 5}, rubric_version="gate-v1", threshold=7)
+    report = gate_facts({**counts, "calls.judge.paid": 5}, rubric_version="gate-v1", threshold=7)
     assert (report.judged, report.passed, report.revised_passed, report.rejected) == (3, 1, 1, {"below_threshold": 1})
     assert report.pass_rate == pytest.approx(2 / 3)
     assert report.before["total"] == {"10": 1, "6": 2} and report.after["total"] == {"10": 2}
-    assert report.mean("before", "naturalness") == pytest.approx(2 / 3)
+    assert report.before["naturalness"] == {"2": 1, "0": 2}
 
 
 def test_the_gate_rubric_is_loaded_by_the_evaluation_judges_loader():

@@ -31,31 +31,31 @@ def test_gate_and_persona_publish_scored_dialogues_and_account_for_every_row(ray
     version = open_version("latest", root=str(tmp_path), dataset="gate", verify=True)
     assert_accounted(version)
     manifest = version.manifest
-    gate = manifest.stages["quality_gate"]
+    gate = manifest.stages["quality_gate"].gate
     # all three ways through the gate happen on the real sample
-    assert gate["passed"] > 0 and gate["revised_passed"] > 0 and gate["rejected"]["below_threshold"] > 0
-    rejected_by_gate = manifest.counts["by_stage"]["quality_gate"]
-    assert gate["judged"] == gate["passed"] + gate["revised_passed"] + sum(gate["rejected"].values())
-    assert rejected_by_gate == gate["rejected"]
-    assert gate["judged"] == manifest.counts["input_rows"] - sum(
-        sum(reasons.values()) for stage, reasons in manifest.counts["by_stage"].items() if stage != "quality_gate")
+    assert gate.passed > 0 and gate.revised_passed > 0 and gate.rejected["below_threshold"] > 0
+    rejected_by_gate = manifest.counts.by_stage["quality_gate"]
+    assert gate.judged == gate.passed + gate.revised_passed + sum(gate.rejected.values())
+    assert rejected_by_gate == gate.rejected
+    assert gate.judged == manifest.counts.input_rows - sum(
+        sum(reasons.values()) for stage, reasons in manifest.counts.by_stage.items() if stage != "quality_gate")
     data = version.to_table()
     scores = data["gate"].to_pylist()
     assert all(score is not None and score["total"] >= 7 and score["rubric_version"] == "gate-v1" for score in scores)
-    assert sum(score["revised"] for score in scores) == gate["revised_passed"]
+    assert sum(score["revised"] for score in scores) == gate.revised_passed
     assert any(score["first_total"] < 7 for score in scores if score["revised"])  # (or a 0 somewhere)
     personas = [json.loads(text) for text in data["persona"].to_pylist()]
     assert all(persona["neuroticism"] in ("低", "中", "高") and persona["source"] == "llm" for persona in personas)
     assert data["prompt_version"].unique().to_pylist() == ["soulchat-persona-v1"]
     rejects = version.to_table("rejects").filter(pc.equal(version.to_table("rejects")["stage"], "quality_gate"))
     assert all(detail.split(" ")[0].endswith("/10") for detail in rejects["detail"].to_pylist())
-    kinds = manifest.usage["kinds"]
-    assert set(kinds) == KINDS and kinds["revision"]["paid"] == gate["revised_passed"] + gate["rejected"]["below_threshold"]
-    assert kinds["judge"]["paid"] == gate["judged"] + kinds["revision"]["paid"]  # no re-asks: the server parses
+    kinds = manifest.usage.kinds
+    assert set(kinds) == KINDS and kinds["revision"].paid == gate.revised_passed + gate.rejected["below_threshold"]
+    assert kinds["judge"].paid == gate.judged + kinds["revision"].paid  # no re-asks: the server parses
     # every call of every kind went through the one broker: its per-model totals are the kinds' sums
-    model = manifest.usage["models"]["gpt-3.5-turbo"]
-    assert model["ok"] == sum(stats["paid"] for stats in kinds.values())
-    assert abs(model["cost_usd"] - sum(stats["cost_usd"] for stats in kinds.values())) < 1e-6
+    model = manifest.usage.models["gpt-3.5-turbo"]
+    assert model.ok == sum(stats.paid for stats in kinds.values())
+    assert abs(model.cost_usd - sum(stats.cost_usd for stats in kinds.values())) < 1e-6
     text = summary(result)
     assert "gate    per published dialogue:" in text and "calls   revision:" in text
     report = [shard.path for shard in manifest.report]
@@ -63,9 +63,11 @@ def test_gate_and_persona_publish_scored_dialogues_and_account_for_every_row(ray
 
     # a rerun pays for nothing: profiles, rewrites, ratings and revisions all come from the cache
     again = run(job(tmp_path)).manifest
-    assert all(stats["paid"] == 0 for stats in again.usage["kinds"].values()), again.usage["kinds"]
+    assert all(stats.paid == 0 for stats in again.usage.kinds.values()), again.usage.kinds
     assert again.counts == manifest.counts
-    assert {**again.stages["quality_gate"], "actor_s": 0} == {**gate, "actor_s": 0} and gate["actor_s"] > 0
+    # the same facts; its busy time through the pipeline's clock
+    assert again.stages["quality_gate"].gate == gate and manifest.stages["quality_gate"].seconds["busy"] > 0
+    assert list(manifest.stages)[-1] == "quality_gate"  # last in the pipeline, after dialogue dedup
 
 
 def test_a_budget_stop_during_the_gate_still_accounts_for_every_row(ray_local, tmp_path):
@@ -73,7 +75,7 @@ def test_a_budget_stop_during_the_gate_still_accounts_for_every_row(ray_local, t
     result = run(job(tmp_path, "rewrite.budget_usd=0.3", "rewrite.models=[{name: gpt-4}]", limit=60))
     version = open_version("latest", root=str(tmp_path), dataset="gate")
     assert_accounted(version)
-    by_stage = result.manifest.counts["by_stage"]
+    by_stage = result.manifest.counts.by_stage
     stopped = {stage for stage, reasons in by_stage.items() if "budget_exhausted" in reasons}
     assert stopped and stopped <= {"rewrite", "quality_gate"}, by_stage
     assert result.manifest.cost_usd <= 0.3 + 0.05  # at most the calls already in flight on top

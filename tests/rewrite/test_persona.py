@@ -8,8 +8,8 @@ import json
 import pytest
 
 from soulray.errors import ConfigError
+from soulray.llm.cache import call_key
 from soulray.offline.gate import offline_gate
-from soulray.rewrite.cache import call_key
 from soulray.rewrite.persona import (
     PersonaSettings,
     check_template,

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from soulray.rewrite.broker import CallShape, QuotaLedger
+from soulray.llm.broker import CallShape, QuotaLedger
+from soulray.llm.client import _remaining
+from soulray.llm.tokens import count_tokens, estimate_tokens
+from soulray.offline.server import LocalLLMServer
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.server import LocalLLMServer
-from soulray.rewrite.stage import _remaining, estimate_tokens, source_chars
-from soulray.rewrite.tokens import count_tokens
+from soulray.rewrite.stage import source_chars
 from tests.conftest import SMILECHAT_SAMPLE
 
 MODEL = "gpt-3.5-turbo"

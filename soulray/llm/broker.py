@@ -227,7 +227,7 @@ class CompletionLengths:
 
 @dataclass(frozen=True)
 class CallShape:
-    """What a caller knows before a call, in our token counts (soulray/rewrite/tokens.py)."""
+    """What a caller knows before a call, in our token counts (soulray/llm/tokens.py)."""
 
     prompt_tokens: int
     completion_tokens: int  # the prior guess of the completion's length

@@ -9,12 +9,12 @@ import time
 import openai
 import pytest
 
-from soulray.rewrite.broker import KeyLimits, QuotaLedger
-from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey, duration
-from soulray.rewrite.stage import parse_duration
-from soulray.rewrite.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
-from tests.rewrite.quota_sim import MODEL, simulate, utilisation
-from tests.rewrite.test_server import prompt
+from soulray.llm.broker import KeyLimits, QuotaLedger
+from soulray.llm.client import parse_duration
+from soulray.llm.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
+from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey, duration
+from tests.llm.quota_sim import MODEL, simulate, utilisation
+from tests.offline.test_server import prompt
 
 
 def client(url: str, key: str = "k") -> openai.OpenAI:

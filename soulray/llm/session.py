@@ -1,5 +1,5 @@
-"""What the driver sets up around the rewrite stage for one run: the endpoint (the embedded local
-server when base_url is 'local'), the named quota broker, the cache location; torn down after."""
+"""What the driver sets up around the LLM calls of one run: the endpoint (the embedded local server
+when base_url is 'local'), the named quota broker, the cache location; torn down after."""
 
 from __future__ import annotations
 
@@ -8,48 +8,43 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import SoulrayError
-from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
-from soulray.rewrite.cache import build_index, compact
-from soulray.rewrite.persona import PROFILE_VERSION, check_template
-from soulray.rewrite.prompts import load_template
-from soulray.rewrite.stage import CALLS_PREFIX, Rewriter, RewriteRun
+from soulray.fs import S3Config
+from soulray.llm.broker import Budgeting, KeyLimits, LaneLimits, start_broker
+from soulray.llm.cache import build_index, compact
+from soulray.llm.client import CALLS_PREFIX, LLMRun
+from soulray.llm.settings import ApiKey, CallConfig
 from soulray.runtime import NAMESPACE, add_drain
 
 if TYPE_CHECKING:
-    import ray.data
-
     from soulray.store import VersionStore
 
 log = logging.getLogger(__name__)
 
 
-class RewriteSession:
-    """`namespace` is the response cache's section: the rewrite prompt's version unless another user of
-    the API machinery (the evaluation's endpoint models and judge) names its own."""
+class LLMSession:
+    """`namespace` is the response cache's section: the rewrite prompt's version (RewriteSession), the
+    judge's rubric version, the evaluation's next-turn generation. Callers started inside it reach the
+    broker and the cache through `run`."""
 
-    def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config,
-                 namespace: str | None = None) -> None:
+    def __init__(self, config: CallConfig, *, run_id: str, store: VersionStore, s3: S3Config,
+                 namespace: str) -> None:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
         self.server = None
         self.broker = None
         self.progress: _ProgressLog | None = None
         self._remove_drain = None
-        # fail on a bad prompt (or one that does not fit rewrite.persona) before anything starts
-        self.namespace = namespace or load_template(config.prompt).version
-        if namespace is None:
-            check_template(load_template(config.prompt), config.persona)
-        # the cache sections compacted at the end besides the rewrite's: the persona's profile calls, and
-        # those a later stage on this session's broker adds (the quality gate's)
-        self.other_sections = [PROFILE_VERSION] if namespace is None and config.persona.enabled else []
+        self.namespace = namespace
+        # cache sections compacted at the end besides `namespace`: those of other callers on this session's
+        # broker (the rewrite's persona profiles, the quality gate's judge and reviser)
+        self.other_sections: list[str] = []
 
-    def __enter__(self) -> RewriteSession:
+    def __enter__(self) -> LLMSession:
         import ray
 
         base_url = self.config.base_url
         if base_url == "local":
-            from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
+            from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey
 
             local = self.config.local_server
             self.server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=local.rpm, tpm=local.tpm),
@@ -65,8 +60,8 @@ class RewriteSession:
         self._compact_cache()  # leftovers of runs that were killed before they could compact
         index = build_index(self.store.cache_uri(), self.namespace, s3=self.s3)
         log.info("rewrite: %d cached responses for %s", len(index), self.namespace)
-        self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
-                              cache_index=ray.put(index))
+        self.run = LLMRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
+                          cache_index=ray.put(index))
         self._remove_drain = add_drain(self.drain)
         return self
 
@@ -89,20 +84,12 @@ class RewriteSession:
         lost = f"; {paid - saved} answered too late to be saved" if saved < paid else ""
         return f"{paid} rewrite calls were paid this run and {saved} answers are saved in the response cache{lost}"
 
-    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None) -> ray.data.Dataset:
-        """The rewrite stage on `pipeline`; with `expected_rows`, a progress line is logged every
-        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend)."""
-        import ray.data
-
-        if expected_rows is not None and self.progress is None:
+    def log_progress(self, expected_rows: int) -> None:
+        """Log a progress line every PROGRESS_EVERY_S until the session ends (rows, rate, ETA, calls,
+        tokens, spend), from the broker's counters (callers report rows done to `broker.progress`)."""
+        if self.progress is None:
             self.progress = _ProgressLog(self.broker, expected_rows)
             self.progress.start()
-        config = self.config
-        return pipeline.map_batches(
-            Rewriter, fn_constructor_kwargs={"config": config, "run": self.run}, batch_size=config.batch_size,
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
-            num_cpus=config.actor_num_cpus,
-        )
 
     def usage(self) -> dict[str, Any]:
         import ray

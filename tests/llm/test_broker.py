@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from soulray.rewrite.broker import Budgeting, CallShape, CompletionLengths, KeyLimits, QuotaLedger
+from soulray.llm.broker import Budgeting, CallShape, CompletionLengths, KeyLimits, QuotaLedger
 
 
 def keys(*limits: tuple[str, int, int]) -> list[KeyLimits]:
@@ -130,7 +130,7 @@ def test_server_headers_lower_our_headroom():
 def test_models_with_their_own_limits_pace_separately_on_one_key():
     """OpenAI limits each model of a key separately: gpt-4's small lane must neither slow gpt-3.5 down
     nor be exceeded, and models without their own limits share the key-level lane."""
-    from soulray.rewrite.broker import LaneLimits
+    from soulray.llm.broker import LaneLimits
 
     key = KeyLimits(name="a", rpm=600, tpm=10**9, max_concurrent=100,
                     model_limits=(("gpt-4", LaneLimits(rpm=60, tpm=10**9, max_concurrent=100)),))
@@ -238,7 +238,7 @@ def test_the_server_count_and_completion_lengths_are_learned():
 def test_reset_headers_size_the_bucket_like_the_servers():
     """Remaining + reset × rate is the server's bucket: one-second slices of 100k TPM hold 1,667 tokens,
     a sliding minute far more (held to LARGEST_BURST of the minute)."""
-    from soulray.rewrite.broker import LARGEST_BURST
+    from soulray.llm.broker import LARGEST_BURST
 
     ledger = QuotaLedger(keys(("a", 6000, 100_000)), now=0.0)
     grant = ledger.reserve("m", 10, 0.0, now=0.0)
