@@ -286,6 +286,9 @@ def working_dialogues(raw: pa.Table) -> pa.Table:
         "reject_reason": pa.array(reasons, pa.string()),
         "reject_detail": pa.array(details, pa.string()),
     }
+    # the regenerate job's own columns (persona, quality gate, source answer): none in a cleaned corpus
+    columns.update({name: pa.nulls(rows, WORKING_DIALOGUE.field(name).type) for name in WORKING_DIALOGUE.names
+                    if name not in columns})
     return pa.table(columns, schema=WORKING_DIALOGUE)
 
 

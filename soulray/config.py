@@ -32,6 +32,7 @@ from soulray.evaluate.settings import (
 )
 from soulray.filters.registry import FiltersConfig
 from soulray.fs import S3Config
+from soulray.gate.settings import QualityGateSettings
 from soulray.llm.settings import ApiConfig
 from soulray.redaction import find_secret, redact
 from soulray.rewrite.settings import RewriteConfig
@@ -69,6 +70,7 @@ class RegenerateConfig(StrictModel):
     rewrite: RewriteConfig = RewriteConfig()
     filters: FiltersConfig = FiltersConfig()
     dedup: DedupJobConfig = Field(default_factory=lambda: DedupJobConfig())
+    quality_gate: QualityGateSettings = QualityGateSettings()  # LLM judge + one revision: soulray/gate/
     limit: int | None = Field(None, ge=1, description="read at most this many rewrite units (smoke runs)")
 
 

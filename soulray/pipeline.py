@@ -73,9 +73,18 @@ class Context:
     clock: StageClock
     reports: dict[str, StageReport] = field(default_factory=dict)
     usage: Callable[[], Usage] | None = None  # set by the stage that calls an LLM; read after the write
+    # the run's LLM session (soulray/llm/session.py), opened by the rewrite: a later stage that calls an
+    # LLM (the quality gate) goes through the same broker, cache, budget and accounting
+    llm: Any = None
+    later: list[Callable[[], StageReport]] = field(default_factory=list)
 
     def report(self, report: StageReport) -> None:
         self.reports[report.name] = report
+
+    def report_after_write(self, make: Callable[[], StageReport]) -> None:
+        """A streaming stage whose facts are only known once every row went through (counted by its
+        actors): `make` is called after the write."""
+        self.later.append(make)
 
 
 class Stage(Protocol):
@@ -175,6 +184,8 @@ def run(pipeline: Pipeline, *, settings: JobSettings) -> RunResult:
         shard_facts = write_shards(dataset, target, rows_per_shard=settings.storage.rows_per_shard)
         running.timings["pipeline_s"] = time.perf_counter() - phase
         usage = context.usage() if context.usage else None
+        for make in context.later:
+            context.report(make())
         reports = _with_busy_times(pipeline.stages, context)
     manifest = build_manifest(
         store=context.store, version=context.version, run_id=context.run_id, job=pipeline.job,
@@ -254,7 +265,7 @@ def _with_busy_times(stages: list[Stage], context: Context) -> dict[str, StageRe
         if name in busy:
             seconds, batches = busy[name]
             report = report.model_copy(update={"seconds": {"busy": seconds, **report.seconds}, "batches": batches})
-        if report.seconds or report.dedup:
+        if report.seconds or report.dedup or report.gate:
             reports[name] = report
     return reports
 

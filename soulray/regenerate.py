@@ -4,7 +4,9 @@ The stages, in order (`pipeline` below; soulray/pipeline.py runs them): the sour
 words, PII, length, crisis screen), source dedup (each distinct answer is paid for once), the rewrite
 (LLM, quotas, cache, parse), the dialogue filter chain (format, ethics, PII, AI templates, quality) and
 dialogue dedup. Reading (`QASource`) normalises: maps columns, validates text. Each stage marks the rows
-it drops instead of removing them, so the writer accounts for every row.
+it drops instead of removing them, so the writer accounts for every row. With `quality_gate.enabled`, the
+quality gate (soulray/gate/: an LLM judge, one revision) comes last, after dialogue dedup, so only
+distinct dialogues are paid for.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from soulray.config import RegenerateConfig
 from soulray.fs import S3Config
+from soulray.gate.settings import QualityGateSettings
+from soulray.gate.stage import QualityGateStage
 from soulray.pipeline import Context, JobSettings, Lineage, Pipeline, RunResult, start
 from soulray.pipeline import run as run_pipeline
 from soulray.rewrite.settings import RewriteConfig
@@ -50,7 +54,8 @@ def pipeline(config: RegenerateConfig) -> Pipeline:
     if rewriting:
         stages += [RewriteStage(config.rewrite),
                    FilterStage(config.filters.dialogue, name=FILTER_DIALOGUE, kind="dialogue"),
-                   DedupStage(config.dedup.dialogue, name=DEDUP_DIALOGUE, against=config.dedup.against)]
+                   DedupStage(config.dedup.dialogue, name=DEDUP_DIALOGUE, against=config.dedup.against),
+                   QualityGateStage(config.quality_gate, filters=config.filters.dialogue)]
     source = QASource(config.sources, block_rows=block_rows, s3=config.s3)
     return Pipeline(job="regenerate", source=source, stages=stages, data_schema=DIALOGUE if rewriting else UNIT)
 
@@ -68,9 +73,12 @@ def run(config: RegenerateConfig) -> RunResult | DryRun:
 
 
 def dry_run(config: RegenerateConfig) -> DryRun:
-    """Everything before the rewrite, then the rewrite's tokens and cost estimated, nothing called."""
+    """Everything before the rewrite, then the tokens and cost of the rewrite (and of the persona's and
+    the quality gate's calls) estimated, nothing called."""
+    gate = config.quality_gate if config.quality_gate.enabled else None
     with start(pipeline(config), settings=JobSettings.of(config), stop_before=REWRITE) as running:
-        return DryRun(estimate=estimate(running.dataset, config.rewrite), input_rows=running.context.input_rows)
+        return DryRun(estimate=estimate(running.dataset, config.rewrite, gate=gate),
+                      input_rows=running.context.input_rows)
 
 
 @dataclass
@@ -101,10 +109,13 @@ class QASource:
                               block_rows=self.block_rows or 50_000, wrap=context.clock.wrap)
 
 
-def estimate(dataset: ray.data.Dataset, config: RewriteConfig) -> dict[str, dict[str, float]]:
-    """Tokens and cost the rewrite would take, per model, from the real prompts of every row."""
+def estimate(dataset: ray.data.Dataset, config: RewriteConfig, *,
+             gate: QualityGateSettings | None = None) -> dict[str, dict[str, float]]:
+    """Tokens and cost the rewrite (and the persona and quality-gate calls) would take, per model, from
+    the real prompts of every row."""
     totals: dict[str, dict[str, float]] = {}
-    for row in dataset.map_batches(estimate_batch, fn_kwargs={"config": config}, batch_format="pyarrow").take_all():
+    for row in dataset.map_batches(estimate_batch, fn_kwargs={"config": config, "gate": gate},
+                                   batch_format="pyarrow").take_all():
         model = totals.setdefault(row["model"], {"rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
         for name in model:
             model[name] += row[name]

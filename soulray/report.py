@@ -3,7 +3,7 @@ the manifest alone (counts, profile, usage, changes), so it costs no extra pass 
 be re-rendered for any published version (`soulray report <version>`).
 
 Charts: rows through each stage, drop reasons, topics before and after, utterances per dialogue, tokens
-and cost per model and per key. Topic names are Chinese and servers rarely have a CJK font, so the
+and cost per model, per key and per kind of call, and the quality gate's scores before and after it. Topic names are Chinese and servers rarely have a CJK font, so the
 charts label topics T1…Tn and the Markdown table gives their names.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 
 from soulray.schema import STAGE_ORDER
-from soulray.store.manifest import Manifest, StageReport, Usage
+from soulray.store.manifest import GateFacts, Manifest, StageReport, Usage
 
 TOP_TOPICS = 12
 
@@ -31,7 +31,7 @@ def text(manifest: Manifest, *, version_uri: str | None = None) -> str:
     top = ", ".join(f"{topic or '(none)'} {count}" for topic, count in list(manifest.topics.items())[:6])
     lines.append(f"  topics  {top}")
     lines += _usage_lines(manifest.usage) if manifest.usage else []
-    lines += [_stage_line(report) for report in manifest.stages.values()]
+    lines += [line for report in manifest.stages.values() for line in _stage_lines(report, manifest)]
     if manifest.changes:
         changes = manifest.changes
         lines.append(f"  changes {changes.added} added, {changes.removed} removed, {changes.kept} kept "
@@ -52,18 +52,40 @@ def _usage_lines(usage: Usage) -> list[str]:
             lines.append(f"  {kind:<7} {name}: {stats.requests:.0f} calls ({stats.ok:.0f} ok, {stats.rate_limited:.0f} "
                          f"rate-limited, {stats.errors:.0f} errors), {stats.prompt_tokens:.0f}+"
                          f"{stats.completion_tokens:.0f} tokens, ${stats.cost_usd:.4f}")
+    lines += [f"  calls   {kind}: {stats.paid:.0f} paid + {stats.cached:.0f} cached, "
+              f"{stats.prompt_tokens:.0f}+{stats.completion_tokens:.0f} tokens, ${stats.cost_usd:.4f}"
+              for kind, stats in usage.kinds.items()]
     budget = f" of a ${usage.budget_usd:.2f} budget" if usage.budget_usd else ""
     return lines + [f"  spend   ${usage.cost_usd:.4f} this run{budget}; tokens {usage.tokens}"]
 
 
-def _stage_line(report: StageReport) -> str:
+def _stage_lines(report: StageReport, manifest: Manifest) -> list[str]:
     phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in report.seconds.items())
+    if report.gate is not None:
+        return _gate_lines(report.gate, manifest, phases)
     if report.dedup is None:
-        return f"  stage   {report.name}: {phases} ({report.batches} batches)"
+        return [f"  stage   {report.name}: {phases} ({report.batches} batches)"]
     facts = report.dedup
     marked = ", ".join(f"{reason} {count}" for reason, count in facts.marked.items()) or "none"
-    return (f"  dedup   {report.name}: {facts.clusters} clusters, {facts.rows_marked} rows marked ({marked}); "
-            f"{phases}")
+    return [f"  dedup   {report.name}: {facts.clusters} clusters, {facts.rows_marked} rows marked ({marked}); "
+            f"{phases}"]
+
+
+GATE_KINDS = ("judge", "revision")  # the quality gate's calls (soulray/gate/stage.py)
+
+
+def _gate_lines(gate: GateFacts, manifest: Manifest, phases: str) -> list[str]:
+    """What the gate let through and what it cost per published dialogue."""
+    lines = [f"  gate    {gate.rubric_version} ≥{gate.threshold}: {gate.judged} judged, {gate.passed} passed, "
+             f"{gate.revised_passed} passed after revision, {sum(gate.rejected.values())} rejected "
+             f"({gate.pass_rate:.1%} pass); {phases}"]
+    kinds = manifest.usage.kinds if manifest.usage else {}
+    published = manifest.counts.output_rows
+    if published:
+        spent = sum(kinds[kind].cost_usd for kind in GATE_KINDS if kind in kinds)
+        calls = sum(kinds[kind].calls for kind in GATE_KINDS if kind in kinds)
+        lines.append(f"  gate    per published dialogue: {calls / published:.2f} calls, ${spent / published:.5f}")
+    return lines
 
 
 def render(manifest: Manifest) -> dict[str, bytes]:
@@ -74,6 +96,7 @@ def render(manifest: Manifest) -> dict[str, bytes]:
         "topics.png": _topics_chart(manifest),
         "utterances.png": _utterances_chart(manifest),
         "usage.png": _usage_chart(manifest),
+        "gate.png": _gate_chart(manifest),
     }
     charts = {name: png for name, png in charts.items() if png is not None}
     return {"report.md": markdown(manifest, charts=list(charts)).encode("utf-8"), **charts}
@@ -109,6 +132,7 @@ def markdown(manifest: Manifest, *, charts: list[str]) -> str:
         lines += ["", "## Utterances per dialogue", "", "| utterances | dialogues |", "|---|---|"]
         lines += [f"| {n} | {c} |" for n, c in sorted(utterances.items(), key=lambda item: int(item[0]))]
     lines += _usage_tables(manifest.usage)
+    lines += _gate_tables(manifest)
     if charts:
         lines += ["", "## Charts", ""] + [f"![{name}]({name})" for name in charts]
     return "\n".join(lines) + "\n"
@@ -229,7 +253,8 @@ def _utterances_chart(manifest: Manifest) -> bytes | None:
 
 def _usage_chart(manifest: Manifest) -> bytes | None:
     usage = manifest.usage
-    groups = [(kind, named) for kind, named in (("models", usage.models), ("keys", usage.keys)) if named] if usage else []
+    groups = ([(kind, named) for kind, named in (("models", usage.models), ("keys", usage.keys), ("kinds", usage.kinds))
+               if named] if usage else [])
     if not groups:
         return None
     plt, figure, axes_grid = _figure(width=9.0, height=3.2 * len(groups))
@@ -247,3 +272,67 @@ def _usage_chart(manifest: Manifest) -> bytes | None:
         cost.set_title(f"cost (USD) per {kind[:-1]}")
     return _png(plt, figure)
 
+
+# -- the quality gate (soulray/gate/) --------------------------------------------------------------------
+def _gate_facts(manifest: Manifest) -> GateFacts | None:
+    return next((report.gate for report in manifest.stages.values() if report.gate is not None), None)
+
+
+def _gate_tables(manifest: Manifest) -> list[str]:
+    """The share of dialogues at each score, per dimension, before the gate (the first rating of every
+    judged dialogue) and after it (the published ones); the calls per kind with their share of the cost."""
+    gate = _gate_facts(manifest)
+    if gate is None:
+        return []
+    rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(gate.rejected.items())) or "none"
+    lines = ["", f"## Quality gate ({gate.rubric_version}, threshold {gate.threshold})", "",
+             f"{gate.judged} dialogues judged: {gate.passed} passed, {gate.revised_passed} passed after "
+             f"their one revision, rejected: {rejected}; pass rate {gate.pass_rate:.1%}.", "",
+             "| dimension | mean before | mean after | scores before | scores after |", "|---|---|---|---|---|"]
+    for dimension, before in gate.before.items():
+        after = gate.after.get(dimension, {})
+        lines.append(f"| {dimension} | {_mean(before):.2f} | {_mean(after):.2f} | {_spread(before)} | {_spread(after)} |")
+    kinds = manifest.usage.kinds if manifest.usage else {}
+    if kinds:
+        published = max(manifest.counts.output_rows, 1)
+        total = sum(stats.cost_usd for stats in kinds.values()) or 1.0
+        lines += ["", "| calls | paid | cached | prompt tokens | completion tokens | cost (USD) | share of cost | "
+                      "per published dialogue |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {kind} | {stats.paid:.0f} | {stats.cached:.0f} | {stats.prompt_tokens:.0f} | "
+                  f"{stats.completion_tokens:.0f} | {stats.cost_usd:.4f} | {stats.cost_usd / total:.1%} | "
+                  f"{stats.calls / published:.2f} |" for kind, stats in kinds.items()]
+    return lines
+
+
+def _mean(histogram: dict[str, int]) -> float:
+    total = sum(histogram.values())
+    return sum(int(score) * n for score, n in histogram.items()) / total if total else float("nan")
+
+
+def _spread(histogram: dict[str, int]) -> str:
+    total = sum(histogram.values()) or 1
+    return " ".join(f"{score}: {n / total:.0%}" for score, n in sorted(histogram.items(), key=lambda i: int(i[0])))
+
+
+def _gate_chart(manifest: Manifest) -> bytes | None:
+    """Per dimension, the share of dialogues at each score before and after the gate; and the totals."""
+    gate = _gate_facts(manifest)
+    if gate is None or not gate.before:
+        return None
+    dimensions = [name for name in gate.before if name != "total"] + ["total"]
+    plt, figure, _ = _figure(width=3.0 * len(dimensions), height=3.2)
+    figure.clear()
+    for index, dimension in enumerate(dimensions):
+        axes = figure.add_subplot(1, len(dimensions), index + 1)
+        for offset, when, colour in ((-0.2, gate.before, "#c44e52"), (0.2, gate.after, "#55a868")):
+            histogram = when.get(dimension, {})
+            total = sum(histogram.values()) or 1
+            scores = sorted(int(score) for score in histogram)
+            axes.bar([score + offset for score in scores], [histogram[str(score)] / total for score in scores],
+                     width=0.4, color=colour, label="before" if when is gate.before else "after")
+        axes.set_xticks(sorted({int(score) for when in (gate.before, gate.after) for score in when.get(dimension, {})}))
+        axes.set_title(dimension)
+        axes.set_xlabel("score")
+    figure.axes[0].set_ylabel("share of dialogues")
+    figure.axes[0].legend()
+    return _png(plt, figure)

@@ -58,6 +58,15 @@ SCORES = pa.struct([
     ("marker_stock_opening", pa.float64()),
 ])
 
+# The quality gate's rating of a published dialogue (soulray/gate/, rubric gate-v1: five dimensions 0-2),
+# null where the gate was off. `first_total` is the first rating's total: below the threshold when the
+# dialogue passed only after its one revision (`revised`).
+GATE = pa.struct([
+    ("empathy", pa.int8()), ("helpfulness", pa.int8()), ("safety", pa.int8()), ("faithfulness", pa.int8()),
+    ("naturalness", pa.int8()), ("total", pa.int8()), ("first_total", pa.int8()), ("revised", pa.bool_()),
+    ("critique", pa.string()), ("rubric_version", pa.string()),
+])
+
 # A multi-turn dialogue, SoulChatCorpus layout plus provenance.
 # - `id`: the input's own id, kept as given and published as text (an integer id 7 becomes "7", so
 #   string and integer ids share one type): the corpus's `id` for `soulray clean`, the source's
@@ -85,6 +94,9 @@ DIALOGUE = pa.schema(
         # it for review.
         ("scores", SCORES),
         ("flags", pa.list_(pa.string())),
+        # rewrite.persona: the client profile the rewrite was conditioned on (JSON, soulray/rewrite/persona.py)
+        ("persona", pa.string()),
+        ("gate", GATE),  # quality_gate: the judge's scores and critique
     ]
 )
 
@@ -160,14 +172,18 @@ def empty_table(schema: pa.Schema) -> pa.Table:
 # report.py draws the flow in this order.
 NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE = "normalize", "filter_source", "dedup_source"
 REWRITE, PARSE, FILTER_DIALOGUE, DEDUP_DIALOGUE = "rewrite", "parse", "filter_dialogue", "dedup_dialogue"
-STAGE_ORDER = (NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE, REWRITE, PARSE, FILTER_DIALOGUE, DEDUP_DIALOGUE)
+QUALITY_GATE = "quality_gate"  # soulray/gate/: after dialogue dedup, so only distinct dialogues are judged
+STAGE_ORDER = (NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE, REWRITE, PARSE, FILTER_DIALOGUE, DEDUP_DIALOGUE, QUALITY_GATE)
 
 # Rows flow through the pipeline in one table: the unit columns plus a reject mark. A stage that drops
 # a row fills the mark instead of removing it, and the writer splits marked rows into the reject
 # table, so every input row ends up somewhere by construction.
 REJECT_MARK = [("reject_stage", pa.string()), ("reject_reason", pa.string()), ("reject_detail", pa.string())]
 WORKING_UNIT = pa.schema(list(UNIT) + [pa.field(name, dtype) for name, dtype in REJECT_MARK])
-WORKING_DIALOGUE = pa.schema(list(DIALOGUE) + [pa.field(name, dtype) for name, dtype in REJECT_MARK])
+# Dialogues also carry the source answer they retell until the writer drops it: the quality gate rates
+# faithfulness against it.
+WORKING_DIALOGUE = pa.schema(list(DIALOGUE) + [pa.field(name, dtype) for name, dtype in REJECT_MARK]
+                             + [pa.field("source_answer", pa.string())])
 
 
 # -- evaluation (soulray/evaluate) ---------------------------------------------------------------------

@@ -85,6 +85,7 @@ class RewriteStage:
         session = context.cleanup.enter_context(
             RewriteSession(self.config, run_id=context.run_id, store=context.store, s3=context.s3))
         context.usage = lambda: Usage.model_validate(session.usage())
+        context.llm = session
         return session.apply(dataset, expected_rows=context.input_rows, clock=context.clock)
 
     def check(self, manifest: Manifest) -> None:

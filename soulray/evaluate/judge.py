@@ -10,6 +10,7 @@ The calls themselves go through soulray.llm's broker, cache, re-asks and account
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -36,6 +37,8 @@ _LABELS = {"user": "求助者", "assistant": "心理咨询师"}
 class Rubric:
     version: str
     template: str
+    # the JSON keys the judge must answer with → highest score; a rubric file may name its own
+    dimensions: dict[str, int] = dataclasses.field(default_factory=lambda: dict(DIMENSIONS))
 
     def render(self, history: list[dict[str, str]], response: str) -> list[dict[str, str]]:
         """One user message: the rubric with the dialogue and the rated response in delimited blocks."""
@@ -46,8 +49,9 @@ class Rubric:
 
 
 @lru_cache(maxsize=16)
-def load_rubric(name_or_path: str) -> Rubric:
-    """A builtin rubric version ('judge-v1') or a YAML file with `version` and `template`."""
+def load_rubric(name_or_path: str, placeholders: tuple[str, ...] = ("{dialogue}", "{response}")) -> Rubric:
+    """A builtin rubric version ('judge-v1', the quality gate's 'gate-v1') or a YAML file with `version`
+    and `template` (holding every one of `placeholders`), and optionally `dimensions` (name: highest)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = BUILTIN / f"{name_or_path}.yaml"
@@ -62,10 +66,13 @@ def load_rubric(name_or_path: str) -> Rubric:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not {"version", "template"} <= set(data):
         raise ConfigError(f"{path}: a rubric needs `version` and `template`")
-    for placeholder in ("{dialogue}", "{response}"):
+    for placeholder in placeholders:
         if placeholder not in data["template"]:
             raise ConfigError(f"{path}: the template must contain {placeholder}")
-    return Rubric(version=str(data["version"]), template=data["template"])
+    dimensions = data.get("dimensions", DIMENSIONS)
+    if not isinstance(dimensions, dict) or not all(isinstance(v, int) and v > 0 for v in dimensions.values()):
+        raise ConfigError(f"{path}: `dimensions` maps each score name to its highest value (an integer > 0)")
+    return Rubric(version=str(data["version"]), template=data["template"], dimensions=dict(dimensions))
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class Rating:
     scores: dict[str, int] | None
     reason: str | None = None  # why there are no scores
     detail: str | None = None
+    critique: str | None = None  # the judge's words, where the rubric asks for them ("critique")
 
     @property
     def ok(self) -> bool:
@@ -82,8 +90,8 @@ class Rating:
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 
 
-def parse_rating(text: str, finish_reason: str = "stop") -> Rating:
-    """The judge's scores from its answer: the first JSON object holding all four dimensions as integers
+def parse_rating(text: str, finish_reason: str = "stop", dimensions: dict[str, int] = DIMENSIONS) -> Rating:
+    """The judge's scores from its answer: the first JSON object holding all `dimensions` as integers
     in range (prose or code fences around it are tolerated); anything else is a reason to re-ask."""
     if finish_reason == "length":
         return Rating(None, "truncated", text[-80:])
@@ -94,18 +102,19 @@ def parse_rating(text: str, finish_reason: str = "stop") -> Rating:
             continue
         if not isinstance(data, dict):
             continue
-        missing = [name for name in DIMENSIONS if name not in data]
+        missing = [name for name in dimensions if name not in data]
         if missing:
             return Rating(None, "missing_scores", f"no {', '.join(missing)} in {candidate[:80]}")
         scores = {}
-        for name, highest in DIMENSIONS.items():
+        for name, highest in dimensions.items():
             value = data[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
                 return Rating(None, "not_an_integer", f"{name}={value!r}")
             if not 0 <= value <= highest:
                 return Rating(None, "out_of_range", f"{name}={value} (0-{highest})")
             scores[name] = int(value)
-        return Rating(scores)
+        critique = data.get("critique")
+        return Rating(scores, critique=str(critique).strip()[:500] if critique else None)
     return Rating(None, "no_json", text[:80])
 
 

@@ -52,7 +52,7 @@ class EndpointGenerator(LLMCaller):
             # a reply about as long as the reference sizes the reservation; the real usage settles it
             result = await self.complete(record_id=sample["sample_id"], model=self.endpoint_model,
                                          messages=self.system + history, attempt=0,
-                                         expected_chars=len(sample["reference"]))
+                                         expected_chars=len(sample["reference"]), kind="generate")
         row = {"sample_id": sample["sample_id"], "model": self.model_name, "response": "", "finish_reason": None,
                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "error": None}
         if isinstance(result, Failure):
@@ -83,7 +83,8 @@ class Judge(LLMCaller):
                "judge_model": self.judge_model, "rubric_version": self.rubric.version, "attempts": 0,
                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "error": None}
         answer = await self.ask(record_id=item["sample_id"], model=self.judge_model, messages=messages,
-                                parse=parse_rating, reasks=self.max_reasks, first_attempt=run * RUN_STRIDE)
+                                parse=parse_rating, reasks=self.max_reasks, first_attempt=run * RUN_STRIDE,
+                                kind="judge")
         row.update(attempts=answer.attempts, prompt_tokens=answer.prompt_tokens,
                    completion_tokens=answer.completion_tokens, cost_usd=answer.cost_usd)
         if answer.failure is not None:

@@ -447,6 +447,7 @@ class QuotaLedger:
         self.persisted = 0  # paid answers the callers have written to the response cache
         self.interrupted: str | None = None  # set when the job is stopping: no call may start
         self.typical_tokens = 0.0  # a call's server tokens, averaged over the last ~50 answered calls
+        self.tallies: dict[str, float] = {}  # callers' own counts, summed (calls per kind, the quality gate's)
 
     def interrupt(self, why: str) -> None:
         self.interrupted = why
@@ -620,7 +621,8 @@ class QuotaLedger:
                 for field_name, value in stats.items():
                     total[field_name] += value
         return {"keys": keys, "models": models, "spent_usd": self.spent_usd, "budget_usd": self.budget_usd,
-                "rows_done": self.rows_done, "persisted": self.persisted, "interrupted": self.interrupted}
+                "rows_done": self.rows_done, "persisted": self.persisted, "interrupted": self.interrupted,
+                "tallies": dict(self.tallies)}
 
 
 class QuotaBroker:
@@ -655,6 +657,11 @@ class QuotaBroker:
 
     async def persisted(self, answers: int) -> None:
         self.ledger.persisted += answers
+
+    async def tally(self, counts: dict[str, float]) -> None:
+        """Add callers' counts (flat names → numbers) to the run's tallies."""
+        for name, value in counts.items():
+            self.ledger.tallies[name] = self.ledger.tallies.get(name, 0.0) + value
 
     async def interrupt(self, why: str) -> None:
         self.ledger.interrupt(why)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _NO_SECRET = "soulray-local-no-secret"
 FLUSH_EVERY_S = 1.0
+CALLS_PREFIX = "calls."  # the broker's tallies of calls per kind: calls.<kind>.<paid|cached|…_tokens|cost_usd>
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,28 @@ class LLMCaller:
         self.settling: asyncio.Task | None = None
         self.requests: list[tuple[tuple[str, int, float, CallShape], asyncio.Future]] = []
         self.requesting: asyncio.Task | None = None
+        self.calls: dict[str, float] = {}  # this batch's calls per kind, see _count
 
     async def finish_batch(self) -> None:
-        """At the end of every batch: persist its paid completions and settle its reservations."""
+        """At the end of every batch: persist its paid completions, settle its reservations and send the
+        batch's calls per kind to the broker's tallies."""
         await self._flush_cache(force=True)
         await self._send_settlements()
+        if self.calls:
+            self.broker.tally.remote(self.calls)
+            self.calls = {}
+
+    def _count(self, kind: str, result: Completion | Failure) -> None:
+        """Calls per kind (rewrite, persona, judge, revision, generate): the broker counts per key and
+        model only. Tokens and cost are this run's spend, as the broker's: a cache hit counts as a call,
+        at no cost."""
+        if not isinstance(result, Completion):
+            return
+        name = f"{CALLS_PREFIX}{kind}."
+        spent = (0, 0, 0.0) if result.cached else (result.prompt_tokens, result.completion_tokens, result.cost_usd)
+        for field, value in (("cached" if result.cached else "paid", 1), *zip(
+                ("prompt_tokens", "completion_tokens", "cost_usd"), spent, strict=True)):
+            self.calls[name + field] = self.calls.get(name + field, 0) + value
 
     async def _flush_cache(self, *, force: bool = False) -> None:
         """Persist paid completions: every FLUSH_EVERY_S while calls complete (a killed job then loses
@@ -221,7 +239,7 @@ class LLMCaller:
 
     async def ask(self, *, record_id: str, model: str, messages: list[dict[str, str]],
                   parse: Callable[[str, str], V], reasks: int, first_attempt: int = 0,
-                  expected_chars: int = 0) -> Answer[V]:
+                  expected_chars: int = 0, kind: str = "rewrite") -> Answer[V]:
         """Complete `messages` until `parse(text, finish_reason)` accepts the completion, asking again
         (a new call: attempt numbers from `first_attempt` on, each with its own seed and cache entry)
         at most `reasks` times. Every attempt is paid and counted in the answer; a failed call ends it.
@@ -230,7 +248,8 @@ class LLMCaller:
         async with self.semaphore:
             for reask in range(reasks + 1):
                 result = await self.complete(record_id=record_id, model=model, messages=messages,
-                                             attempt=first_attempt + reask, expected_chars=expected_chars)
+                                             attempt=first_attempt + reask, expected_chars=expected_chars,
+                                             kind=kind)
                 if isinstance(result, Failure):
                     return replace(answer, failure=result, attempts=answer.attempts + 1)
                 answer = answer.paid(result, parse(result.text, result.finish_reason))
@@ -239,7 +258,15 @@ class LLMCaller:
         return answer
 
     async def complete(self, *, record_id: str, model: str, messages: list[dict[str, str]], attempt: int,
-                       expected_chars: int) -> Completion | Failure:
+                       expected_chars: int, kind: str = "rewrite") -> Completion | Failure:
+        """`_complete`, counted under `kind` (the calls per kind of the run's usage)."""
+        result = await self._complete(record_id=record_id, model=model, messages=messages, attempt=attempt,
+                                      expected_chars=expected_chars)
+        self._count(kind, result)
+        return result
+
+    async def _complete(self, *, record_id: str, model: str, messages: list[dict[str, str]], attempt: int,
+                        expected_chars: int) -> Completion | Failure:
         """One completion of `messages`: from the cache, or paid for under the broker's quotas (retried
         as configured). `attempt` numbers re-asks (each is a new call, with a new seed); `expected_chars`
         gives the prior guess of the completion's length (about 2 tokens a character, see

@@ -12,7 +12,7 @@ from soulray.errors import SoulrayError
 from soulray.fs import S3Config
 from soulray.llm.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.llm.cache import build_index, compact
-from soulray.llm.client import LLMRun
+from soulray.llm.client import CALLS_PREFIX, LLMRun
 from soulray.llm.settings import ApiKey, CallConfig
 from soulray.runtime import NAMESPACE, add_drain
 
@@ -35,6 +35,9 @@ class LLMSession:
         self.progress: _ProgressLog | None = None
         self._remove_drain = None
         self.namespace = namespace
+        # cache sections compacted at the end besides `namespace`: those of other callers on this session's
+        # broker (the rewrite's persona profiles, the quality gate's judge and reviser)
+        self.other_sections: list[str] = []
 
     def __enter__(self) -> LLMSession:
         import ray
@@ -95,11 +98,19 @@ class LLMSession:
         tokens = {"prompt": int(sum(k["prompt_tokens"] for k in snapshot["keys"].values())),
                   "completion": int(sum(k["completion_tokens"] for k in snapshot["keys"].values()))}
         return {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
-                "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
+                "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"],
+                "kinds": calls_by_kind(snapshot["tallies"])}
+
+    def tallies(self) -> dict[str, float]:
+        """What the callers added to the broker's tallies (the quality gate's counts among them)."""
+        import ray
+
+        return ray.get(self.broker.snapshot.remote())["tallies"]
 
     def _compact_cache(self) -> None:
         try:
-            compact(self.store.cache_uri(), self.namespace, s3=self.s3)
+            for section in (self.namespace, *self.other_sections):
+                compact(self.store.cache_uri(), section, s3=self.s3)
         except (OSError, SoulrayError) as exc:  # the run's outcome does not depend on it; the next run retries
             log.warning("rewrite: cache compaction failed (%s); the journals stay as they are", exc)
 
@@ -115,6 +126,17 @@ class LLMSession:
         if self.server is not None:
             self.server.stop()
         self._compact_cache()
+
+
+def calls_by_kind(tallies: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The broker's flat `calls.<kind>.<field>` tallies as {kind: {paid, cached, tokens, cost_usd}}."""
+    kinds: dict[str, dict[str, float]] = {}
+    for name, value in sorted(tallies.items()):
+        if name.startswith(CALLS_PREFIX):
+            kind, field = name.removeprefix(CALLS_PREFIX).rsplit(".", 1)
+            kinds.setdefault(kind, {"paid": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                    "cost_usd": 0.0})[field] = value
+    return kinds
 
 
 def key_limits(key: ApiKey) -> KeyLimits:

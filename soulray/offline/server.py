@@ -32,6 +32,7 @@ from aiohttp import web
 
 from soulray.llm.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
 from soulray.offline.evaluation import is_judge_prompt, offline_evaluation
+from soulray.offline.gate import is_gate_prompt, offline_gate
 from soulray.rewrite.prompts import CLOSE, OPEN
 
 
@@ -453,6 +454,8 @@ class LocalLLMServer:
             return self._rng.uniform(low, high)
 
     def _rewrite(self, prompt: str, seed: object, fault: str | None) -> tuple[str, str]:
+        if is_gate_prompt(prompt):  # persona profile, quality-gate rating or revision
+            return offline_gate(prompt, seed, fault)
         if is_judge_prompt(prompt) or OPEN not in prompt:  # not a rewrite: an evaluation request
             return offline_evaluation(prompt, seed, fault)
         if fault == "refusal":

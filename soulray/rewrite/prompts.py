@@ -30,12 +30,23 @@ class PromptTemplate:
     assistant_label: str
     template: str
 
-    def render(self, question: str, description: str, answer: str) -> list[dict[str, str]]:
-        """Chat messages for one unit: a single user message, as SoulChat sent it."""
+    @property
+    def uses_persona(self) -> bool:
+        """Whether the prompt states a client profile (rewrite.persona; soulray/rewrite/persona.py)."""
+        return "{persona}" in self.template
+
+    def render(self, question: str, description: str, answer: str, *, persona: str | None = None) -> list[dict[str, str]]:
+        """Chat messages for one unit: a single user message, as SoulChat sent it; `persona` (a profile's
+        text) fills {persona} in prompts that have it."""
         asked = "\n".join(part for part in (question, description) if part)
         single_turn = (f"\n{OPEN}\n{self.user_label}：{neutralise(asked)}\n{self.assistant_label}：{neutralise(answer)}\n"
                        f"{CLOSE}" + _GUARD.format(open=OPEN, close=CLOSE))
-        return [{"role": "user", "content": self.template.replace("{single_turn}", single_turn)}]
+        text = self.template.replace("{single_turn}", single_turn)
+        if self.uses_persona:
+            if persona is None:
+                raise ValueError(f"prompt {self.version} states a client profile: render it with persona=")
+            text = text.replace("{persona}", neutralise(persona))
+        return [{"role": "user", "content": text}]
 
 
 # Every block marker of soulray's prompts (here and in the judge's rubric) opens with "<<<" and closes

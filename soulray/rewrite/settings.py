@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from soulray.llm.settings import CallConfig
+from soulray.rewrite.persona import PersonaSettings
 
 
 class RewriteConfig(CallConfig):
@@ -22,3 +23,4 @@ class RewriteConfig(CallConfig):
     max_failure_share: float = Field(0.05, ge=0, le=1, description="refuse to publish when more than this share of "
                                      "the rows sent to the rewrite failed for infrastructure reasons (retries "
                                      "exhausted on 5xx/timeouts/429s, no usable key, 401/403/404), not content")
+    persona: PersonaSettings = PersonaSettings()  # client profiles: soulray/rewrite/persona.py

@@ -6,6 +6,7 @@ once: as a dialogue, or marked with a reject reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +14,21 @@ import pyarrow as pa
 
 from soulray.errors import SoulrayError
 from soulray.fs import S3Config
-from soulray.llm.client import LLMCaller, LLMRun
+from soulray.gate.settings import QualityGateSettings
+from soulray.llm.client import Completion, LLMCaller, LLMRun
 from soulray.llm.pricing import cost_of
 from soulray.llm.session import LLMSession
-from soulray.llm.tokens import estimate_tokens
+from soulray.llm.tokens import count_message_tokens, estimate_tokens
 from soulray.repair import FLAG_PREFIX
 from soulray.rewrite.parse import parse_completion
+from soulray.rewrite.persona import (
+    PROFILE_VERSION,
+    Persona,
+    check_template,
+    parse_profile,
+    profile_prompt,
+    rule_persona,
+)
 from soulray.rewrite.prompts import load_template
 from soulray.rewrite.settings import RewriteConfig
 from soulray.schema import DEDUP_SOURCE, FILTER_SOURCE, NORMALIZE, PARSE, REWRITE, WORKING_DIALOGUE
@@ -74,12 +84,20 @@ class Rewriter(LLMCaller):
 
     def __init__(self, *, config: RewriteConfig, run: LLMRun) -> None:
         self.template = load_template(config.prompt)
+        check_template(self.template, config.persona)
         super().__init__(config=config, run=run, namespace=self.template.version)
         self.parse = partial(parse_completion, min_turns=config.min_turns, max_turns=config.max_turns)
+        # rewrite.persona: the profile calls under their own cache section and length lane (a profile is
+        # ~100 tokens, a rewrite ~1,500: one learned max_tokens for both would fit neither)
+        self.profiles = (LLMCaller(config=config.model_copy(update={"max_tokens": config.persona.max_tokens}),
+                                   run=dataclasses.replace(run, cache_index=None), namespace=PROFILE_VERSION)
+                         if config.persona.enabled and config.persona.source == "llm" else None)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
         await self.finish_batch()
+        if self.profiles is not None:
+            await self.profiles.finish_batch()
         self.broker.progress.remote(len(rows))  # for the driver's progress line; nothing waits on it
         return pa.Table.from_pylist(rows, schema=WORKING_DIALOGUE)
 
@@ -88,11 +106,17 @@ class Rewriter(LLMCaller):
         if unit["reject_reason"]:
             return row
         row["model"] = route_model(unit["record_id"], self.config)
+        persona = await self._persona(unit, row) if self.config.persona.enabled else None
+        row["persona"] = persona.to_json() if persona else None
+        messages = self.template.render(unit["question"], unit["description"], unit["answer"],
+                                        persona=persona.describe() if persona else None)
         answer = await self.ask(record_id=unit["record_id"], model=row["model"], parse=self.parse,
-                                messages=self.template.render(unit["question"], unit["description"], unit["answer"]),
-                                reasks=self.config.max_reasks, expected_chars=source_chars(unit))
-        row.update(attempts=answer.attempts, api_key_name=answer.key, prompt_tokens=answer.prompt_tokens,
-                   completion_tokens=answer.completion_tokens, cost_usd=answer.cost_usd)
+                                messages=messages, reasks=self.config.max_reasks, expected_chars=source_chars(unit))
+        # on top of the profile call's cost, if any (_persona)
+        row.update(attempts=answer.attempts, api_key_name=answer.key,
+                   prompt_tokens=row["prompt_tokens"] + answer.prompt_tokens,
+                   completion_tokens=row["completion_tokens"] + answer.completion_tokens,
+                   cost_usd=row["cost_usd"] + answer.cost_usd)
         if answer.failure is not None:
             return _reject(row, STAGE, answer.failure.reason, answer.failure.detail)
         parsed = answer.verdict
@@ -100,13 +124,35 @@ class Rewriter(LLMCaller):
             return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
         return {**row, "messages": parsed.messages, "flags": [FLAG_PREFIX + kind for kind in parsed.repairs] or None}
 
+    async def _persona(self, unit: dict[str, Any], row: dict[str, Any]) -> Persona:
+        """The client profile: one profile call (its cost on the row), else the rule-based profile (a
+        failed or unparseable call costs the row nothing more; a budget stop then stops the rewrite)."""
+        if self.profiles is not None:
+            async with self.profiles.semaphore:
+                result = await self.profiles.complete(
+                    record_id=unit["record_id"], model=row["model"],
+                    messages=profile_prompt(unit["question"], unit["description"]), attempt=0, expected_chars=60,
+                    kind="persona")
+            if isinstance(result, Completion):
+                row["prompt_tokens"] += result.prompt_tokens
+                row["completion_tokens"] += result.completion_tokens
+                row["cost_usd"] += result.cost_usd
+                persona = parse_profile(result.text)
+                if persona is not None:
+                    return persona
+        return rule_persona(unit["question"], unit["description"], unit["topic"])
+
 
 class RewriteSession(LLMSession):
     """The LLM session of a rewrite run: the response cache's section is the prompt's version."""
 
     def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config) -> None:
-        # fail on a bad prompt before anything starts
-        super().__init__(config, run_id=run_id, store=store, s3=s3, namespace=load_template(config.prompt).version)
+        # fail on a bad prompt (or one that does not fit rewrite.persona) before anything starts
+        template = load_template(config.prompt)
+        check_template(template, config.persona)
+        super().__init__(config, run_id=run_id, store=store, s3=s3, namespace=template.version)
+        if config.persona.enabled:
+            self.other_sections.append(PROFILE_VERSION)  # the profile calls' cache section
 
     def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None,
               clock: Any = None) -> ray.data.Dataset:
@@ -135,21 +181,36 @@ def source_chars(unit: dict[str, Any]) -> int:
     return len(unit["question"]) + len(unit["description"] or "") + len(unit["answer"])
 
 
-def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
-    """Dry run: what rewriting these rows would cost, per model, without calling anything."""
+def estimate_batch(batch: pa.Table, *, config: RewriteConfig, gate: QualityGateSettings | None = None) -> pa.Table:
+    """Dry run: what rewriting these rows would cost, per model, without calling anything; the persona's
+    and the quality gate's calls (`gate`: its settings when on) as their own lines, "<model> (<kind>)"."""
+    from soulray.gate.stage import estimate_gate  # the gate builds on the rewrite's parser and settings
+
     template = load_template(config.prompt)
     totals: dict[str, list[float]] = {}
-    for unit in batch.to_pylist():
-        if unit["reject_reason"]:
-            continue
-        model = route_model(unit["record_id"], config)
-        messages = template.render(unit["question"], unit["description"], unit["answer"])
-        prompt, completion = estimate_tokens(messages, source_chars(unit), config.max_tokens)
-        row = totals.setdefault(model, [0, 0, 0, 0.0])
+
+    def add(label: str, model: str, prompt: float, completion: float) -> None:
+        row = totals.setdefault(label, [0, 0, 0, 0.0])
         row[0] += 1
         row[1] += prompt
         row[2] += completion
         row[3] += cost_of(config.prices, model, prompt, completion)
+
+    for unit in batch.to_pylist():
+        if unit["reject_reason"]:
+            continue
+        model = route_model(unit["record_id"], config)
+        persona = rule_persona(unit["question"], unit["description"], unit["topic"]) if template.uses_persona else None
+        messages = template.render(unit["question"], unit["description"], unit["answer"],
+                                   persona=persona.describe() if persona else None)
+        add(model, model, *estimate_tokens(messages, source_chars(unit), config.max_tokens))
+        if persona is not None and config.persona.source == "llm":
+            add(f"{model} (persona)", model, count_message_tokens(profile_prompt(unit["question"], unit["description"])),
+                config.persona.max_tokens // 2)
+        if gate is not None:
+            gate_model = gate.model or config.models[0].name
+            for kind, (prompt, completion) in estimate_gate(source_chars(unit), config=config, settings=gate).items():
+                add(f"{gate_model} ({kind})", gate_model, prompt, completion)
     return pa.table({"model": list(totals), "rows": [int(v[0]) for v in totals.values()],
                      "prompt_tokens": [int(v[1]) for v in totals.values()],
                      "completion_tokens": [int(v[2]) for v in totals.values()],
@@ -164,7 +225,7 @@ def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:
             "api_key_name": None, "attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
             "source_file": unit["source_file"], "source_row": unit["source_row"],
             "reject_stage": unit["reject_stage"], "reject_reason": unit["reject_reason"],
-            "reject_detail": unit["reject_detail"]}
+            "reject_detail": unit["reject_detail"], "persona": None, "gate": None, "source_answer": unit["answer"]}
 
 
 def _reject(row: dict[str, Any], stage: str, reason: str | None, detail: str | None) -> dict[str, Any]:

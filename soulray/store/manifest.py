@@ -65,8 +65,25 @@ class CallStats(BaseModel):
     cost_usd: float = 0.0
 
 
+class KindStats(BaseModel):
+    """Calls of one kind (rewrite, persona, judge, revision, generate): paid and cached answers, and this
+    run's spend on them (a cache hit is a call at no cost, as the broker counts it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paid: float = 0
+    cached: float = 0
+    prompt_tokens: float = 0
+    completion_tokens: float = 0
+    cost_usd: float = 0.0
+
+    @property
+    def calls(self) -> float:
+        return self.paid + self.cached
+
+
 class Usage(BaseModel):
-    """What the LLM calls of a run took, per key and per model."""
+    """What the LLM calls of a run took, per key, per model and per kind of call."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,6 +92,7 @@ class Usage(BaseModel):
     tokens: dict[str, int] = Field(default_factory=dict)  # prompt, completion
     cost_usd: float = 0.0
     budget_usd: float | None = None
+    kinds: dict[str, KindStats] = Field(default_factory=dict)  # by kind of call (soulray/llm/client.py `complete`)
 
     @property
     def paid_calls(self) -> int:
@@ -107,6 +125,27 @@ class DedupFacts(BaseModel):
     largest_component: int = 0
 
 
+class GateFacts(BaseModel):
+    """What the quality gate found (soulray/gate/): dialogues judged, passed at once or after their one
+    revision, rejected by reason; and per dimension (and "total") the dialogues at each score, at their
+    first rating ("before" the gate) and as published ("after")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rubric_version: str
+    threshold: int
+    judged: int = 0
+    passed: int = 0  # at the first rating
+    revised_passed: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict)  # by reason
+    before: dict[str, dict[str, int]] = Field(default_factory=dict)  # dimension → score → dialogues
+    after: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+    @property
+    def pass_rate(self) -> float:
+        return (self.passed + self.revised_passed) / self.judged if self.judged else float("nan")
+
+
 class StageReport(BaseModel):
     """What one stage reports of itself. `seconds`: for a streaming map stage, `busy` = time inside its
     batch functions summed over every task and actor (see soulray/pipeline.py, StageClock); for a stage
@@ -118,6 +157,7 @@ class StageReport(BaseModel):
     seconds: dict[str, float] = Field(default_factory=dict)
     batches: int = 0  # batch calls timed (map stages)
     dedup: DedupFacts | None = None
+    gate: GateFacts | None = None
 
 
 class Manifest(BaseModel):

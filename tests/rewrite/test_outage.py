@@ -16,14 +16,15 @@ from soulray.offline.server import Faults, SimulatedKey
 from soulray.regenerate import run
 from soulray.rewrite.stage import RewriteOutage, check_failures
 from soulray.store import VersionStore
+from soulray.store.manifest import Counts
 from tests.conftest import TEST_API_KEYS, free_port
 
 ROWS = 40
 
 
-def counts(**rewrite: int) -> dict:
-    return {"input_rows": 110, "by_stage": {"filter_source": {"too_short": 10}, "parse": {"too_few_turns": 30},
-                                            "rewrite": rewrite}}
+def counts(**rewrite: int) -> Counts:
+    return Counts(input_rows=110, by_stage={"filter_source": {"too_short": 10}, "parse": {"too_few_turns": 30},
+                                            "rewrite": rewrite})
 
 
 def test_only_infrastructure_failures_count_against_the_rows_sent():
