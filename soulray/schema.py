@@ -26,19 +26,7 @@ SOURCE_QA = pa.schema(
 
 # One rewrite unit: one question with one of its answers, identified by `record_id`, with where it
 # came from so any reject can be traced back to a file and row.
-UNIT = pa.schema(
-    [
-        ("record_id", pa.string()),
-        ("question_id", pa.string()),
-        ("answer_id", pa.string()),
-        ("topic", pa.string()),
-        ("question", pa.string()),
-        ("description", pa.string()),
-        ("answer", pa.string()),
-        ("source_file", pa.string()),
-        ("source_row", pa.int64()),
-    ]
-)
+UNIT = pa.schema([("record_id", pa.string()), *SOURCE_QA, ("source_file", pa.string()), ("source_row", pa.int64())])
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from soulray.errors import ConfigError
 from soulray.rewrite.prompts import neutralise
+from soulray.settings import read_builtin_yaml
 
 BUILTIN = Path(__file__).parent / "rubrics"
 # the judge's JSON keys (also the JUDGE_SCORE columns) → highest score, in Table 1's order
@@ -52,20 +53,8 @@ class Rubric:
 def load_rubric(name_or_path: str, placeholders: tuple[str, ...] = ("{dialogue}", "{response}")) -> Rubric:
     """A builtin rubric version ('judge-v1', the quality gate's 'gate-v1') or a YAML file with `version`
     and `template` (holding every one of `placeholders`), and optionally `dimensions` (name: highest)."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = BUILTIN / f"{name_or_path}.yaml"
-        if not path.is_file():
-            builtins = sorted(p.stem for p in BUILTIN.glob("*.yaml"))
-            raise ConfigError(f"judge.rubric: unknown rubric {name_or_path!r}; builtins are {builtins}, "
-                              "or give the path of a rubric file")
-    if not path.is_file():
-        raise ConfigError(f"judge.rubric: rubric file not found: {path}")
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not {"version", "template"} <= set(data):
-        raise ConfigError(f"{path}: a rubric needs `version` and `template`")
+    path, data = read_builtin_yaml(name_or_path, BUILTIN, setting="judge.rubric", kind="rubric",
+                                   required=("version", "template"))
     for placeholder in placeholders:
         if placeholder not in data["template"]:
             raise ConfigError(f"{path}: the template must contain {placeholder}")

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
 from soulray.errors import ConfigError
 from soulray.rewrite.parse import ASSISTANT_LABELS, USER_LABELS
+from soulray.settings import read_builtin_yaml
 
 BUILTIN = Path(__file__).parent / "templates"
 OPEN, CLOSE = "<<<SOURCE>>>", "<<<END SOURCE>>>"
@@ -68,19 +67,8 @@ def neutralise(text: str) -> str:
 @lru_cache(maxsize=32)
 def load_template(name_or_path: str) -> PromptTemplate:
     """A builtin version ('soulchat-v1', 'smile-v1') or a user's YAML file with the same keys."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = BUILTIN / f"{name_or_path}.yaml"
-        if not path.is_file():
-            builtins = sorted(p.stem for p in BUILTIN.glob("*.yaml"))
-            raise ConfigError(f"rewrite.prompt: unknown prompt {name_or_path!r}; builtins are {builtins}, "
-                              "or give the path of a template file")
-    if not path.is_file():
-        raise ConfigError(f"rewrite.prompt: template file not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    missing = {"version", "user_label", "assistant_label", "template"} - set(data)
-    if missing:
-        raise ConfigError(f"{path}: template is missing {sorted(missing)}")
+    path, data = read_builtin_yaml(name_or_path, BUILTIN, setting="rewrite.prompt", kind="template",
+                                   required=("version", "user_label", "assistant_label", "template"))
     if "{single_turn}" not in data["template"]:
         raise ConfigError(f"{path}: template must contain the placeholder {{single_turn}}")
     return PromptTemplate(version=str(data["version"]), user_label=data["user_label"],

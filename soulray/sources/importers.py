@@ -25,19 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soulray.errors import SourceError
-from soulray.schema import MESSAGE, ROLE_ASSISTANT, ROLE_NAMES, ROLE_USER, question_group
+from soulray.schema import MESSAGE, ROLE_ASSISTANT, ROLE_NAMES, ROLE_USER, SOURCE_QA, question_group
 
-QA_TABLE = pa.schema(
-    [
-        ("question_id", pa.string()),
-        ("answer_id", pa.string()),
-        ("topic", pa.string()),
-        ("question", pa.string()),
-        ("description", pa.string()),
-        ("answer", pa.string()),
-        ("keywords", pa.list_(pa.string())),
-    ]
-)
+QA_TABLE = pa.schema([*SOURCE_QA, ("keywords", pa.list_(pa.string()))])  # SOURCE_QA, plus PsyQA's keywords
 DIALOGUE_TABLE = pa.schema([("id", pa.string()), ("topic", pa.string()), ("messages", pa.list_(MESSAGE))])
 
 _SMILE_ROLES = ROLE_NAMES
