@@ -100,6 +100,10 @@ def _caller_class():
     return Caller
 
 
+def _cpu_seconds(_broker: object) -> float:
+    return time.process_time()
+
+
 def through_ray(callers: int, concurrency: int, seconds: float, *, batched: bool) -> dict:
     """(b)/(c) `callers` actors × `concurrency` rows against one named broker, as the job starts it."""
     import ray
@@ -112,10 +116,12 @@ def through_ray(callers: int, concurrency: int, seconds: float, *, batched: bool
     actors = [caller_class.remote(name, namespace) for _ in range(callers)]
     ray.get([actor.__ray_ready__.remote() for actor in actors])
     load = os.getloadavg()[0]
+    cpu_before = ray.get(broker.__ray_call__.remote(_cpu_seconds))
     started = time.perf_counter()
     results = ray.get([actor.run.remote(seconds=seconds, concurrency=concurrency, batched=batched)
                        for actor in actors])
     wall = time.perf_counter() - started
+    broker_cpu = ray.get(broker.__ray_call__.remote(_cpu_seconds)) - cpu_before
     snapshot = ray.get(broker.snapshot.remote())
     for actor in actors:
         ray.kill(actor)
@@ -126,6 +132,8 @@ def through_ray(callers: int, concurrency: int, seconds: float, *, batched: bool
     stats = snapshot["models"]["gpt-3.5-turbo"]
     return {"callers": callers, "concurrency": concurrency, "batched": batched, "wall_s": wall,
             "reservations_per_s": reserved / wall, "settlements_per_s": settled / wall,
+            # the broker process's own CPU (its event loop and Ray's threads): what one core would serve
+            "broker_cpu_s": broker_cpu, "reservations_per_broker_cpu_s": reserved / broker_cpu if broker_cpu else None,
             "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None,
             # every settlement a caller sent reached the broker, none counted twice
@@ -146,11 +154,12 @@ def run(work: Path | None = None, quick: bool = False, callers: tuple[int, ...] 
         rows = []
         for count in callers:
             for batched in (False, True):
-                row = through_ray(count, 64 if count < 16 else 16, seconds, batched=batched)
+                row = through_ray(count, 64, seconds, batched=batched)
                 row["vs_core"] = row["reservations_per_s"] / core["per_s"]
                 rows.append(row)
                 print(f"[broker] {count} callers × {row['concurrency']} rows, {'batched' if batched else 'one by one'}: "
-                      f"{row['reservations_per_s']:.0f} reservations/s ({row['vs_core']:.3f} of the core), "
+                      f"{row['reservations_per_s']:.0f} reservations/s ({row['vs_core']:.3f} of the core; "
+                      f"{row['reservations_per_broker_cpu_s'] or 0:.0f} per broker CPU s), "
                       f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, exact {row['exact']}, "
                       f"load {row['load_before']:.0f}-{row['load_after']:.0f}", flush=True)
         # the core again, after: the machine's load moves, and (a) is the ceiling both ways
@@ -167,11 +176,12 @@ def markdown(result: dict) -> str:
     lines = [f"Quota broker (load average {result['load_before']:.0f} → {result['load_after']:.0f} on "
              f"{result['cores']} cores). Pure ledger, no Ray: {core['per_s']:,.0f} reservations+settlements/s "
              f"({core['per_cpu_s']:,.0f} per CPU second; {result['pure_core_after']['per_s']:,.0f}/s after the Ray runs).",
-             "", "| callers × rows | path | reservations/s | settlements/s | of the pure ledger | p50 | p99 | exact | load |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| callers × rows | path | reservations/s | settlements/s | of the pure ledger | per broker CPU second | "
+             "p50 | p99 | exact | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["through_ray"]:
         lines.append(f"| {row['callers']} × {row['concurrency']} | {'batched' if row['batched'] else 'one by one'} | "
                      f"{row['reservations_per_s']:,.0f} | {row['settlements_per_s']:,.0f} | {row['vs_core']:.3f} | "
+                     f"{row['reservations_per_broker_cpu_s'] or 0:,.0f} | "
                      f"{row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['exact']} | "
                      f"{row['load_before']:.0f}-{row['load_after']:.0f} |")
     return "\n".join(lines)
