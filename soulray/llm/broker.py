@@ -24,10 +24,12 @@ held for headroom nobody uses.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,18 +108,21 @@ class _Bucket:
     def take(self, cost: float, start: float) -> None:
         self.full_at = max(self.full_at, start) + cost / self.rate
 
-    def refund(self, amount: float, now: float, later: list[tuple[float, float]] = ()) -> None:
+    def refund(self, amount: float, now: float, later: Iterable[list[float]] = ()) -> None:
         """Give back (or, negative, charge) the difference between a reservation and what the call
         really cost; never above capacity, so an over-estimate cannot lift the lane past its burst size.
-        `later`: (start, cost) of the calls granted to start after the refunded one, in order. Each was
-        drawn at its start, so the bucket is full no sooner than if it had been full just before it:
+        `later`: [start, cost] of the calls granted to start after the refunded one, newest first. Each
+        was drawn at its start, so the bucket is full no sooner than if it had been full just before it:
         a refund that ignored them let a call refused by a one-second slice be granted again at the
         start of the next call, and both reach the server at once (the same call refused 20 times in
-        a row, issue 18)."""
-        floor, cost_after = now, 0.0
-        for start, cost in reversed(later):
-            cost_after += cost
-            floor = max(floor, start + cost_after / self.rate)
+        a row, issue 18). A charge needs no look at them: the bucket already waits for each, and
+        scanning them was most of a settlement's cost with thousands of calls in flight (issue 22)."""
+        floor = now
+        if amount > 0:
+            cost_after, rate = 0.0, self.rate
+            for start, cost in later:
+                cost_after += cost
+                floor = max(floor, start + cost_after / rate)
         self.full_at = max(floor, self.full_at - amount / self.rate)
 
     def at_most(self, level: float, now: float) -> None:
@@ -184,14 +189,12 @@ class _Minute:
         self.tokens += tokens
         return call
 
-    def after(self, call: list[float]) -> list[tuple[float, float]]:
-        """The calls granted after `call`, in order."""
-        later = []
+    def after(self, call: list[float]) -> Iterator[list[float]]:
+        """The calls granted after `call`, newest first (read as they are needed, never copied)."""
         for entry in reversed(self.calls):
             if entry is call:
-                break
-            later.append((entry[0], entry[1]))
-        return later[::-1]
+                return
+            yield entry
 
     def settle(self, call: list[float], tokens: float, now: float) -> None:
         self._trim(now)
@@ -230,37 +233,51 @@ class CompletionLengths:
     guess (CallShape.completion_tokens), in our tokens, over the last 500 completions that ended on
     their own (a cut one says only that it was longer)."""
 
-    samples: deque = field(default_factory=lambda: deque(maxlen=500))
-    _summary: tuple[list[float], float] | None = None  # (sorted samples, mean + one deviation), kept until an add
+    samples: deque = field(default_factory=lambda: deque(maxlen=CompletionLengths.KEPT))
+    # kept as samples come and go, not summed and sorted again at each reservation after a settlement:
+    # that was the broker's largest cost per call (a sort and two sums of 500 samples; issue 22)
+    ordered: list[float] = field(default_factory=list)
+    total: float = 0.0
+    squares: float = 0.0
+    adds: int = 0
 
     MIN_SAMPLES = 20  # before that, the configured max_tokens and the prior guess
+    KEPT = 500
 
     def add(self, share: float) -> None:
+        if len(self.samples) == self.KEPT:
+            gone = self.samples[0]
+            del self.ordered[bisect.bisect_left(self.ordered, gone)]
+            self.total -= gone
+            self.squares -= gone * gone
         self.samples.append(share)
-        self._summary = None
+        bisect.insort(self.ordered, share)
+        self.adds += 1
+        if self.adds % self.KEPT == 0:  # summed afresh now and then: running sums drift by rounding
+            self.total, self.squares = math.fsum(self.samples), math.fsum(x * x for x in self.samples)
+        else:
+            self.total += share
+            self.squares += share * share
 
     @property
     def learned(self) -> bool:
         return len(self.samples) >= self.MIN_SAMPLES
 
-    def _summarise(self) -> tuple[list[float], float]:
-        if self._summary is None:
-            mean = sum(self.samples) / len(self.samples)
-            deviation = math.sqrt(sum((share - mean) ** 2 for share in self.samples) / len(self.samples))
-            self._summary = (sorted(self.samples), mean + deviation)
-        return self._summary
+    def _mean(self) -> float:
+        return self.total / len(self.samples)
 
     def deviation(self) -> float:
-        return self._summarise()[1] - sum(self.samples) / len(self.samples)
+        mean = self._mean()
+        return math.sqrt(max(0.0, self.squares / len(self.samples) - mean * mean))
 
     def spread(self) -> float:
         """Mean plus one standard deviation: what a reservation holds for the completion. A mean alone
         is short for half the calls, and a short reservation lets the next call start before the
         server has room for it (most 429s against one-second slices, where the room is one call)."""
-        return self._summarise()[1]
+        return self._mean() + self.deviation()
 
     def quantile(self, q: float) -> float:
-        ordered = self._summarise()[0]
+        ordered = self.ordered
         return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
@@ -578,6 +595,17 @@ class QuotaLedger:
                 lane.minute.linger_s = _Minute.SLICED_LINGER_S if lane.sliced else _Minute.LINGER_S
             bucket.at_most(remaining + since * bucket.rate, now)
 
+    def reserve_many(self, requests: list[tuple[str, int, float, CallShape | None]],
+                     now: float | None = None) -> list[Reservation]:
+        """Several reservations (model, estimated tokens, estimated cost, shape each), granted in order
+        exactly as if they had come one by one at `now`: what a caller's coalesced requests get."""
+        return [self.reserve(model, tokens, cost, now=now, shape=shape) for model, tokens, cost, shape in requests]
+
+    def settle_many(self, settlements: list[tuple[int, dict[str, Any]]], now: float | None = None) -> None:
+        """Several settlements (reservation id, outcome each), in order, as one by one at `now`."""
+        for reservation_id, outcome in settlements:
+            self.settle(reservation_id, **outcome, now=now)
+
     def _learn(self, call: _Open, lane: _Lane, prompt_tokens: int, completion_tokens: int,
                own_completion_tokens: int | None, finish_reason: str | None) -> None:
         if call.shape is None:
@@ -639,15 +667,14 @@ class QuotaBroker:
     async def reserve_many(self, requests: list[tuple[str, int, float, CallShape | None]]) -> list[Reservation]:
         """Several reservations in one call (model, estimated tokens, estimated cost, shape each),
         granted in order exactly as if they had come one by one."""
-        return [self.ledger.reserve(model, tokens, cost, shape=shape) for model, tokens, cost, shape in requests]
+        return self.ledger.reserve_many(requests)
 
     async def settle(self, reservation_id: int, **outcome: object) -> None:
         self.ledger.settle(reservation_id, **outcome)
 
     async def settle_many(self, settlements: list[tuple[int, dict[str, object]]]) -> None:
-        """Several settlements in one call: actors batch them, halving the broker's per-request cost."""
-        for reservation_id, outcome in settlements:
-            self.ledger.settle(reservation_id, **outcome)
+        """Several settlements in one call (soulray/llm/client.py BrokerLink batches them)."""
+        self.ledger.settle_many(settlements)
 
     async def snapshot(self) -> dict[str, Any]:
         return self.ledger.snapshot()

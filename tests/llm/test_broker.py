@@ -337,3 +337,50 @@ def test_the_start_margin_settles_where_few_calls_are_refused():
         now += grant.wait_s
         ledger.settle(grant.id, status="ok", prompt_tokens=10, now=now)
     assert lane.margin_s == pytest.approx(0.014)
+
+
+def test_coalesced_reservations_and_settlements_grant_and_account_as_one_by_one():
+    """What a caller's BrokerLink sends together (reserve_many, settle_many) is granted and accounted
+    exactly as the same requests sent one by one: same keys, waits, max_tokens, buckets and totals,
+    through learning, a 429 and keys that make calls wait."""
+    shape = CallShape(prompt_tokens=500, completion_tokens=400, max_tokens=4096, namespace="v1")
+    one, many = (QuotaLedger(keys(("a", 600, 200_000), ("b", 300, 90_000)), now=0.0) for _ in range(2))
+    now, open_one, open_many = 0.0, [], []
+    for step in range(60):
+        now += 0.25
+        requests = [("m", 900, 0.001, shape)] * (1 + step % 4)
+        grants = many.reserve_many(requests, now=now)
+        assert grants == [one.reserve(m, t, c, now=now, shape=s) for m, t, c, s in requests]
+        open_one += [g.id for g in grants if g.id is not None]
+        open_many += [g.id for g in grants if g.id is not None]
+        settling = len(open_many) // 2
+        outcomes = [{"status": "rate_limited", "retry_after_s": 1.0, "remaining_tokens": 0, "reset_tokens_s": 0.5}
+                    if (step + index) % 17 == 0 else
+                    {"status": "ok", "prompt_tokens": 700, "completion_tokens": 250 + 10 * (index % 5),
+                     "own_completion_tokens": 180 + 7 * (index % 5), "finish_reason": "stop", "cost_usd": 0.001}
+                    for index in range(settling)]
+        many.settle_many(list(zip(open_many[:settling], outcomes, strict=True)), now=now)
+        for reservation_id, outcome in zip(open_one[:settling], outcomes, strict=True):
+            one.settle(reservation_id, **outcome, now=now)
+        del open_one[:settling], open_many[:settling]
+    assert one.snapshot() == many.snapshot() and one.snapshot()["models"]["m"]["ok"] > 20
+    for name in ("a", "b"):
+        for lane in ("*",):
+            assert one.keys[name].lanes[lane].tokens == many.keys[name].lanes[lane].tokens
+
+
+def test_completion_lengths_kept_as_they_come_match_a_summary_from_scratch():
+    """The running sums and sorted samples (kept per add, issue 22) give what summing and sorting the
+    last KEPT samples gives, past the point where old samples leave."""
+    lengths = CompletionLengths()
+    shares = [0.3 + ((step * 7919) % 101) / 97 for step in range(CompletionLengths.KEPT * 3 + 17)]
+    for count, share in enumerate(shares, 1):
+        lengths.add(share)
+        if count % 97 == 0 or count == len(shares):
+            kept = shares[:count][-CompletionLengths.KEPT:]
+            mean = sum(kept) / len(kept)
+            deviation = math.sqrt(sum((x - mean) ** 2 for x in kept) / len(kept))
+            assert lengths.spread() == pytest.approx(mean + deviation, rel=1e-9)
+            assert lengths.deviation() == pytest.approx(deviation, rel=1e-9)
+            ordered = sorted(kept)
+            assert lengths.quantile(0.99) == ordered[math.ceil(0.99 * len(ordered)) - 1]
