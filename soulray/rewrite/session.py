@@ -29,8 +29,9 @@ class RewriteSession:
     the API machinery (the evaluation's endpoint models and judge) names its own."""
 
     def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, batch_hook: Any = None) -> None:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
+        self.batch_hook = batch_hook  # batch mode: called at each phase of each batch (tests stop the driver there)
         self.server = None
         self.broker = None
         self.progress: _ProgressLog | None = None
@@ -43,13 +44,17 @@ class RewriteSession:
 
         base_url = self.config.base_url
         if base_url == "local":
+            from soulray.offline.batches import BatchSettings
             from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
 
-            local = self.config.local_server
+            local, batch = self.config.local_server, self.config.batch
             self.server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=local.rpm, tpm=local.tpm),
                                                       latency_ms=tuple(local.latency_ms),
                                                       token_counting=local.token_counting, charge=local.charge,
-                                                      quantum_s=local.quantum_s))
+                                                      quantum_s=local.quantum_s,
+                                                      batch=BatchSettings(time_scale=batch.local_time_scale,
+                                                                          latency_s=batch.local_latency_s,
+                                                                          queue_tokens=batch.local_queue_tokens)))
             base_url = self.server.start()
             log.info("rewrite: using the embedded offline rewriter at %s (not a model: for demos and tests)", base_url)
         keys = [key_limits(key) for key in self.config.keys]
@@ -61,6 +66,8 @@ class RewriteSession:
         log.info("rewrite: %d cached responses for %s", len(index), self.namespace)
         self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
                               cache_index=ray.put(index))
+        self.base_url = base_url
+        self.batch_usage: dict[str, Any] | None = None
         self._remove_drain = add_drain(self.drain)
         return self
 
@@ -92,20 +99,52 @@ class RewriteSession:
             self.progress = _ProgressLog(self.broker, expected_rows)
             self.progress.start()
         config = self.config
+        if config.mode == "batch":
+            pipeline = self._answer_in_batches(pipeline)
         return pipeline.map_batches(
             Rewriter, fn_constructor_kwargs={"config": config, "run": self.run}, batch_size=config.batch_size,
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=config.actor_num_cpus,
         )
 
+    def _answer_in_batches(self, pipeline: ray.data.Dataset) -> ray.data.Dataset:
+        """rewrite.mode batch: answer every row's calls through the Batch API on the driver (journaled,
+        resumable), so the stage after finds them all in the cache; returns the rows, materialised."""
+        import dataclasses
+
+        import ray
+
+        from soulray.llm.batch import BatchDriver, batch_price
+        from soulray.llm.batch_journal import BatchJournal
+        from soulray.llm.batch_rewrite import rewrite_in_batches
+        from soulray.rewrite.cache import ResponseCache
+
+        pipeline = pipeline.materialize()  # walked twice: here for the calls, then by the stage
+        cache_uri = self.store.cache_uri()
+        cache = ResponseCache(cache_uri, self.namespace, s3=self.s3, index=ray.get(self.run.cache_index))
+        driver = BatchDriver(keys=self.config.keys, base_url=self.base_url, settings=self.config.batch,
+                             journal=BatchJournal(cache_uri, self.namespace, s3=self.s3), cache=cache,
+                             price=batch_price(self.config), budget_usd=self.config.budget_usd, hook=self.batch_hook)
+        units = (row for batch in pipeline.iter_batches(batch_size=4096, batch_format="pyarrow")
+                 for row in batch.select(["record_id", "question", "description", "answer", "reject_reason"]).to_pylist())
+        failures = rewrite_in_batches(units, config=self.config, namespace=self.namespace, cache=cache, driver=driver)
+        self.batch_usage = driver.usage()
+        index = build_index(cache_uri, self.namespace, s3=self.s3)
+        self.run = dataclasses.replace(self.run, cache_index=ray.put(index), batch_failures=ray.put(failures))
+        return pipeline
+
     def usage(self) -> dict[str, Any]:
         import ray
 
         snapshot = ray.get(self.broker.snapshot.remote())
+        if self.batch_usage is not None:  # batch mode: the calls were paid through batches, not the broker
+            snapshot = {**snapshot, "keys": self.batch_usage["keys"], "models": self.batch_usage["models"],
+                        "spent_usd": self.batch_usage["batches"]["spent_usd"]}
         tokens = {"prompt": int(sum(k["prompt_tokens"] for k in snapshot["keys"].values())),
                   "completion": int(sum(k["completion_tokens"] for k in snapshot["keys"].values()))}
-        return {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
-                "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
+        usage = {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
+                 "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
+        return {**usage, "batches": self.batch_usage["batches"]} if self.batch_usage is not None else usage
 
     def _compact_cache(self) -> None:
         try:

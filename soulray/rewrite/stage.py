@@ -45,6 +45,9 @@ class RewriteRun:
     base_url: str
     s3: S3Config
     cache_index: Any = None  # ObjectRef of the CacheIndex the driver built (None: the actor builds one)
+    # rewrite.mode batch: every answer is in the cache; an ObjectRef of {call_key: BatchFailure} for the
+    # calls that ended without one (soulray/llm/batch_rewrite.py). Nothing is called online then.
+    batch_failures: Any = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def check_failures(counts: dict[str, Any], *, max_share: float, paid_calls: int)
     failed for infrastructure reasons. `counts` are a manifest's: rows in, and rejects by stage."""
     by_stage = counts.get("by_stage", {})
     failed = {reason: count for reason, count in by_stage.get(STAGE, {}).items()
-              if reason in INFRASTRUCTURE_FAILURES or reason.startswith("http_5")}
+              if reason in INFRASTRUCTURE_FAILURES or reason.startswith(("http_5", "batch_"))}
     before = sum(sum(by_stage.get(stage, {}).values()) for stage in ("normalize", "filter_source", "dedup_source"))
     sent = counts["input_rows"] - before
     if not failed or sum(failed.values()) <= max_share * sent:
@@ -147,11 +150,12 @@ class LLMCaller:
 
         install_log_redaction()  # this worker's log lines, like the driver's
         self.config, self.run, self.namespace = config, run, namespace
-        self.decoding = {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
+        self.decoding = decoding_of(config)
         self.clients = {key.name: _client(key, run.base_url, config.timeout_s) for key in config.keys}
         self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
         index = ray.get(run.cache_index) if run.cache_index is not None else None
         self.cache = ResponseCache(run.cache_uri, namespace, s3=run.s3, index=index)
+        self.batch_failures = ray.get(run.batch_failures) if run.batch_failures is not None else None
         self.flushed_at = time.monotonic()
         self.flushing: asyncio.Future | None = None
         self.unflushed = 0  # paid answers put in the cache since the last flush began
@@ -240,6 +244,10 @@ class LLMCaller:
         if cached is not None:
             return Completion(cached["completion"], cached["finish_reason"], cached["prompt_tokens"],
                               cached["completion_tokens"], cached["cost_usd"], cached["api_key_name"], cached=True)
+        if self.batch_failures is not None:  # batch mode: what has no answer ended without one
+            failure = self.batch_failures.get(key)
+            return Failure(batch_reason(failure.code) if failure else "batch_unanswered",
+                           failure.detail if failure else "no answer in the cache after the batches")
         cut: Completion | None = None
         while True:
             floor = min(self.config.max_tokens, 2 * cut.max_tokens) if cut is not None else 0
@@ -396,6 +404,16 @@ def estimate_tokens(messages: list[dict[str, str]], source_chars: int, max_token
     """(prompt, completion) tokens expected before a call: a rewrite is about as long as its source
     answer plus the dialogue around it (2 tokens a source character + 200 of framing), at most max_tokens."""
     return count_message_tokens(messages), min(max_tokens, 2 * source_chars + 200)
+
+
+def decoding_of(config: RewriteConfig) -> dict[str, Any]:
+    """The decoding parameters every call sends (and its cache key holds), online or in a batch."""
+    return {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
+
+
+def batch_reason(code: str) -> str:
+    """A reject reason from a batch line's error code: `batch_<code>` (budget stops keep their online name)."""
+    return code if code == "budget_exhausted" or code.startswith("batch_") else f"batch_{code}"
 
 
 def cost_of(config: RewriteConfig, model: str, prompt_tokens: int, completion_tokens: int) -> float:
