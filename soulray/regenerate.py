@@ -168,7 +168,8 @@ def estimate(pipeline, config: RewriteConfig) -> dict[str, dict[str, float]]:
     """Tokens and cost the rewrite would take, per model, from the real prompts of every row."""
     totals: dict[str, dict[str, float]] = {}
     for row in pipeline.map_batches(estimate_batch, fn_kwargs={"config": config}, batch_format="pyarrow").take_all():
-        model = totals.setdefault(row["model"], {"rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        model = totals.setdefault(row["model"], {"rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+                                                 "batch_cost_usd": 0.0})
         for field in model:
             model[field] += row[field]
     return totals
@@ -181,7 +182,8 @@ def summary(result: RunResult | DryRun) -> str:
         for model, totals in result.estimate.items():
             lines.append(f"  {model}: {totals['rows']:.0f} rows, ~{totals['prompt_tokens']:.0f} prompt + "
                          f"~{totals['completion_tokens']:.0f} completion tokens, ~${totals['cost_usd']:.2f}")
-        lines.append(f"  total ~${sum(t['cost_usd'] for t in result.estimate.values()):.2f} "
+        lines.append(f"  total ~${sum(t['cost_usd'] for t in result.estimate.values()):.2f} online, "
+                     f"~${sum(t['batch_cost_usd'] for t in result.estimate.values()):.2f} with rewrite.mode batch "
                      "(estimates; re-asks of malformed completions come on top)")
         return "\n".join(lines)
     manifest, counts = result.manifest, result.manifest.counts

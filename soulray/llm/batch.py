@@ -390,3 +390,26 @@ def batch_price(config: RewriteConfig) -> Callable[[str, int, int], float]:
         return config.batch.price_factor * cost_of(config, model, prompt_tokens, completion_tokens)
 
     return price
+
+
+def inspect_batches(*, config: RewriteConfig, journal: BatchJournal, refresh: bool = False,
+                    cancel: bool = False) -> list[BatchEntry]:
+    """`soulray batches`: a dataset's batches from its journal; with `refresh` their status asked of the
+    provider, with `cancel` every live one cancelled (a later run collects what they answered, and sends
+    the rest again)."""
+    entries = journal.load()
+    live = [entry for entry in entries if entry.state == "submitted" and entry.status not in TERMINAL]
+    if not (refresh or cancel) or not live:
+        return entries
+    keys = {key.name: key for key in config.keys}
+    clients = {name: batch_client(keys[name], config.base_url) for name in {entry.key for entry in live}}
+    for entry in live:
+        client = clients[entry.key]
+        batch = client.batches.retrieve(entry.batch_id)
+        if cancel and batch.status in ("validating", "in_progress"):
+            batch = client.batches.cancel(entry.batch_id)
+            log.info("cancelled %s (%d requests)", entry.batch_id, len(entry.requests))
+        if batch.status != entry.status:
+            entry.status = batch.status
+            journal.save(entry)
+    return entries

@@ -424,8 +424,11 @@ def cost_of(config: RewriteConfig, model: str, prompt_tokens: int, completion_to
 
 
 def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
-    """Dry run: what rewriting these rows would cost, per model, without calling anything."""
-    template = load_template(config.prompt)
+    """Dry run: what rewriting these rows would cost, per model, without calling anything: online and
+    through the Batch API (rewrite.mode batch, at the batch price)."""
+    from soulray.llm.batch import batch_price
+
+    template, batch_cost = load_template(config.prompt), batch_price(config)
     totals: dict[str, list[float]] = {}
     for unit in batch.to_pylist():
         if unit["reject_reason"]:
@@ -433,17 +436,20 @@ def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
         model = route_model(unit["record_id"], config)
         messages = template.render(unit["question"], unit["description"], unit["answer"])
         prompt, completion = estimate_tokens(messages, source_chars(unit), config.max_tokens)
-        row = totals.setdefault(model, [0, 0, 0, 0.0])
+        row = totals.setdefault(model, [0, 0, 0, 0.0, 0.0])
         row[0] += 1
         row[1] += prompt
         row[2] += completion
         row[3] += cost_of(config, model, prompt, completion)
+        row[4] += batch_cost(model, prompt, completion)
     return pa.table({"model": list(totals), "rows": [int(v[0]) for v in totals.values()],
                      "prompt_tokens": [int(v[1]) for v in totals.values()],
                      "completion_tokens": [int(v[2]) for v in totals.values()],
-                     "cost_usd": [float(v[3]) for v in totals.values()]},
+                     "cost_usd": [float(v[3]) for v in totals.values()],
+                     "batch_cost_usd": [float(v[4]) for v in totals.values()]},
                     schema=pa.schema([("model", pa.string()), ("rows", pa.int64()), ("prompt_tokens", pa.int64()),
-                                      ("completion_tokens", pa.int64()), ("cost_usd", pa.float64())]))
+                                      ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
+                                      ("batch_cost_usd", pa.float64())]))
 
 
 def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:

@@ -1,0 +1,94 @@
+"""rewrite.mode batch inside the regenerate job, on a real local Ray, against the local server over HTTP:
+every row accounted, half the online price, a rerun pays nothing and sends no batch, a dry run shows both
+prices, `soulray batches` lists and cancels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from soulray.cli import main
+from soulray.offline.batches import BatchSettings
+from soulray.regenerate import DryRun, run, summary
+from soulray.rewrite.server import Faults
+from soulray.store import open_version
+from tests.accounting import assert_accounted
+from tests.llm.test_batch import (
+    FAST,
+    Killed,
+    assert_paid_once,
+    rewrite_config,
+    run_driver,
+    server_stats,
+    units,
+)
+from tests.rewrite.test_stage import job, key
+
+BATCH = ("rewrite.mode=batch", "rewrite.batch.poll_s=0.02", "rewrite.batch.poll_max_s=0.1",
+         "rewrite.batch.max_requests_per_file=10")
+KEYS = [key("SOULRAY_TEST_KEY_A"), key("SOULRAY_TEST_KEY_B")]
+
+
+def test_batch_mode_costs_half_and_accounts_every_row(ray_local, llm, tmp_path):
+    server, url = llm(batch=BatchSettings(time_scale=FAST))
+    result = run(job(tmp_path / "batch", url, KEYS, *BATCH, limit=40))
+    version = open_version(result.version_uri)
+    assert_accounted(version)
+    usage = result.manifest.usage
+    paid = sum(stats["ok"] for stats in usage["keys"].values())
+    answered = sum(server_stats(server, env)["lines_answered"] for env in ("SOULRAY_TEST_KEY_A", "SOULRAY_TEST_KEY_B"))
+    assert paid == answered >= 40 and usage["batches"]["done"] == usage["batches"]["entries"] >= 4
+    assert all(stats["ok"] > 0 for stats in usage["keys"].values())  # both keys took batches
+    assert sum(server.stats_summary().get(label, {}).get("requests", 0) for label in server.stats_summary()) == 0
+    assert sum(version.to_table()["cost_usd"].to_pylist()) <= result.manifest.cost_usd + 1e-9
+
+    online = run(job(tmp_path / "online", url, KEYS, limit=40))
+    assert online.manifest.counts["output_rows"] == result.manifest.counts["output_rows"]
+    assert result.manifest.cost_usd == pytest.approx(0.5 * online.manifest.cost_usd, rel=0.02)
+
+    again = run(job(tmp_path / "batch", url, KEYS, *BATCH, limit=40))  # a rerun: every answer is cached
+    assert sum(stats["ok"] for stats in again.manifest.usage["keys"].values()) == 0
+    assert again.manifest.counts == result.manifest.counts
+    assert server_stats(server)["created"] + server_stats(server, "SOULRAY_TEST_KEY_B")["created"] == \
+        usage["batches"]["entries"]
+
+
+def test_failed_lines_are_rejects_with_the_providers_code(ray_local, llm, tmp_path):
+    server, url = llm(batch=BatchSettings(time_scale=FAST), faults=Faults(error_5xx=0.15), seed=1)
+    result = run(job(tmp_path, url, KEYS[:1], *BATCH, "rewrite.batch.max_retries=0", "rewrite.max_failure_share=1",
+                     limit=30))
+    assert_accounted(open_version(result.version_uri))
+    reasons = result.manifest.counts["by_stage"].get("rewrite", {})
+    assert reasons and set(reasons) == {"batch_server_error"}
+
+
+def test_dry_run_shows_online_and_batch_cost(ray_local, tmp_path):
+    estimate = run(job(tmp_path, "http://127.0.0.1:9/v1", KEYS, "rewrite.dry_run=true", limit=20))
+    assert isinstance(estimate, DryRun)
+    totals = next(iter(estimate.estimate.values()))
+    assert totals["batch_cost_usd"] == pytest.approx(0.5 * totals["cost_usd"])
+    assert "with rewrite.mode batch" in summary(estimate)
+
+
+def test_soulray_batches_lists_and_cancels(llm, tmp_path, capsys):
+    # a slow provider: the batch is still running when the driver dies, so there is one to cancel
+    server, url = llm(batch=BatchSettings(time_scale=FAST / 100))
+    config = rewrite_config(url, max_requests_per_file=5)
+
+    def die_after_the_second(at: str, entry) -> None:
+        if at == "created" and len(server.batches.batches) == 2:
+            raise Killed(at)
+
+    with pytest.raises(Killed):
+        run_driver(tmp_path / "smilechat-demo", config, units(10), hook=die_after_the_second)  # the demo's dataset
+    args = ["batches", "--set", f"storage.root={tmp_path}", "--set", f"rewrite.base_url={url}",
+            "--set", f"rewrite.keys={json.dumps([KEYS[0]])}"]
+    assert main([*args, "--cancel"]) == 0
+    listed = capsys.readouterr().out
+    assert "2 batches of smilechat-demo" in listed and listed.count("cancelling") == 2, listed
+    assert {server.batches._status(batch) for batch in server.batches.batches.values()} <= {"cancelling", "cancelled"}
+    server.batches.settings.time_scale = FAST
+    failures, _ = run_driver(tmp_path / "smilechat-demo", config, units(10))  # the next run collects, sends the rest
+    assert failures == {}
+    assert_paid_once(server)
