@@ -187,10 +187,12 @@ class BatchDriver:
         for call in calls:
             by_model[call.model].append(call)
         for model, group in by_model.items():
+            # the keys share the work: no file takes more than its key's share of what waits
+            share = -(-len(group) // max(1, len(self._keys_for(model))))
             while group:
                 key, room = self._roomiest(model)
                 money = None if self.budget_usd is None else self.budget_usd - self.spent_usd - self.reserved_usd
-                taken, content = take_file(group, max_requests=self.settings.max_requests_per_file,
+                taken, content = take_file(group, max_requests=min(share, self.settings.max_requests_per_file),
                                            max_bytes=self.settings.max_bytes_per_file, max_tokens=room,
                                            max_usd=money)
                 if not taken:

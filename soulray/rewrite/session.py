@@ -127,8 +127,10 @@ class RewriteSession:
                              price=batch_price(self.config), budget_usd=self.config.budget_usd, hook=self.batch_hook)
         units = (row for batch in pipeline.iter_batches(batch_size=4096, batch_format="pyarrow")
                  for row in batch.select(["record_id", "question", "description", "answer", "reject_reason"]).to_pylist())
+        started = time.monotonic()
         failures = rewrite_in_batches(units, config=self.config, namespace=self.namespace, cache=cache, driver=driver)
         self.batch_usage = driver.usage()
+        self.batch_usage["batches"]["wall_s"] = time.monotonic() - started
         index = build_index(cache_uri, self.namespace, s3=self.s3)
         self.run = dataclasses.replace(self.run, cache_index=ray.put(index), batch_failures=ray.put(failures))
         return pipeline
