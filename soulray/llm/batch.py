@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from soulray.config import ApiKey, BatchModeConfig, RewriteConfig
+from soulray.errors import ConfigError
 from soulray.llm.batch_journal import ANSWERED, REQUEUED, BatchEntry, BatchJournal
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 QUEUE_FULL = "token_limit_exceeded"  # OpenAI's code for a batch over the enqueued-token limit
-# a line that failed this way will fail the same way again: no retry
-FINAL_STATUS = (400, 401, 403, 404, 422)
 
 
 @dataclass(frozen=True)
@@ -116,9 +115,9 @@ class BatchDriver:
         self.failures: dict[str, list[str]] = defaultdict(list)  # call_key → error codes, oldest first
         self.final: dict[str, BatchFailure] = {}  # calls that will not be sent again
         self.shrink: dict[tuple[str, str], float] = {}  # (key, model) → share of the limit the provider took
-        self.spent_usd = 0.0
+        self.spent_usd = 0.0  # settled this run (the manifest's cost; the budget, as online, is per run)
         self.poll_s = settings.poll_s
-        self.stats = {name: Counter() for name in self.keys}
+        self.stats: dict[str, Counter] = defaultdict(Counter, {name: Counter() for name in self.keys})
         self.models: dict[str, Counter] = defaultdict(Counter)
         for entry in journal.load():
             self._adopt(entry)
@@ -156,10 +155,12 @@ class BatchDriver:
             self.journal.delete(entry)
             return
         self.entries[entry.entry_id] = entry
-        if entry.state == "done":
+        if entry.state == "done":  # paid by the run that downloaded it: not this run's spend
             self._count_results(entry)
-            self.spent_usd += entry.cost_usd
             return
+        if entry.key not in self.clients:
+            raise ConfigError(f"batch {entry.batch_id or entry.file_id} (journal entry {entry.entry_id}) was sent with "
+                              f"key {entry.key!r}, which rewrite.keys no longer names: add it back until its batches end")
         for call_key in entry.requests.values():
             self.flying[call_key] = entry.entry_id
         if entry.state == "uploaded":  # the batch may exist: only the provider knows
@@ -314,6 +315,9 @@ class BatchDriver:
         self.journal.save(entry)
         self.spent_usd += cost
         self._count_results(entry)
+        outcome = Counter(result for result in results.values())
+        log.info("batch %s %s: %s; $%.4f, %d batches still running", entry.batch_id, batch.status,
+                 ", ".join(f"{n} {result}" for result, n in outcome.most_common()), cost, self.live)
         self._fire("downloaded", entry)
         return answers
 
@@ -357,6 +361,7 @@ class BatchDriver:
                             "spent_usd": self.spent_usd}}
 
 
+# a line that failed this way (or with any 4xx status) will fail the same way again: no retry
 _FINAL_CODES = ("invalid_request_error", "invalid_api_key", "model_not_found", "context_length_exceeded")
 
 

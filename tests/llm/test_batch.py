@@ -228,9 +228,15 @@ def test_resume_after_a_kill_at_each_phase(llm, tmp_path, phase):
 
     with pytest.raises(Killed):
         run_driver(tmp_path, config, rows, hook=kill_at_second)
+    resumed_at = time.time()
     failures, driver = run_driver(tmp_path, config, rows)
     assert failures == {}
     assert_paid_once(server)
+    # the rerun's spend is what it downloaded, not what the killed driver had already collected
+    journal = BatchJournal(str(tmp_path / "cache"), NAMESPACE, s3=S3Config()).load()
+    collected = [entry.cost_usd for entry in journal if entry.updated_at >= resumed_at]
+    assert driver.spent_usd == pytest.approx(sum(collected))
+    assert phase != "downloaded" or len(collected) < len(journal)
     # no batch was created twice from one file, and every batch the server made is in the journal
     created = Counter(batch.input_file_id for batch in server.batches.batches.values())
     assert max(created.values()) == 1
@@ -297,3 +303,18 @@ def test_rate_limits_of_online_calls_do_not_apply_to_batches(llm, tmp_path):
                       batch=BatchSettings(time_scale=FAST))
     failures, _ = run_driver(tmp_path, rewrite_config(url), units(10))
     assert failures == {}
+
+
+def test_take_file_stops_at_each_limit():
+    from soulray.llm.batch import BatchCall, record_of, request_line, take_file
+
+    calls = [BatchCall(call_key=f"k{i}", custom_id=f"{'ab' * 16}-{i % 3}", model="m",
+                       body={"model": "m", "messages": [{"role": "user", "content": "你好" * 50}]},
+                       prompt_tokens=100, reserved_usd=0.01) for i in range(10)]
+    size = len(request_line(calls[0]))
+    assert len(take_file(calls, max_requests=4, max_bytes=10**9, max_tokens=10**9, max_usd=None)[0]) == 4
+    taken, content = take_file(calls, max_requests=100, max_bytes=3 * size + 1, max_tokens=10**9, max_usd=None)
+    assert len(taken) == 3 and len(content) == 3 * size
+    assert len(take_file(calls, max_requests=100, max_bytes=10**9, max_tokens=550, max_usd=None)[0]) == 5
+    assert len(take_file(calls, max_requests=100, max_bytes=10**9, max_tokens=10**9, max_usd=0.025)[0]) == 2
+    assert record_of(calls[4].custom_id) == "ab" * 16

@@ -92,3 +92,33 @@ def test_soulray_batches_lists_and_cancels(llm, tmp_path, capsys):
     failures, _ = run_driver(tmp_path / "smilechat-demo", config, units(10))  # the next run collects, sends the rest
     assert failures == {}
     assert_paid_once(server)
+
+
+@pytest.mark.slow
+def test_sigkilled_batch_job_resumes_and_pays_no_request_twice(ray_local, llm, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.rewrite.test_resume import ROOT, command
+
+    server, url = llm(batch=BatchSettings(time_scale=FAST / 20))  # a batch takes ~1.7 s
+    args = [*command(tmp_path, url), *[part for setting in BATCH for part in ("--set", setting)],
+            "--set", "rewrite.batch.max_requests_per_file=50"]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    job = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(server.batches.batches) < 2 and job.poll() is None:
+        assert time.monotonic() < deadline, "the job sent no batch"
+        time.sleep(0.02)
+    assert job.poll() is None, job.stderr.read().decode()[-2000:]
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-3000:]
+    assert_accounted(open_version("latest", root=str(tmp_path), dataset="smilechat-demo"))
+    assert_paid_once(server)
+    created = [batch.input_file_id for batch in server.batches.batches.values()]
+    assert len(created) == len(set(created))  # no file made into two batches
