@@ -73,7 +73,7 @@ def test_dry_run_shows_online_and_batch_cost(ray_local, tmp_path):
 
 def test_soulray_batches_lists_and_cancels(llm, tmp_path, capsys):
     # a slow provider: the batch is still running when the driver dies, so there is one to cancel
-    server, url = llm(batch=BatchSettings(time_scale=FAST / 100))
+    server, url = llm(batch=BatchSettings(time_scale=FAST / 1000))  # a batch takes 83 s
     config = rewrite_config(url, max_requests_per_file=5)
 
     def die_after_the_second(at: str, entry) -> None:
