@@ -29,9 +29,8 @@ class RewriteSession:
     the API machinery (the evaluation's endpoint models and judge) names its own."""
 
     def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config,
-                 namespace: str | None = None, batch_hook: Any = None) -> None:
+                 namespace: str | None = None) -> None:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
-        self.batch_hook = batch_hook  # batch mode: called at each phase of each batch (tests stop the driver there)
         self.server = None
         self.broker = None
         self.progress: _ProgressLog | None = None
@@ -124,7 +123,7 @@ class RewriteSession:
         cache = ResponseCache(cache_uri, self.namespace, s3=self.s3, index=ray.get(self.run.cache_index))
         driver = BatchDriver(keys=self.config.keys, base_url=self.base_url, settings=self.config.batch,
                              journal=BatchJournal(cache_uri, self.namespace, s3=self.s3), cache=cache,
-                             price=batch_price(self.config), budget_usd=self.config.budget_usd, hook=self.batch_hook)
+                             price=batch_price(self.config), budget_usd=self.config.budget_usd)
         units = (row for batch in pipeline.iter_batches(batch_size=4096, batch_format="pyarrow")
                  for row in batch.select(["record_id", "question", "description", "answer", "reject_reason"]).to_pylist())
         started = time.monotonic()
