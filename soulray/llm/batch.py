@@ -391,9 +391,8 @@ def batch_price(config: RewriteConfig) -> Callable[[str, int, int], float]:
     from soulray.rewrite.stage import cost_of
 
     def price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        own = config.batch.prices.get(model)
-        if own is not None:
-            return prompt_tokens / 1000 * own.prompt_per_1k + completion_tokens / 1000 * own.completion_per_1k
+        if model in config.batch.prices:
+            return cost_of(config, model, prompt_tokens, completion_tokens, prices=config.batch.prices)
         return config.batch.price_factor * cost_of(config, model, prompt_tokens, completion_tokens)
 
     return price

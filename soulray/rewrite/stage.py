@@ -416,8 +416,10 @@ def batch_reason(code: str) -> str:
     return code if code == "budget_exhausted" or code.startswith("batch_") else f"batch_{code}"
 
 
-def cost_of(config: RewriteConfig, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    price = config.prices.get(model)
+def cost_of(config: RewriteConfig, model: str, prompt_tokens: int, completion_tokens: int,
+            prices: dict[str, Any] | None = None) -> float:
+    """USD of a completion at `prices` (default: the online prices, rewrite.prices); 0 for an unpriced model."""
+    price = (config.prices if prices is None else prices).get(model)
     if price is None:
         return 0.0
     return prompt_tokens / 1000 * price.prompt_per_1k + completion_tokens / 1000 * price.completion_per_1k

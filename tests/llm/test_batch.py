@@ -318,3 +318,11 @@ def test_take_file_stops_at_each_limit():
     assert len(take_file(calls, max_requests=100, max_bytes=10**9, max_tokens=550, max_usd=None)[0]) == 5
     assert len(take_file(calls, max_requests=100, max_bytes=10**9, max_tokens=10**9, max_usd=0.025)[0]) == 2
     assert record_of(calls[4].custom_id) == "ab" * 16
+
+
+def test_batch_price_per_model_or_by_factor():
+    config = RewriteConfig(batch=BatchModeConfig(prices={"gpt-4": {"prompt_per_1k": 0.01, "completion_per_1k": 0.02}}))
+    price = batch_price(config)
+    assert price("gpt-4", 1000, 1000) == pytest.approx(0.03)
+    online = config.prices["gpt-3.5-turbo"]
+    assert price("gpt-3.5-turbo", 1000, 1000) == pytest.approx(0.5 * (online.prompt_per_1k + online.completion_per_1k))
