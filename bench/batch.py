@@ -34,11 +34,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soulray.config import RewriteConfig  # noqa: E402
+from soulray.llm.pricing import cost_of  # noqa: E402
 from soulray.offline.batches import BatchSettings  # noqa: E402
+from soulray.offline.server import Faults, LocalLLMServer, ServerConfig, SimulatedKey  # noqa: E402
 from soulray.rewrite.prompts import load_template  # noqa: E402
-from soulray.rewrite.server import Faults, LocalLLMServer, ServerConfig, SimulatedKey  # noqa: E402
-from soulray.rewrite.stage import cost_of  # noqa: E402
+from soulray.rewrite.settings import RewriteConfig  # noqa: E402
 from soulray.sources.synthetic import write_synthetic  # noqa: E402
 from soulray.store import VersionStore  # noqa: E402
 
@@ -125,7 +125,7 @@ def figures(server: LocalLLMServer, root: Path, *, wall: float, killed_after_s: 
     counts = manifest.counts
     entries = [row for path in Path(store.cache_uri(), NAMESPACE).glob("*.parquet") for row in pq.read_table(path).to_pylist()]
     config = RewriteConfig()
-    online = sum(cost_of(config, e["model"], e["prompt_tokens"], e["completion_tokens"]) for e in entries)
+    online = sum(cost_of(config.prices, e["model"], e["prompt_tokens"], e["completion_tokens"]) for e in entries)
     paid = sum(e["cost_usd"] for e in entries)
     stats = server.batches.summary()
     batches = list(server.batches.batches.values())
@@ -139,14 +139,14 @@ def figures(server: LocalLLMServer, root: Path, *, wall: float, killed_after_s: 
             refused[code] = refused.get(code, 0) + count
     return {
         "wall_s": wall, "killed_after_s": killed_after_s,
-        "input_rows": counts["input_rows"], "output_rows": counts["output_rows"], "rejected_rows": counts["rejected_rows"],
-        "accounted": counts["input_rows"] == counts["output_rows"] + counts["rejected_rows"],
-        "rejects": counts["by_stage"],
+        "input_rows": counts.input_rows, "output_rows": counts.output_rows, "rejected_rows": counts.rejected_rows,
+        "accounted": counts.input_rows == counts.output_rows + counts.rejected_rows,
+        "rejects": counts.by_stage,
         "calls_paid": sum(key["lines_answered"] for key in stats.values()),
         "calls_paid_twice": sum(1 for n in server.batches.paid.values() if n > 1),
         "answers_cached": len({e["call_key"] for e in entries}),
         "lines_failed": dict(sum((Counter(key["lines_failed"]) for key in stats.values()), Counter())),
-        "batch_phase_s": manifest.usage["batches"].get("wall_s"),
+        "batch_phase_s": manifest.usage.batches.wall_s,
         "batches": len(batches), "statuses": statuses, "refused_submissions": refused,
         "batches_per_input_file_max": max(
             (sum(b.input_file_id == f for b in batches) for f in {b.input_file_id for b in batches}), default=0),

@@ -391,8 +391,8 @@ def _pipeline_quality(changes: dict, dialogues: list[str], variants: list[str], 
     row at a million rows: the sample's exact-Jaccard distribution of pairs with different first turns
     under the bands' S-curve (a million dialogues have a million times as many such pairs per row), plus
     those of one row's question siblings (their number does not grow with the corpus)."""
-    from soulray.config import DedupConfig
     from soulray.dedup.minhash import word_shingles
+    from soulray.dedup.settings import DedupConfig
     from soulray.dedup.stage import dedup_texts
 
     config = DedupConfig(**changes)
@@ -447,9 +447,9 @@ def bench_scale(workdir: Path, sizes: list[int], *, object_store_mb: int = OBJEC
 def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
     import ray
 
-    from soulray.config import DedupConfig, RayConfig
+    from soulray.dedup.settings import DedupConfig
     from soulray.dedup.stage import dedup_dataset
-    from soulray.runtime import init_ray
+    from soulray.runtime import RayConfig, init_ray
 
     init_ray(RayConfig(num_cpus=4, object_store_mb=object_store_mb))
     sampler = _MemorySampler()
@@ -474,8 +474,8 @@ def bench_settings_cost(workdir: Path, rows: int) -> dict:
     the new default settings (and the new at 128 permutations) on the scale run's synthetic units. Ray's scheduling and shuffles are left
     out: on a shared 2-core machine their wall time varies 4x between identical runs, so they hide
     what the settings change."""
-    from soulray.config import DedupConfig
     from soulray.dedup import stage
+    from soulray.dedup.settings import DedupConfig
 
     table = pq.read_table(_synthetic_units(rows, workdir))
     out = {}
@@ -516,9 +516,9 @@ def _synthetic_units(rows: int, workdir: Path, planted_share: float = 0.05) -> P
     near-duplicate answers land under other questions, so few whole units are near-duplicates;
     `planted_share` of rows are therefore replaced by a recent unit with its answer perturbed the
     generator's way (Jaccard of the unit ~0.9)."""
-    from soulray.config import SourceSpec
     from soulray.schema import REJECT_MARK, record_id
     from soulray.sources import normalise_fragment, plan_fragments
+    from soulray.sources.settings import SourceSpec
     from soulray.sources.synthetic import _perturb, write_synthetic
 
     folder = workdir / f"units-{rows}"

@@ -66,8 +66,9 @@ def plain_generate(model_folder: str, samples: list[dict[str, Any]], *, max_new_
     size (prompts sorted by length, as the job sorts them)."""
     import torch
 
-    from soulray.config import DecodingConfig, S3Config
     from soulray.evaluate.generate import _left_padded, load_checkpoint, prompt_format, prompt_ids
+    from soulray.evaluate.settings import DecodingConfig
+    from soulray.fs import S3Config
 
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -105,8 +106,9 @@ def eos_diagnosis(model_folder: str, samples: list[dict[str, Any]], *, trained: 
     import torch
     from transformers import TopPLogitsWarper
 
-    from soulray.config import DecodingConfig, S3Config
     from soulray.evaluate.generate import load_checkpoint, prompt_format, prompt_ids
+    from soulray.evaluate.settings import DecodingConfig
+    from soulray.fs import S3Config
 
     model, tokenizer = load_checkpoint(model_folder, s3=S3Config(), device="cpu", dtype="auto")
     decoding, eos = DecodingConfig(), tokenizer.eos_token_id

@@ -40,28 +40,29 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soulray.clean import raw_dialogues, working_dialogues  # noqa: E402
-from soulray.config import (  # noqa: E402
-    AdviceListSpec,
-    AiDisclosureSpec,
-    BlocklistSpec,
-    CjkRatioSpec,
-    CrisisSpec,
-    DialogueFormatSpec,
-    FiltersConfig,
-    LengthRatioSpec,
-    PiiSpec,
-    RepetitionSpec,
-    SourceSpec,
-    TurnLengthSpec,
-)
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain  # noqa: E402
-from soulray.filters.dialogue import ENGLISH_SENTENCE, ROLE_LABEL  # noqa: E402
-from soulray.filters.ethics import CrisisRule  # noqa: E402
-from soulray.filters.pii import CANDIDATE, PiiDetector  # noqa: E402
+from soulray.filters.dialogue import (  # noqa: E402
+    ENGLISH_SENTENCE,
+    ROLE_LABEL,
+    DialogueFormatSpec,  # noqa: E402
+)
+from soulray.filters.ethics import (  # noqa: E402
+    BlocklistSpec,
+    CrisisRule,  # noqa: E402
+    CrisisSpec,
+)
+from soulray.filters.pii import (  # noqa: E402
+    CANDIDATE,
+    PiiDetector,
+    PiiSpec,  # noqa: E402
+)
+from soulray.filters.quality import CjkRatioSpec, LengthRatioSpec, RepetitionSpec, TurnLengthSpec  # noqa: E402
+from soulray.filters.registry import FiltersConfig  # noqa: E402
 from soulray.filters.source import replace_whole_words  # noqa: E402
-from soulray.filters.template import ADVICE_CUE, LIST_INTRO, LIST_ITEM  # noqa: E402
+from soulray.filters.template import ADVICE_CUE, LIST_INTRO, LIST_ITEM, AdviceListSpec, AiDisclosureSpec  # noqa: E402  # noqa: E402
 from soulray.repair import TurnLimits, repair_messages  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
+from soulray.sources.settings import SourceSpec  # noqa: E402
 from soulray.store.shards import profile  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "smilechat-sample"
@@ -115,7 +116,7 @@ class Baseline:
             return reason
         turns, _ = repair_messages(turns, limits=self.limits)
         return (self._format(turns) or self._length_cap(turns) or self._ethics(turns) or self._template(turns)
-                or self._lengths(turns) or self._repetition(turns) or self._cjk(turns))
+                or self._lengths(turns) or self._repetition(turns) or self._cjk(turns) or self._duplicate(turns))
 
     def _forum_words(self, text: str) -> str:
         for rule in self.forum_rules:
@@ -214,6 +215,15 @@ class Baseline:
         words = len(self.word.findall(text))
         ratio = len(self.han.findall(text)) / words if words else 1.0
         return "low_cjk_ratio" if ratio < self.specs["cjk_ratio"].min_ratio else None
+
+    def _duplicate(self, turns: list[dict[str, str]]) -> str | None:
+        spec, seen = self.specs["duplicate_turns"], set()
+        for turn in turns:
+            key = (turn["role"], turn["content"].strip())
+            if key in seen and len(key[1]) >= spec.min_chars and turn["role"] in spec.roles:
+                return "duplicate_turn"
+            seen.add(key)
+        return None
 
 
 def bench_throughput(rows: int, repeats: int) -> dict:

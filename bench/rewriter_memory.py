@@ -27,8 +27,7 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soulray.config import RegenerateConfig, load_config  # noqa: E402
-from soulray.rewrite.session import RewriteSession  # noqa: E402
-from soulray.rewrite.stage import Rewriter  # noqa: E402
+from soulray.rewrite.stage import Rewriter, RewriteSession  # noqa: E402
 from soulray.store import VersionStore  # noqa: E402
 
 

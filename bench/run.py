@@ -28,13 +28,14 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soulray.config import (
+from soulray.fs import (  # noqa: E402
     S3Config,  # noqa: E402
-    SourceSpec,  # noqa: E402
+    boto3_client,
+    resolve,
 )
-from soulray.fs import boto3_client, resolve  # noqa: E402
 from soulray.schema import UNIT  # noqa: E402
 from soulray.sources import normalise_fragment, plan_fragments  # noqa: E402
+from soulray.sources.settings import SourceSpec  # noqa: E402
 from soulray.sources.synthetic import write_synthetic  # noqa: E402
 from soulray.store import ShardTarget, VersionStore, build_manifest  # noqa: E402
 from soulray.store.shards import write_batch  # noqa: E402
@@ -95,7 +96,7 @@ def bench_store_write(units: pa.Table, root: str, s3: S3Config, rows_per_shard: 
             "baseline_mb_per_s": megabytes / bare_t, "ratio": bare_t / soulray_t}
 
 
-# How a real provider's limiter differs from soulray's own view (soulray/rewrite/server.py, ServerConfig;
+# How a real provider's limiter differs from soulray's own view (soulray/offline/server.py, ServerConfig;
 # DESIGN.md, "How real providers behave"): one run of the regenerate job per mode.
 QUOTA_MODES = {
     "same counter": {},
@@ -116,8 +117,8 @@ def bench_rewrite_quota(workdir: Path, rows: int, modes: list[str] | None = None
     share of its binding limit (requests or tokens a minute, whichever its calls came closer to), and
     the share of requests answered 429."""
     from soulray.config import RegenerateConfig, load_config
+    from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey
     from soulray.regenerate import run
-    from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
 
     results = {}
     for mode in modes or list(QUOTA_MODES):
@@ -163,15 +164,15 @@ def quota_figures(server, limits: dict, manifest, wall: float) -> dict:
         served += len(calls)
         refused += key_refused
     counts = manifest.counts
-    usage = manifest.usage.get("keys", {})
+    usage = (manifest.usage.keys if manifest.usage else {})
     return {"wall_s": wall, "steady_window_s": end - start, "per_key": per_key,
             "utilisation_min": min(key["utilisation"] for key in per_key.values()),
             "rate_limited_share": refused / max(1, served + refused),
             "rate_limited_share_whole_run": sum(len(s.refused_at) for s in logs.values())
             / max(1, sum(len(s.log) + len(s.refused_at) for s in logs.values())),
-            "rewrite_failed_rows": sum(counts["by_stage"].get("rewrite", {}).values()),
-            "parse_rejects": sum(counts["by_stage"].get("parse", {}).values()),
-            "output_rows": counts["output_rows"], "cut_by_length": sum(k.get("cut_by_length", 0) for k in usage.values())}
+            "rewrite_failed_rows": sum(counts.by_stage.get("rewrite", {}).values()),
+            "parse_rejects": sum(counts.by_stage.get("parse", {}).values()),
+            "output_rows": counts.output_rows, "cut_by_length": sum(getattr(k, "cut_by_length", 0) for k in usage.values())}
 
 
 def bench_rewrite_overhead(workdir: Path, rows: int, repeats: int) -> dict:
@@ -183,9 +184,10 @@ def bench_rewrite_overhead(workdir: Path, rows: int, repeats: int) -> dict:
 
     import openai
 
-    from soulray.config import RegenerateConfig, SourceSpec, load_config
+    from soulray.config import RegenerateConfig, load_config
     from soulray.regenerate import run
     from soulray.rewrite.prompts import load_template
+    from soulray.sources.settings import SourceSpec
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "soulray", "serve-llm", "--port", str(port), "--rpm", "10000000",

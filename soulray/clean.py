@@ -1,70 +1,56 @@
 """The clean job, top to bottom: an existing multi-turn corpus → dialogue filters → a published version.
 
 For corpora people already hold (the released SoulChatCorpus, SMILECHAT, their own), cleaned without
-paying for a rewrite. Stages: read (Parquet in the SoulChatCorpus layout `id, topic, messages`, or JSON
-converted by the importers) → the dialogue filter chain → MinHash dedup → shards, a run report and a
-manifest through the same store code as the regenerate job. Every input dialogue ends as a published
-row or a reject row.
+paying for a rewrite. Read by `DialogueSource` (Parquet in the SoulChatCorpus layout `id, topic,
+messages` through soulray/sources/reader.py, or JSON converted by the importers; roles mapped, each row
+named by `schema.dialogue_record_id`), then the stages of `pipeline`: the dialogue filter chain and
+MinHash dedup, run and published by soulray/pipeline.py like the regenerate job. Every input dialogue
+ends as a published row or a reject row.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.config import (
-    CleanConfig,
-    CleanInput,
-    S3Config,
-    check_named_secrets,
-    config_hash,
-    secret_env_names,
-)
+from soulray.config import CleanConfig
 from soulray.errors import SourceError
-from soulray.filters import DIALOGUE_STAGE, apply_chain, build_chain
-from soulray.fs import resolve
-from soulray.redaction import redact_tree
-from soulray.regenerate import RunResult, dedup_stage
-from soulray.runtime import init_ray, refuse_secrets_in_runtime_env
+from soulray.fs import S3Config
+from soulray.pipeline import Context, JobSettings, Lineage, Pipeline, RunResult
+from soulray.pipeline import run as run_pipeline
 from soulray.schema import (
+    DEDUP_DIALOGUE,
     DIALOGUE,
+    FILTER_DIALOGUE,
     MESSAGE,
+    NORMALIZE,
     ROLE_ASSISTANT,
+    ROLE_NAMES,
     ROLE_USER,
     WORKING_DIALOGUE,
-    canonical_text,
+    dialogue_record_id,
     first_user_turn,
     question_group,
 )
 from soulray.sources.importers import dialogue_items
-from soulray.sources.reader import is_text_type, list_parquet_files, read_metadata, read_row_group
-from soulray.store import (
-    InputFile,
-    ShardTarget,
-    VersionStore,
-    build_manifest,
-    new_version_id,
-    open_version,
-    publish,
-    write_shards,
-)
+from soulray.sources.reader import Fragment, is_text_type, plan_files, read_fragments, read_row_group
+from soulray.sources.settings import CleanInput
+from soulray.stages import DedupStage, FilterStage
+from soulray.store import InputFile
 
 if TYPE_CHECKING:
     import ray.data
 
-STAGE = "normalize"
+STAGE = NORMALIZE
 BLOCK_ROWS = 5_000  # rows per pipeline block: a filter batch of a few ms, many blocks per core
-# The role vocabularies of the corpora the importers know (SMILECHAT: client/counselor).
-ROLE_NAMES = {"user": ROLE_USER, "client": ROLE_USER, "assistant": ROLE_ASSISTANT, "counselor": ROLE_ASSISTANT}
 # The input as read: `id` and `question_id` as text (integer ids in decimal), null where absent. A row
 # that cannot be used (bytes that are not UTF-8, a value that is not text, a malformed JSON item)
 # carries its reject reason from here on.
@@ -73,83 +59,55 @@ RAW_DIALOGUE = pa.schema([("id", pa.string()), ("question_id", pa.string()), ("t
                           ("reject_reason", pa.string()), ("reject_detail", pa.string())])
 
 
-@dataclass(frozen=True)
-class Piece:
-    """One row group of one Parquet input: the unit of parallel reading."""
-
-    uri: str
-    row_group: int
-    first_row: int
-
-
-@dataclass(frozen=True)
-class InputPlan:
-    pieces: list[Piece]  # Parquet input: read on the workers
-    table: pa.Table | None  # JSON input: converted on the driver (RAW_DIALOGUE)
-    inputs: list[InputFile]
-
-    @property
-    def rows(self) -> int:
-        return sum(item.rows for item in self.inputs)
+def pipeline(config: CleanConfig) -> Pipeline:
+    """The clean job's stages, each given only its own settings."""
+    stages = [FilterStage(config.filters.dialogue, name=FILTER_DIALOGUE, kind="dialogue"),
+              DedupStage(config.dedup, name=DEDUP_DIALOGUE, against=config.dedup_against)]
+    return Pipeline(job="clean", source=DialogueSource(config.input), stages=stages, data_schema=DIALOGUE)
 
 
 def run(config: CleanConfig) -> RunResult:
-    check_named_secrets(config)  # before Ray or any pipeline starts: fails in a second, naming the key
-    started = time.perf_counter()
-    run_id = uuid.uuid4().hex[:12]
-    store = VersionStore(config.storage.root, config.dataset, s3=config.s3)
-    version = config.storage.version or new_version_id(run_id)
-    store.require_new(version)
-
-    plan = plan_input(config.input, s3=config.s3)
-    input_rows = plan.rows if config.limit is None else min(plan.rows, config.limit)
-    timings = {"plan_s": time.perf_counter() - started}
-
-    init_ray(config.ray)
-    refuse_secrets_in_runtime_env(secret_env_names(config))
-    pipeline = _read(plan, config.s3)
-    if config.limit is not None:
-        pipeline = pipeline.limit(config.limit)
-    pipeline = apply_chain(pipeline, build_chain(config.filters.dialogue, stage=DIALOGUE_STAGE, kind="dialogue"))
-    stages: dict[str, Any] = {}
-    if config.dedup.enabled:
-        against = open_version(config.dedup_against, s3=config.s3) if config.dedup_against else None
-        pipeline = dedup_stage(pipeline, config.dedup, "dedup_dialogue", stages, timings, against=against)
-
-    target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=DIALOGUE, s3=config.s3,
-                         max_shard_bytes=config.storage.max_shard_mb * 1024 * 1024)
-    phase = time.perf_counter()
-    shard_facts = write_shards(pipeline, target, rows_per_shard=config.storage.rows_per_shard)
-    timings["pipeline_s"] = time.perf_counter() - phase
-
-    manifest = build_manifest(
-        store=store, version=version, run_id=run_id, job="clean",
-        config=redact_tree(config.model_dump(mode="json")), config_hash=config_hash(config), inputs=plan.inputs,
-        input_rows=input_rows, data_schema=DIALOGUE, shard_facts=shard_facts,
-        timings_s={**timings, "total_s": time.perf_counter() - started},
-    )
-    manifest = publish(store, manifest.model_copy(update={"stages": stages}))
-    return RunResult(manifest=manifest, version_uri=store.version_uri(version))
+    return run_pipeline(pipeline(config), settings=JobSettings.of(config))
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def plan_input(spec: CleanInput, *, s3: S3Config | None = None) -> InputPlan:
-    """Check the input and decide how it is read. Raises SourceError naming the file."""
-    fmt = spec.format if spec.format != "auto" else detect_format(spec.path)
-    if fmt != "parquet":
-        return _plan_json(spec.path, fmt)
-    pieces, inputs = [], []
-    for file in list_parquet_files(resolve(spec.path, s3)):
-        metadata, size, fingerprint = read_metadata(file)
-        _check_columns(file.uri, metadata.schema.to_arrow_schema())
-        first_row = 0
-        for row_group in range(metadata.num_row_groups):
-            pieces.append(Piece(file.uri, row_group, first_row))
-            first_row += metadata.row_group(row_group).num_rows
-        inputs.append(InputFile(uri=file.uri, bytes=size, rows=metadata.num_rows, fingerprint=fingerprint))
-    if sum(item.rows for item in inputs) == 0:
-        raise SourceError(f"{spec.path}: the input holds no dialogues (0 rows)")
-    return InputPlan(pieces=pieces, table=None, inputs=inputs)
+@dataclass
+class DialogueSource:
+    """A multi-turn corpus: Parquet in the SoulChatCorpus layout (read on the workers, a row group per
+    task, by soulray/sources/reader.py), or JSON the importers read (converted on the driver)."""
+
+    spec: CleanInput
+    fragments: list[Fragment] = field(default_factory=list)
+    table: pa.Table | None = None  # JSON input, as RAW_DIALOGUE rows
+
+    def plan(self, s3: S3Config) -> Lineage:
+        """Check the input and decide how it is read. Raises SourceError naming the file."""
+        fmt = self.spec.format if self.spec.format != "auto" else detect_format(self.spec.path)
+        if fmt != "parquet":
+            self.table, lineage = _plan_json(self.spec.path, fmt)
+            return lineage
+        plan = plan_files(self.spec.path, check=_check_columns, s3=s3)
+        if plan.rows == 0:
+            raise SourceError(f"{self.spec.path}: the input holds no dialogues (0 rows)")
+        self.fragments = plan.fragments
+        return Lineage(inputs=[InputFile(**item) for item in plan.inputs], rows=plan.rows)
+
+    def read(self, context: Context) -> ray.data.Dataset:
+        import ray.data
+
+        if self.table is None:
+            return read_fragments(self.fragments, convert=partial(read_fragment, s3=context.s3),
+                                  block_rows=BLOCK_ROWS, wrap=context.clock.wrap)
+        slices = [self.table.slice(start, BLOCK_ROWS) for start in range(0, self.table.num_rows, BLOCK_ROWS)]
+        fn, kwargs = context.clock.wrap(working_dialogues, stage=STAGE, kwargs={})
+        return ray.data.from_arrow(slices).map_batches(fn, fn_kwargs=kwargs, batch_size=None, batch_format="pyarrow")
+
+
+def read_fragment(fragment: Fragment, *, s3: S3Config | None = None) -> pa.Table:
+    """One row group as WORKING_DIALOGUE rows; a row whose values cannot be read as text is marked with
+    its reject reason, never a crash of the whole file."""
+    table = read_row_group(fragment.uri, fragment.row_group, s3=s3)
+    return working_dialogues(raw_dialogues(table, source_file=fragment.uri, first_row=fragment.first_row))
 
 
 def detect_format(path: str) -> str:
@@ -176,7 +134,7 @@ def detect_format(path: str) -> str:
     raise SourceError(f"{path}: neither Parquet nor a JSON list; give input.format explicitly")
 
 
-def _plan_json(path: str, fmt: str) -> InputPlan:
+def _plan_json(path: str, fmt: str) -> tuple[pa.Table, Lineage]:
     if not Path(path).exists():
         raise SourceError(f"{path}: path does not exist")
     items = list(dialogue_items(fmt, path))
@@ -194,7 +152,7 @@ def _plan_json(path: str, fmt: str) -> InputPlan:
         digest.update(file.name.encode() + b"\0" + file.read_bytes())
     lineage = InputFile(uri=str(Path(path).resolve()), bytes=sum(file.stat().st_size for file in files),
                         rows=table.num_rows, fingerprint=digest.hexdigest())
-    return InputPlan(pieces=[], table=table, inputs=[lineage])
+    return table, Lineage(inputs=[lineage], rows=table.num_rows)
 
 
 def _check_columns(uri: str, schema: pa.Schema) -> None:
@@ -208,34 +166,6 @@ def _check_columns(uri: str, schema: pa.Schema) -> None:
             or not is_text_type(item.field("content").type):
         raise SourceError(f"{uri}: column 'messages' has type {dtype}, expected list<struct<role, content>> "
                           "with text role and content")
-
-
-def _read(plan: InputPlan, s3: S3Config) -> ray.data.Dataset:
-    import ray.data
-
-    if plan.table is not None:
-        slices = [plan.table.slice(start, BLOCK_ROWS) for start in range(0, plan.table.num_rows, BLOCK_ROWS)]
-        raw = ray.data.from_arrow(slices)
-    else:
-        items = [{"uri": piece.uri, "row_group": piece.row_group, "first_row": piece.first_row}
-                 for piece in plan.pieces]
-        raw = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _read_pieces, fn_kwargs={"s3": s3}, batch_size=1, batch_format="pyarrow")
-    return raw.map_batches(working_dialogues, batch_size=None, batch_format="pyarrow")
-
-
-def _read_pieces(batch: pa.Table, *, s3: S3Config):
-    for item in batch.to_pylist():
-        table = read_piece(Piece(**item), s3=s3)
-        for start in range(0, table.num_rows, BLOCK_ROWS):
-            yield table.slice(start, BLOCK_ROWS)
-
-
-def read_piece(piece: Piece, *, s3: S3Config | None = None) -> pa.Table:
-    """One row group as RAW_DIALOGUE rows (id and topic as text, where they came from); a row whose
-    values cannot be read as text is marked with its reject reason, never a crash of the whole file."""
-    table = read_row_group(piece.uri, piece.row_group, s3=s3)
-    return raw_dialogues(table, source_file=piece.uri, first_row=piece.first_row)
 
 
 def raw_dialogues(table: pa.Table, *, source_file: str, first_row: int = 0) -> pa.Table:
@@ -390,13 +320,6 @@ _UNREADABLE = ("invalid_utf8", "non_text_value", "malformed_item", "empty_dialog
 
 def _place_record_id(source_file: str, source_row: int) -> str:
     return hashlib.sha256(f"unreadable\x1f{source_file}\x1f{source_row}".encode()).hexdigest()[:32]
-
-
-def dialogue_record_id(messages: list[dict[str, str]] | None) -> str:
-    """A stable content hash of a dialogue (32 hex chars of SHA-256 over its canonical turns), so reruns
-    and dedup agree on what a row is, as `schema.record_id` does for rewrite units."""
-    payload = "\x1e".join(f"{turn['role']}\x1f{canonical_text(turn['content'])}" for turn in messages or [])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
 def _map_roles(messages: pa.ListArray) -> pa.ListArray:

@@ -16,8 +16,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from soulray.config import CleanConfig, RegenerateConfig, S3Config, load_config
+from soulray.config import CleanConfig, RegenerateConfig, load_config
 from soulray.errors import Interrupted, SoulrayError
+from soulray.fs import S3Config
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -69,15 +70,19 @@ def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default=None)
 
 
-def clean_main(args: argparse.Namespace) -> int:
-    from soulray.clean import run
-    from soulray.regenerate import summary
-
+def clean_config(args: argparse.Namespace) -> CleanConfig:
     flags = [f"input.path={args.input}", f"storage.root={args.output}"]
     flags += [f"input.format={args.format}"] if args.format else []
     flags += [f"dataset={args.dataset}"] if args.dataset else []
-    config = load_config(CleanConfig, args.config, flags + args.overrides)
-    print(summary(run(config)))
+    return load_config(CleanConfig, args.config, flags + args.overrides)
+
+
+def clean_main(args: argparse.Namespace) -> int:
+    from soulray.clean import run
+    from soulray.report import text
+
+    result = run(clean_config(args))
+    print(text(result.manifest, version_uri=result.version_uri))
     return 0
 
 
@@ -125,23 +130,15 @@ def _open(args: argparse.Namespace):
 
 
 def inspect_main(args: argparse.Namespace) -> int:
+    from soulray.report import text
+
     version = _open(args)
     checked = version.verify() if args.verify else 0
     manifest = version.manifest
     if args.json:
         print(manifest.to_json().decode())
         return 0
-    counts = manifest.counts
-    print(f"{manifest.dataset} {manifest.version}  (job {manifest.job}, {manifest.created_at})")
-    print(f"  parent {manifest.parent_version}  code {manifest.code_version}  config {manifest.config_hash[:12]}")
-    print(f"  rows   {counts['input_rows']} in = {counts['output_rows']} out + {counts['rejected_rows']} rejected")
-    for stage, reasons in counts.get("by_stage", {}).items():
-        print(f"  reject {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
-    print(f"  shards {len(manifest.data)} data ({sum(s.bytes for s in manifest.data)} bytes), "
-          f"{len(manifest.rejects)} rejects")
-    print("  topics " + ", ".join(f"{topic or '(none)'} {count}" for topic, count in manifest.topics.items()))
-    for item in manifest.inputs:
-        print(f"  input  {item.uri} ({item.rows} rows, {item.bytes} bytes)")
+    print(text(manifest))
     if args.verify:
         print(f"  checksums verified: all {checked} files the manifest lists (data, rejects, report)")
     return 0
@@ -185,7 +182,7 @@ def synth_main(args: argparse.Namespace) -> int:
 def serve_llm_main(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from soulray.rewrite.server import Faults, LocalLLMServer, ServerConfig, SimulatedKey
+    from soulray.offline.server import Faults, LocalLLMServer, ServerConfig, SimulatedKey
 
     faults = Faults(error_5xx=args.fault_5xx, timeout=args.fault_timeout, malformed=args.fault_malformed,
                     truncated=args.fault_truncated, refusal=args.fault_refusal)

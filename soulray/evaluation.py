@@ -21,12 +21,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soulray.config import EvalModel, EvaluateConfig, S3Config, check_named_secrets, config_hash
+from soulray.config import EvaluateConfig, check_named_secrets, config_hash
 from soulray.errors import SoulrayError
 from soulray.evaluate.judge import DIMENSIONS, agreement, mean_with_interval
 from soulray.evaluate.metrics import score
 from soulray.evaluate.report import markdown, plot
 from soulray.evaluate.samples import HeldOut, hash_split, listed_split, next_turn_samples
+from soulray.evaluate.settings import EvalModel
+from soulray.fs import S3Config
 from soulray.runtime import init_ray
 from soulray.schema import EVAL_RESPONSE, JUDGE_SCORE
 from soulray.store import VersionStore, open_version
@@ -244,13 +246,13 @@ def _from_endpoint(model: EvalModel, samples: pa.Table, *, config: EvaluateConfi
     import ray.data
 
     from soulray.evaluate.llm import EndpointGenerator, api_config, next_turn_namespace
-    from soulray.rewrite.session import RewriteSession
+    from soulray.llm.session import LLMSession
 
     decoding, api = config.decoding, config.api
     rewrite = api_config(api, model=model.endpoint_model, temperature=decoding.temperature, top_p=decoding.top_p,
                          max_tokens=decoding.max_new_tokens)
     namespace = next_turn_namespace(decoding.seed)
-    with RewriteSession(rewrite, run_id=run_id, store=store, s3=config.s3, namespace=namespace) as session:
+    with LLMSession(rewrite, run_id=run_id, store=store, s3=config.s3, namespace=namespace) as session:
         output = _blocks(samples.select(["sample_id", "history", "reference"]), api.batch_size).map_batches(
             EndpointGenerator, batch_size=api.batch_size, batch_format="pyarrow",
             fn_constructor_kwargs={"config": rewrite, "run": session.run, "namespace": namespace,
@@ -267,7 +269,7 @@ def rate(samples: pa.Table, responses: pa.Table, *, config: EvaluateConfig, stor
     import ray.data
 
     from soulray.evaluate.llm import Judge, api_config
-    from soulray.rewrite.session import RewriteSession
+    from soulray.llm.session import LLMSession
 
     judge, api = config.judge, config.api
     chosen = samples.slice(0, judge.samples) if judge.samples else samples
@@ -276,7 +278,7 @@ def rate(samples: pa.Table, responses: pa.Table, *, config: EvaluateConfig, stor
               "response": row["response"]} for row in responses.to_pylist()
              if row["sample_id"] in history and row["error"] is None]
     rewrite = api_config(api, model=judge.model, temperature=judge.temperature, top_p=None, max_tokens=judge.max_tokens)
-    with RewriteSession(rewrite, run_id=run_id, store=store, s3=config.s3,
+    with LLMSession(rewrite, run_id=run_id, store=store, s3=config.s3,
                         namespace=load_rubric_version(judge.rubric)) as session:
         output = _blocks(pa.Table.from_pylist(items), api.batch_size).map_batches(
             Judge, batch_size=api.batch_size, batch_format="pyarrow",

@@ -110,7 +110,7 @@ def prepare_run(config: FinetuneConfig, paths: RunPaths) -> Prepared:
     manifest = version.manifest
     where = version.store.version_uri(manifest.version)
     source = {"dataset": manifest.dataset, "version": manifest.version, "version_uri": where,
-              "output_rows": manifest.counts.get("output_rows")}
+              "output_rows": manifest.counts.output_rows}
     return prepare(config, dialogues=dialogues_of(version.to_table(), where=where), prepared_uri=paths.prepared,
                    source=source)
 

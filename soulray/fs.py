@@ -14,9 +14,22 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+from pydantic import Field
 
-from soulray.config import S3Config
 from soulray.errors import SoulrayError
+from soulray.settings import EnvVarName, StrictModel
+
+
+class S3Config(StrictModel):
+    """How to reach S3 or an S3-compatible endpoint. Credentials come from the standard AWS chain
+    (instance role, ~/.aws, AWS_* env vars) unless the names of other env vars are given here."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 for MinIO/moto")
+    region: str | None = None
+    access_key_id_env: EnvVarName | None = None
+    secret_access_key_env: EnvVarName | None = None
+    session_token_env: EnvVarName | None = None
+    profile: str | None = Field(None, description="a profile of the shared AWS credentials file")
 
 
 @dataclass(frozen=True)

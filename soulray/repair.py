@@ -27,7 +27,7 @@ MERGE_SEPARATOR = "\n"  # as the parser joins a turn's continuation lines
 
 @dataclass(frozen=True)
 class TurnLimits:
-    """Characters a turn may hold; the defaults are TurnLengthSpec's (soulray/config.py)."""
+    """Characters a turn may hold; the defaults are TurnLengthSpec's (soulray/filters/quality.py)."""
 
     max_user_chars: int = 500
     max_first_user_chars: int = 1800

@@ -10,13 +10,66 @@ charts label topics T1…Tn and the Markdown table gives their names.
 from __future__ import annotations
 
 import io
-from typing import Any
 
-from soulray.store.manifest import Manifest
+from soulray.schema import STAGE_ORDER
+from soulray.store.manifest import Manifest, StageReport, Usage
 
-# Where each stage runs in the regenerate/clean jobs, so the flow chart reads left to right.
-STAGE_ORDER = ["normalize", "filter_source", "dedup_source", "rewrite", "parse", "filter_dialogue", "dedup_dialogue"]
 TOP_TOPICS = 12
+
+
+def text(manifest: Manifest, *, version_uri: str | None = None) -> str:
+    """A version in a few lines: the end of a run (`summary`), `soulray inspect`, and the top of the run
+    report all print this."""
+    counts = manifest.counts
+    lines = [f"published {manifest.dataset} version {manifest.version}  (job {manifest.job}, run "
+             f"{manifest.run_id}, {manifest.created_at})",
+             f"  lineage parent {manifest.parent_version}, {manifest.code_version}, config {manifest.config_hash[:12]}"]
+    lines += [f"  at      {version_uri}"] if version_uri else []
+    lines.append(f"  rows    {counts.input_rows} in = {counts.output_rows} out + {counts.rejected_rows} rejected")
+    for stage, reasons in counts.by_stage.items():
+        lines += [f"  reject  {stage}/{reason}: {count}" for reason, count in reasons.items()]
+    top = ", ".join(f"{topic or '(none)'} {count}" for topic, count in list(manifest.topics.items())[:6])
+    lines.append(f"  topics  {top}")
+    lines += _usage_lines(manifest.usage) if manifest.usage else []
+    lines += [_stage_line(report) for report in manifest.stages.values()]
+    if manifest.changes:
+        changes = manifest.changes
+        lines.append(f"  changes {changes.added} added, {changes.removed} removed, {changes.kept} kept "
+                     f"since {changes.parent}")
+    for report in (shard for shard in manifest.report if shard.path.endswith("/report.md")):
+        lines.append(f"  report  {version_uri + '/' if version_uri else ''}{report.path}")
+    lines.append(f"  shards  {len(manifest.data)} data ({sum(s.bytes for s in manifest.data)} bytes), "
+                 f"{len(manifest.rejects)} rejects; " + ", ".join(f"{phase.removesuffix('_s')} {seconds:.1f}s"
+                                                                  for phase, seconds in manifest.timings_s.items()))
+    lines += [f"  input   {item.uri} ({item.rows} rows, {item.bytes} bytes)" for item in manifest.inputs]
+    return "\n".join(lines)
+
+
+def _usage_lines(usage: Usage) -> list[str]:
+    lines = []
+    for kind, named in (("key", usage.keys), ("model", usage.models)):
+        for name, stats in named.items():
+            lines.append(f"  {kind:<7} {name}: {stats.requests:.0f} calls ({stats.ok:.0f} ok, {stats.rate_limited:.0f} "
+                         f"rate-limited, {stats.errors:.0f} errors), {stats.prompt_tokens:.0f}+"
+                         f"{stats.completion_tokens:.0f} tokens, ${stats.cost_usd:.4f}")
+    if usage.batches is not None:
+        batches = usage.batches
+        lines.append(f"  batches {batches.entries} ({batches.done} collected; "
+                     + ", ".join(f"{status} {n}" for status, n in batches.statuses.items())
+                     + f"), {batches.requeued} requests sent again, {batches.failed_lines} failed lines"
+                     + (f", {batches.wall_s:.1f}s" if batches.wall_s is not None else ""))
+    budget = f" of a ${usage.budget_usd:.2f} budget" if usage.budget_usd else ""
+    return lines + [f"  spend   ${usage.cost_usd:.4f} this run{budget}; tokens {usage.tokens}"]
+
+
+def _stage_line(report: StageReport) -> str:
+    phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in report.seconds.items())
+    if report.dedup is None:
+        return f"  stage   {report.name}: {phases} ({report.batches} batches)"
+    facts = report.dedup
+    marked = ", ".join(f"{reason} {count}" for reason, count in facts.marked.items()) or "none"
+    return (f"  dedup   {report.name}: {facts.clusters} clusters, {facts.rows_marked} rows marked ({marked}); "
+            f"{phases}")
 
 
 def render(manifest: Manifest) -> dict[str, bytes]:
@@ -34,9 +87,9 @@ def render(manifest: Manifest) -> dict[str, bytes]:
 
 def stage_flow(manifest: Manifest) -> list[tuple[str, int]]:
     """Rows still in the pipeline after each stage that dropped some, in pipeline order."""
-    by_stage = manifest.counts.get("by_stage", {})
+    by_stage = manifest.counts.by_stage
     stages = [s for s in STAGE_ORDER if s in by_stage] + sorted(set(by_stage) - set(STAGE_ORDER))
-    remaining, flow = manifest.counts.get("input_rows", 0), [("input", manifest.counts.get("input_rows", 0))]
+    remaining, flow = manifest.counts.input_rows, [("input", manifest.counts.input_rows)]
     for stage in stages:
         remaining -= sum(by_stage[stage].values())
         flow.append((stage, remaining))
@@ -44,21 +97,14 @@ def stage_flow(manifest: Manifest) -> list[tuple[str, int]]:
 
 
 def markdown(manifest: Manifest, *, charts: list[str]) -> str:
-    counts = manifest.counts
-    lines = [f"# {manifest.dataset} {manifest.version}", "",
-             f"Job `{manifest.job}`, run `{manifest.run_id}`, {manifest.created_at}; parent "
-             f"`{manifest.parent_version or '—'}`; {manifest.code_version}; config `{manifest.config_hash[:12]}`.", "",
-             f"**{counts.get('input_rows', 0)} rows in = {counts.get('output_rows', 0)} published + "
-             f"{counts.get('rejected_rows', 0)} rejected.**", ""]
-    if manifest.changes:
-        changes = manifest.changes
-        lines += ["## Changes against the parent version", "",
-                  f"{changes['added']} rows added, {changes['removed']} removed, {changes['kept']} kept "
-                  f"(rows are identified by content: a changed row is one removed and one added).", ""]
+    lines = [f"# {manifest.dataset} {manifest.version}", "", "```", text(manifest), "```", "",
+             "Rows are identified by content: a changed row counts as one removed and one added. A stage's "
+             "`busy` time is the time inside its batch function summed over every task and actor (stages "
+             "stream at once, so they have no wall time of their own).", ""]
     lines += ["## Rows through each stage", "", "| after | rows |", "|---|---|"]
     lines += [f"| {stage} | {rows} |" for stage, rows in stage_flow(manifest)]
     lines += ["", "| stage | reason | rows |", "|---|---|---|"]
-    for stage, reasons in counts.get("by_stage", {}).items():
+    for stage, reasons in manifest.counts.by_stage.items():
         lines += [f"| {stage} | {reason} | {count} |" for reason, count in reasons.items()]
     lines += ["", "## Topics before and after", "", "| label | topic | rows in | published |", "|---|---|---|---|"]
     for label, topic, before, after in _topic_rows(manifest):
@@ -69,8 +115,6 @@ def markdown(manifest: Manifest, *, charts: list[str]) -> str:
         lines += ["", "## Utterances per dialogue", "", "| utterances | dialogues |", "|---|---|"]
         lines += [f"| {n} | {c} |" for n, c in sorted(utterances.items(), key=lambda item: int(item[0]))]
     lines += _usage_tables(manifest.usage)
-    lines += ["", "## Time", "", "| phase | seconds |", "|---|---|"]
-    lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in manifest.timings_s.items()]
     if charts:
         lines += ["", "## Charts", ""] + [f"![{name}]({name})" for name in charts]
     return "\n".join(lines) + "\n"
@@ -84,11 +128,11 @@ def _repairs_and_markers(manifest: Manifest) -> list[str]:
     if flags:
         lines += ["", "## Repairs, normalisations and review flags (published rows)", "",
                   "| flag | rows | share of published |", "|---|---|---|"]
-        published = max(manifest.counts.get("output_rows", 0), 1)
+        published = max(manifest.counts.output_rows, 1)
         lines += [f"| {name} | {count} | {count / published:.1%} |" for name, count in sorted(flags.items())]
     markers_in, markers_out = manifest.profile.get("markers_in", {}), manifest.profile.get("markers_out", {})
     if markers_in:
-        rows_in, rows_out = max(manifest.counts.get("input_rows", 0), 1), max(manifest.counts.get("output_rows", 0), 1)
+        rows_in, rows_out = max(manifest.counts.input_rows, 1), max(manifest.counts.output_rows, 1)
         lines += ["", "## Template and forum markers in counselor turns", "",
                   "| marker | rows in | share in | published rows | share published |", "|---|---|---|---|---|"]
         for name in sorted(markers_in):
@@ -97,19 +141,17 @@ def _repairs_and_markers(manifest: Manifest) -> list[str]:
     return lines
 
 
-def _usage_tables(usage: dict[str, Any]) -> list[str]:
-    if not usage:
+def _usage_tables(usage: Usage | None) -> list[str]:
+    if usage is None:
         return []
     lines = ["", "## Tokens and cost this run", "",
              "| by | name | calls | ok | 429s | errors | prompt tokens | completion tokens | cost (USD) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for kind in ("keys", "models"):
-        for name, stats in usage.get(kind, {}).items():
-            lines.append(f"| {kind[:-1]} | {name} | {stats['requests']:.0f} | {stats['ok']:.0f} | "
-                         f"{stats['rate_limited']:.0f} | {stats['errors']:.0f} | {stats['prompt_tokens']:.0f} | "
-                         f"{stats['completion_tokens']:.0f} | {stats['cost_usd']:.4f} |")
-    budget = usage.get("budget_usd")
-    lines += ["", f"Spent ${usage.get('cost_usd', 0.0):.4f}" + (f" of a ${budget:.2f} budget." if budget else ".")]
+    for kind, named in (("key", usage.keys), ("model", usage.models)):
+        for name, stats in named.items():
+            lines.append(f"| {kind} | {name} | {stats.requests:.0f} | {stats.ok:.0f} | {stats.rate_limited:.0f} | "
+                         f"{stats.errors:.0f} | {stats.prompt_tokens:.0f} | {stats.completion_tokens:.0f} | "
+                         f"{stats.cost_usd:.4f} |")
     return lines
 
 
@@ -151,7 +193,7 @@ def _flow_chart(manifest: Manifest) -> bytes | None:
 
 
 def _rejects_chart(manifest: Manifest) -> bytes | None:
-    reasons = [(f"{stage}/{reason}", count) for stage, found in manifest.counts.get("by_stage", {}).items()
+    reasons = [(f"{stage}/{reason}", count) for stage, found in manifest.counts.by_stage.items()
                for reason, count in found.items()]
     if not reasons:
         return None
@@ -193,7 +235,7 @@ def _utterances_chart(manifest: Manifest) -> bytes | None:
 
 def _usage_chart(manifest: Manifest) -> bytes | None:
     usage = manifest.usage
-    groups = [(kind, usage.get(kind, {})) for kind in ("models", "keys") if usage.get(kind)]
+    groups = [(kind, named) for kind, named in (("models", usage.models), ("keys", usage.keys)) if named] if usage else []
     if not groups:
         return None
     plt, figure, axes_grid = _figure(width=9.0, height=3.2 * len(groups))
@@ -201,13 +243,13 @@ def _usage_chart(manifest: Manifest) -> bytes | None:
     for row, (kind, stats) in enumerate(groups):
         names = list(stats)
         tokens = figure.add_subplot(len(groups), 2, 2 * row + 1)
-        tokens.bar(names, [stats[n]["prompt_tokens"] for n in names], label="prompt")
-        tokens.bar(names, [stats[n]["completion_tokens"] for n in names],
-                   bottom=[stats[n]["prompt_tokens"] for n in names], label="completion")
+        tokens.bar(names, [stats[n].prompt_tokens for n in names], label="prompt")
+        tokens.bar(names, [stats[n].completion_tokens for n in names],
+                   bottom=[stats[n].prompt_tokens for n in names], label="completion")
         tokens.set_title(f"tokens per {kind[:-1]}")
         tokens.legend()
         cost = figure.add_subplot(len(groups), 2, 2 * row + 2)
-        cost.bar(names, [stats[n]["cost_usd"] for n in names], color="#8172b2")
+        cost.bar(names, [stats[n].cost_usd for n in names], color="#8172b2")
         cost.set_title(f"cost (USD) per {kind[:-1]}")
     return _png(plt, figure)
 

@@ -9,11 +9,20 @@ import sys
 import threading
 from collections.abc import Callable
 
-from soulray.config import RayConfig
+from pydantic import Field
+
 from soulray.errors import Interrupted
+from soulray.settings import StrictModel
 
 NAMESPACE = "soulray"
 log = logging.getLogger(__name__)
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="None: start a local Ray; 'auto' or ray://… to join")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray (default: max(4, cores))")
+    object_store_mb: int | None = Field(None, ge=100, description="object store of a local Ray (default: Ray's, 30% "
+                                                                  "of memory); what does not fit spills to disk")
 
 
 def init_ray(config: RayConfig) -> None:

@@ -103,6 +103,8 @@ REJECT = pa.schema(
 
 ROLE_USER = "user"
 ROLE_ASSISTANT = "assistant"
+# The role vocabularies of the corpora soulray reads (SMILECHAT: client/counselor), mapped to ours.
+ROLE_NAMES = {"user": ROLE_USER, "client": ROLE_USER, "assistant": ROLE_ASSISTANT, "counselor": ROLE_ASSISTANT}
 
 
 def canonical_text(text: str | None) -> str:
@@ -119,6 +121,14 @@ def record_id(question: str | None, description: str | None, answer: str | None)
     the same id, and the cache and dedup agree on what a row is.
     """
     payload = "\x1f".join(canonical_text(part) for part in (question, description, answer))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def dialogue_record_id(messages: list[dict[str, str]] | None) -> str:
+    """A stable content hash of a whole dialogue (32 hex chars of SHA-256 over its canonical turns), the
+    record_id of a dialogue that did not come from a rewrite unit (a corpus cleaned or imported), so
+    reruns and dedup agree on what a row is."""
+    payload = "\x1e".join(f"{turn['role']}\x1f{canonical_text(turn['content'])}" for turn in messages or [])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -145,6 +155,12 @@ def first_user_turn(messages: list[dict[str, str]] | None) -> str | None:
 def empty_table(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
 
+
+# The stages, in the order rows meet them; each name is the `reject_stage` of the rows it drops, and
+# report.py draws the flow in this order.
+NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE = "normalize", "filter_source", "dedup_source"
+REWRITE, PARSE, FILTER_DIALOGUE, DEDUP_DIALOGUE = "rewrite", "parse", "filter_dialogue", "dedup_dialogue"
+STAGE_ORDER = (NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE, REWRITE, PARSE, FILTER_DIALOGUE, DEDUP_DIALOGUE)
 
 # Rows flow through the pipeline in one table: the unit columns plus a reject mark. A stage that drops
 # a row fills the mark instead of removing it, and the writer splits marked rows into the reject

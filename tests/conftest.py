@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from soulray.config import RayConfig, S3Config
+from soulray.fs import S3Config
+from soulray.runtime import RayConfig
 
 # Test S3 credentials, set before Ray starts so its workers inherit them the way cluster nodes get
 # theirs from node setup. The secret is planted: tests grep outputs and logs for it.
@@ -105,7 +106,7 @@ def s3_bucket(s3_config, request) -> str:
 @pytest.fixture
 def llm():
     """Start local OpenAI-compatible servers (real HTTP on loopback); stopped after the test."""
-    from soulray.rewrite.server import LocalLLMServer, ServerConfig
+    from soulray.offline.server import LocalLLMServer, ServerConfig
 
     servers = []
 

@@ -23,8 +23,8 @@ def assert_readable_by_consumers(version: Version, *, cache: Path, data_schema: 
     folder = version.uris("data")[0].rsplit("/data/", 1)[0]
     counts = version.manifest.counts
     first = {}
-    for kind, schema, rows in (("data", data_schema, counts["output_rows"]),
-                               ("rejects", REJECT, counts["rejected_rows"])):
+    for kind, schema, rows in (("data", data_schema, counts.output_rows),
+                               ("rejects", REJECT, counts.rejected_rows)):
         files = f"{folder}/{kind}/*.parquet"
         loaded = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(cache / kind))
         assert loaded.num_rows == rows > 0 and loaded.column_names == schema.names

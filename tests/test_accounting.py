@@ -43,6 +43,6 @@ def test_an_unknown_stage_fails(tmp_path):
 
 def test_per_stage_counts_that_disagree_with_the_reject_table_fail(tmp_path):
     version = publish(tmp_path, working_rows(12, rejected_every=4))
-    counts = {**version.manifest.counts, "by_stage": {"normalize": {"empty_answer": 2}, "rewrite": {"x": 1}}}
+    counts = version.manifest.counts.model_copy(update={"by_stage": {"normalize": {"empty_answer": 2}, "rewrite": {"x": 1}}})
     with pytest.raises(AssertionError):
         assert_accounted(Version(version.store, version.manifest.model_copy(update={"counts": counts})))

@@ -10,12 +10,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.clean import detect_format, dialogue_record_id, raw_dialogues, run, working_dialogues
+from soulray.clean import detect_format, raw_dialogues, run, working_dialogues
 from soulray.cli import main
 from soulray.config import CleanConfig, load_config
 from soulray.errors import SourceError
 from soulray.evaluate.samples import hash_split, next_turn_samples
-from soulray.schema import SCORES, question_group
+from soulray.schema import SCORES, dialogue_record_id, question_group
 from soulray.store import open_version
 from soulray.store.export import export_jsonl
 from soulray.train.split import split_by_question
@@ -32,11 +32,11 @@ def test_cleans_the_smilechat_demo_dialogues(ray_local, tmp_path):
                                              "storage.rows_per_shard=100"])
     result = run(config)
     counts = result.manifest.counts
-    assert counts["input_rows"] == 300 == counts["output_rows"] + counts["rejected_rows"]
-    assert list(counts["by_stage"]) == ["filter_dialogue"]
+    assert counts.input_rows == 300 == counts.output_rows + counts.rejected_rows
+    assert list(counts.by_stage) == ["filter_dialogue"]
     # 2-utterance Q&As are no dialogues; the 46 that end with the client's thanks are repaired
-    assert set(counts["by_stage"]["filter_dialogue"]) >= {"turn_count"}
-    assert "not_ending_with_counselor" not in counts["by_stage"]["filter_dialogue"]
+    assert set(counts.by_stage["filter_dialogue"]) >= {"turn_count"}
+    assert "not_ending_with_counselor" not in counts.by_stage["filter_dialogue"]
     assert result.manifest.profile["flags"]["repair:trailing_client"] == 46
     assert result.manifest.profile["markers_in"]["xie_yao"] == 5 and result.manifest.profile["markers_out"]["xie_yao"] == 0
     version_dir = tmp_path / "cleaned" / "versions" / result.manifest.version
@@ -62,7 +62,7 @@ def test_cleans_importer_json_and_maps_roles(ray_local, tmp_path):
     path = tmp_path / "SoulChatCorpus.json"
     path.write_text(json.dumps(corpus, ensure_ascii=False), encoding="utf-8")
     result = run(load_config(CleanConfig, None, [f"input.path={path}", f"storage.root={tmp_path / 'out'}"]))
-    assert result.manifest.counts["by_stage"] == {"filter_dialogue": {"turn_count": 1},
+    assert result.manifest.counts.by_stage == {"filter_dialogue": {"turn_count": 1},
                                                   "normalize": {"empty_dialogue": 1}}
     assert result.manifest.inputs[0].uri == str(path) and result.manifest.inputs[0].rows == 4
     version = open_version("latest", root=str(tmp_path / "out"), dataset="cleaned")
@@ -83,7 +83,7 @@ def test_cleans_importer_json_and_maps_roles(ray_local, tmp_path):
     result = run(load_config(CleanConfig, None, [f"input.path={smile}", f"storage.root={tmp_path / 'out2'}",
                                                  "dedup.enabled=false"]))
     # the second opens with the counselor and ends with the client: both repaired, 6 utterances kept
-    assert result.manifest.counts["output_rows"] == 2 and result.manifest.counts["by_stage"] == {}
+    assert result.manifest.counts.output_rows == 2 and result.manifest.counts.by_stage == {}
     assert result.manifest.profile["flags"] == {"repair:leading_counselor": 1, "repair:trailing_client": 1}
 
 
@@ -166,7 +166,7 @@ def test_published_data_and_rejects_load_in_datasets_polars_and_pyarrow(cleaned_
     assert set(row["scores"]) == set(SCORES.names) and row["scores"]["cjk_ratio"] > 0.5  # a plain dict
     assert isinstance(first["rejects"][0]["id"], str) and first["rejects"][0]["reason"]
     repetition = cleaned_sample.to_polars()["scores"].struct.field("repetition")
-    assert repetition.null_count() == 0 and repetition.len() == cleaned_sample.manifest.counts["output_rows"]
+    assert repetition.null_count() == 0 and repetition.len() == cleaned_sample.manifest.counts.output_rows
 
 
 def test_unreadable_values_are_row_rejects_in_parquet_and_json_alike(ray_local, tmp_path):
@@ -200,7 +200,7 @@ def test_unreadable_values_are_row_rejects_in_parquet_and_json_alike(ray_local, 
     for name, path in (("parquet", folder), ("json", json_path)):
         result = run(load_config(CleanConfig, None, [f"input.path={path}", f"storage.root={tmp_path / name}",
                                                      "dedup.enabled=false"]))
-        assert result.manifest.counts["by_stage"].get("normalize") == expected[name], name
+        assert result.manifest.counts.by_stage.get("normalize") == expected[name], name
         version = open_version("latest", root=str(tmp_path / name), dataset="cleaned")
         assert_accounted(version)
         published = version.to_table().to_pylist()

@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from soulray.cli import DEMO_CONFIG
-from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.config import RegenerateConfig, load_config
+from soulray.fs import S3Config
+from soulray.llm.cache import build_index
+from soulray.offline.server import SimulatedKey
 from soulray.regenerate import run
-from soulray.rewrite.cache import build_index
-from soulray.rewrite.server import SimulatedKey
 from soulray.schema import record_id
 from soulray.store import VersionStore, open_version
 from tests.accounting import assert_accounted
@@ -75,7 +76,7 @@ def test_rewrite_actors_killed_mid_run(ray_local, llm, tmp_path):
         thread.join(10)
     assert len(kills) == 3
 
-    assert result.manifest.counts["input_rows"] == 300
+    assert result.manifest.counts.input_rows == 300
     source = pq.read_table(DEMO_QA)
     expected = {record_id(q, "", a) for q, a in zip(source["question"].to_pylist(), source["answer"].to_pylist(),
                                                     strict=True)}
@@ -113,7 +114,7 @@ def test_hostile_sources_end_as_rows_or_named_rejects(ray_local, llm, tmp_path):
     result = run(load_config(RegenerateConfig, DEMO_CONFIG, [
         f"sources.0.path={source}", f"storage.root={tmp_path / 'out'}", f"rewrite.base_url={url}",
         f"rewrite.keys={json.dumps(keys)}"]))
-    assert result.manifest.counts["input_rows"] == len(rows)
+    assert result.manifest.counts.input_rows == len(rows)
     version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo")
     assert_accounted(version)
     rejects = {r["source_row"]: r for r in version.to_table("rejects").to_pylist()}

@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
+from soulray.llm.session import progress_line
+from soulray.offline.server import SimulatedKey
 from soulray.regenerate import run, summary
-from soulray.rewrite.server import SimulatedKey
-from soulray.rewrite.session import progress_line
 from soulray.store import open_version
+from soulray.store.manifest import Changes
 from tests.conftest import DEMO_QA, TEST_API_KEYS
 
 
@@ -33,7 +34,7 @@ def test_changed_source_pays_only_for_what_changed_and_reports_it(ray_local, llm
     source = tmp_path / "qa.parquet"
     pq.write_table(demo.slice(0, 40), source)
     first = run(job(source, tmp_path / "out", url))
-    assert first.manifest.counts["output_rows"] == 40 and first.manifest.changes == {}
+    assert first.manifest.counts.output_rows == 40 and first.manifest.changes is None
     paid_first = calls()
 
     # next week's source: rows 0-4 gone, rows 5-9 edited, rows 40-44 new, rows 10-39 as they were
@@ -43,8 +44,8 @@ def test_changed_source_pays_only_for_what_changed_and_reports_it(ray_local, llm
     pq.write_table(edited.slice(5), source)
     second = run(job(source, tmp_path / "out", url))
     assert calls() - paid_first == 10  # the 5 edited rows and the 5 new ones, nothing else
-    assert second.manifest.changes == {"parent": first.manifest.version, "added": 10, "removed": 10, "kept": 30}
-    assert second.manifest.usage["keys"]["a"]["requests"] == 10
+    assert second.manifest.changes == Changes(parent=first.manifest.version, added=10, removed=10, kept=30)
+    assert second.manifest.usage.keys["a"].requests == 10
     assert "10 added, 10 removed, 30 kept" in summary(second)
 
     # the report is part of the version: listed with checksums, rendered from this run's numbers
@@ -55,7 +56,7 @@ def test_changed_source_pays_only_for_what_changed_and_reports_it(ray_local, llm
                                             "usage.png")} <= set(files)
     folder = tmp_path / "out" / "smilechat-demo" / "versions" / version.manifest.version / report
     text = (folder / "report.md").read_text()
-    assert "**40 rows in = 40 published + 0 rejected.**" in text and "10 rows added, 10 removed, 30 kept" in text
+    assert "40 in = 40 out + 0 rejected" in text and "10 added, 10 removed, 30 kept" in text
     assert (folder / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     utterances = version.manifest.profile["utterances"]
     lengths = pc.list_value_length(version.to_table()["messages"]).to_pylist()
@@ -66,7 +67,7 @@ def test_changed_source_pays_only_for_what_changed_and_reports_it(ray_local, llm
                                                    "{name: gpt-4, share: 1}]"))
     moved = sum(1 for row in open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo")
                 .to_table().to_pylist() if row["model"] == "gpt-4")
-    assert 0 < moved < 40 and third.manifest.usage["keys"]["a"]["requests"] == moved
+    assert 0 < moved < 40 and third.manifest.usage.keys["a"].requests == moved
 
 
 def test_progress_line():

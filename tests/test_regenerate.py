@@ -30,7 +30,7 @@ def config_for(root, *overrides: str) -> RegenerateConfig:
 def test_demo_job_publishes_every_row(ray_local, tmp_path):
     result = run(config_for(tmp_path / "out"))
     manifest = result.manifest
-    assert manifest.counts == {"input_rows": 300, "output_rows": 300, "rejected_rows": 0, "by_stage": {}}
+    assert manifest.counts.model_dump() == {"input_rows": 300, "output_rows": 300, "rejected_rows": 0, "by_stage": {}}
     assert len(manifest.data) == 3  # rows_per_shard: 100 in the demo config
     version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo", verify=True)
     data = version.to_table()
@@ -60,7 +60,7 @@ def test_units_only_when_rewrite_is_off(ray_local, tmp_path):
     result = run(config_for(tmp_path / "out", "rewrite.enabled=false", "limit=20"))
     data = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo").to_table()
     assert data.num_rows == 20 and "answer" in data.column_names and "messages" not in data.column_names
-    assert result.manifest.usage == {}
+    assert result.manifest.usage is None
 
 
 def test_bad_rows_become_rejects_and_nothing_is_lost(ray_local, tmp_path):
@@ -73,8 +73,8 @@ def test_bad_rows_become_rejects_and_nothing_is_lost(ray_local, tmp_path):
     pq.write_table(table, path, row_group_size=2)
     result = run(config_for(tmp_path / "out", f"sources.0.path={path}", "sources.0.columns.answer_id=question_id"))
     counts = result.manifest.counts
-    assert (counts["input_rows"], counts["output_rows"], counts["rejected_rows"]) == (5, 2, 3)
-    assert counts["by_stage"] == {"normalize": {"empty_answer": 1, "empty_question": 1, "invalid_utf8": 1}}
+    assert (counts.input_rows, counts.output_rows, counts.rejected_rows) == (5, 2, 3)
+    assert counts.by_stage == {"normalize": {"empty_answer": 1, "empty_question": 1, "invalid_utf8": 1}}
     rejects = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo").to_table("rejects")
     assert sorted(rejects["source_row"].to_pylist()) == [1, 2, 3]
     assert set(rejects["source_file"].to_pylist()) == {str(path)}
@@ -87,8 +87,8 @@ def test_limit_and_wide_layout(ray_local, tmp_path):
     pq.write_table(table, path)
     result = run(config_for(tmp_path / "out", f"sources.0.path={path}", "sources.0.layout=wide",
                             "sources.0.columns={}", "limit=12"))
-    assert result.manifest.counts["input_rows"] == 12
-    assert result.manifest.counts["output_rows"] + result.manifest.counts["rejected_rows"] == 12
+    assert result.manifest.counts.input_rows == 12
+    assert result.manifest.counts.output_rows + result.manifest.counts.rejected_rows == 12
 
 
 def test_s3_store_keeps_secrets_out_of_manifest_and_logs(ray_local, s3_config, s3_bucket, caplog, capsys):
@@ -116,7 +116,7 @@ def test_duplicate_sources_are_paid_for_once(ray_local, llm, tmp_path):
     """Source dedup runs before the rewrite: an exact copy (another answer_id, different spacing and
     punctuation) and a near copy of an answer become reject rows naming the row they duplicate, and
     only the kept row is sent to the LLM."""
-    from soulray.rewrite.server import SimulatedKey
+    from soulray.offline.server import SimulatedKey
     from tests.conftest import DEMO_QA, TEST_API_KEYS
 
     demo = pq.read_table(DEMO_QA).slice(0, 20).to_pylist()
@@ -130,7 +130,7 @@ def test_duplicate_sources_are_paid_for_once(ray_local, llm, tmp_path):
     result = run(config_for(tmp_path / "out", f"sources.0.path={source}", f"rewrite.base_url={url}",
                             f"rewrite.keys={json.dumps(keys)}", "dedup.source.enabled=true"))
     counts = result.manifest.counts
-    assert counts["input_rows"] == 22 and sum(counts["by_stage"]["dedup_source"].values()) == 2, counts
+    assert counts.input_rows == 22 and sum(counts.by_stage["dedup_source"].values()) == 2, counts
     assert server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]].completed == 20
     version = open_version("latest", root=str(tmp_path / "out"), dataset="smilechat-demo")
     family = {record_id(row["question"], "", row["answer"]) for row in [original, *copies]}
@@ -140,5 +140,5 @@ def test_duplicate_sources_are_paid_for_once(ray_local, llm, tmp_path):
     assert {r["record_id"] for r in rejects} == family - published
     keeper = published.pop()
     assert all(keeper in r["detail"] and r["stage"] == "dedup_source" for r in rejects), rejects
-    assert result.manifest.stages["dedup_source"]["clusters"] == 1
+    assert result.manifest.stages["dedup_source"].dedup.clusters == 1
     assert "dedup   dedup_source: 1 clusters, 2 rows marked" in summary(result)

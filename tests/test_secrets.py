@@ -12,8 +12,8 @@ import pytest
 from soulray.cli import DEMO_CONFIG, main
 from soulray.config import RegenerateConfig, check_named_secrets, load_config
 from soulray.errors import ConfigError, SourceError
+from soulray.llm.client import resolve_api_key
 from soulray.redaction import RedactingFilter, find_secret, redact
-from soulray.rewrite.stage import resolve_api_key
 from tests.conftest import PLANTED_API_KEY, PLANTED_SECRET
 
 AZURE_HEX = "deadbeef0123456789abcdef01234567"  # 32 hex, starts with a letter: also a valid env var name

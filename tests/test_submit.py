@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from soulray.fs import boto3_client
-from soulray.rewrite.server import SimulatedKey
+from soulray.offline.server import SimulatedKey
 from soulray.store import open_version
 from tests.conftest import PLANTED_API_KEY, PLANTED_SECRET, TEST_API_KEYS, free_port
 
@@ -137,7 +137,7 @@ def test_submitted_job_publishes_to_s3_and_leaks_no_secret(cluster, llm, s3_conf
     assert info.status == "SUCCEEDED", output[-3000:]
     version = open_version("latest", root=f"{s3_bucket}/corpus", dataset="smilechat-demo", s3=s3_config, verify=True)
     counts = version.manifest.counts
-    assert counts["input_rows"] == 60 == counts["output_rows"] + counts["rejected_rows"] and counts["output_rows"] > 0
+    assert counts.input_rows == 60 == counts.output_rows + counts.rejected_rows and counts.output_rows > 0
 
     texts = [output, json.dumps(info.__dict__, default=str)]
     # every file Ray wrote (logs of the head, the worker node, the job driver, its workers, the dashboard),

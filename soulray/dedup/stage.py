@@ -36,11 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.config import DedupConfig
 from soulray.dedup.cluster import Decisions, Members, Rules, connected_components, resolve
 from soulray.dedup.lsh import band_keys
 from soulray.dedup.minhash import MinHasher
+from soulray.dedup.settings import DedupConfig
 from soulray.dedup.text import DedupInputError, content_hashes, normalise, row_texts
+from soulray.schema import DEDUP_DIALOGUE, DEDUP_SOURCE
 
 if TYPE_CHECKING:
     import ray.data
@@ -136,7 +137,7 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         work = ds.map_batches(_with_row_ids, fn_kwargs={"published": False}, batch_format="pyarrow").materialize()
         input_rows = work.count()
         columns = work.columns() if input_rows else list(ds.columns() or [])
-        stage = stage or ("dedup_dialogue" if "messages" in columns else "dedup_source")
+        stage = stage or (DEDUP_DIALOGUE if "messages" in columns else DEDUP_SOURCE)
         report = DedupReport(stage=stage, input_rows=input_rows, bands=settings.rules.bands,
                              rows_per_band=settings.rules.rows, seconds=phases.seconds)
         if not config.enabled or not input_rows:

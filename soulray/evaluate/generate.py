@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from soulray.config import DecodingConfig, S3Config
 from soulray.evaluate.samples import sample_seed
+from soulray.evaluate.settings import DecodingConfig
+from soulray.fs import S3Config
 from soulray.schema import EVAL_RESPONSE
 from soulray.train.samples import COUNSELOR_PREFIX, USER_PREFIX, Format
 

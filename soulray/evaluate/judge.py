@@ -5,7 +5,7 @@ SoulChat had three psychology experts rate 100 responses per test set for conten
 Fleiss' κ between the experts (SOULCHAT.md). The judge plays the experts: each judge run is one rater,
 so means come with bootstrap confidence intervals over samples, and the runs' agreement is Fleiss' κ
 (comparable with the paper's 0.489 / 0.472 / 0.532 / 1.0) and the share of identical ratings.
-The calls themselves go through the rewrite stage's broker, cache and accounting (evaluate/llm.py).
+The calls themselves go through soulray.llm's broker, cache, re-asks and accounting (evaluate/llm.py).
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ class Rating:
     scores: dict[str, int] | None
     reason: str | None = None  # why there are no scores
     detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.scores is not None
 
 
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)

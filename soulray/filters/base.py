@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from soulray.filters.batch import Batch
+from soulray.settings import StrictModel
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,19 @@ class Verdict:
     batch: Batch | None = None  # a restructured batch (segments dropped or merged), or None when unchanged
 
 
+class FilterSettings(StrictModel):
+    """A filter's entry in a chain config: `name` picks the filter (each subclass narrows it to the
+    filter's name as a Literal); the other fields are the filter's keyword-only constructor arguments."""
+
+    name: str
+
+
 class Filter(ABC):
-    """One rule. Subclasses set `name` (the config's discriminator) and implement `apply`."""
+    """One rule. Subclasses set `name` (the config's discriminator) and `settings` (their FilterSettings,
+    defined beside them), implement `apply`, and are registered in soulray/filters/registry.py."""
 
     name: ClassVar[str]
+    settings: ClassVar[type[FilterSettings]]
     kinds: ClassVar[tuple[str, ...]] = ("unit", "dialogue")  # which tables the rule makes sense on
 
     @abstractmethod

@@ -13,27 +13,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from soulray.config import FilterSpec
 from soulray.errors import ConfigError
 from soulray.filters.base import Filter
 from soulray.filters.batch import Batch, batch_from_table, write_back
-from soulray.filters.dialogue import DialogueFormat
-from soulray.filters.ethics import CrisisScreen, EthicsBlocklist
-from soulray.filters.pii import PiiRedact
-from soulray.filters.quality import CjkRatio, LengthRatio, Repetition, TurnLength
-from soulray.filters.repair import DialogueRepair
-from soulray.filters.source import ForumWords, LengthCap, TooShort
-from soulray.filters.template import AdviceList, AiDisclosure, TemplateMarkers
-from soulray.schema import SCORES
+from soulray.filters.registry import FILTERS, FilterSpec
+from soulray.schema import FILTER_DIALOGUE, FILTER_SOURCE, SCORES
 
 if TYPE_CHECKING:
     import ray.data
 
-SOURCE_STAGE = "filter_source"
-DIALOGUE_STAGE = "filter_dialogue"
-FILTERS: dict[str, type[Filter]] = {cls.name: cls for cls in (
-    ForumWords, TemplateMarkers, LengthCap, TooShort, PiiRedact, CrisisScreen, EthicsBlocklist, DialogueRepair,
-    DialogueFormat, AiDisclosure, AdviceList, Repetition, CjkRatio, TurnLength, LengthRatio)}
+SOURCE_STAGE, DIALOGUE_STAGE = FILTER_SOURCE, FILTER_DIALOGUE
 FLAGS_TYPE = pa.list_(pa.string())
 
 

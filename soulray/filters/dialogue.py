@@ -16,13 +16,23 @@ good; length_cap bounds long dialogues by characters instead).
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
+from pydantic import Field
 
-from soulray.filters.base import Filter, Verdict, drops_where, shorten
+from soulray.filters.base import Filter, FilterSettings, Verdict, drops_where, shorten
 from soulray.filters.batch import ASSISTANT, OTHER, USER, Batch
 from soulray.rewrite.parse import ASSISTANT_LABELS, USER_LABELS
+
+
+class DialogueFormatSpec(FilterSettings):
+    name: Literal["dialogue_format"]
+    min_turns: int = Field(4, ge=2, description="utterances, user and counselor together; 8-20 is SoulChat's "
+                                               "instruction to the rewriting model (rewrite.min_turns/max_turns)")
+    max_turns: int | None = Field(None, ge=2, description="none: long dialogues are bounded by length_cap")
+
 
 _LABELS = "|".join(re.escape(label) for label in sorted(USER_LABELS + ASSISTANT_LABELS, key=len, reverse=True))
 # A label where a new utterance would start (text start, a line break, after a sentence's end), not a
@@ -33,6 +43,7 @@ ENGLISH_SENTENCE = r"[A-Za-z]{2,}(?:[\s,']+[A-Za-z]{2,}){2,}"  # three or more E
 
 class DialogueFormat(Filter):
     name = "dialogue_format"
+    settings = DialogueFormatSpec
     kinds = ("dialogue",)
 
     def __init__(self, *, min_turns: int, max_turns: int | None) -> None:

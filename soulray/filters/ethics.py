@@ -17,13 +17,66 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from soulray.filters.base import Filter, Verdict, drops_where
+from soulray.filters.base import Filter, FilterSettings, Verdict, drops_where
 from soulray.filters.batch import Batch
 from soulray.filters.source import word_boundaries_around
+
+Role = Literal["user", "assistant"]
+# Self-harm and suicide vocabulary (incl. SoulChat's 自杀 and 跳楼). A term counts where it stands on a
+# jieba word boundary at its start or its end: 想死 in 只想/死 and 自杀 in 自杀未遂 count, 自伤 in 独自/伤心
+# (inside two other words) does not. 想去死, 求死, 死了算了, 活着没意思 are how clients of the SMILECHAT
+# sample wrote it where none of the older terms matched (smile-36270, 27639, 55889).
+CRISIS_TERMS = ["自杀", "轻生", "自尽", "寻死", "想死", "想去死", "求死", "不想活", "活不下去", "活着没意思", "死了算了",
+                "结束生命", "结束自己的生命", "了结自己", "割腕", "跳楼", "跳河", "上吊", "吞药", "自残", "自伤",
+                "伤害自己", "遗书"]
+# Crisis talk no single term holds (RE2), each from a sample dialogue the terms missed: cutting oneself
+# (smile-10215), "不如早点死了" (41967), "有时想想死亡" (50652: jieba reads 想想/死亡, so 想死 does not
+# count there), "死了就会解脱吗" (36328), "害怕自己会走极端" (15076), the counselor's "不要做傻事" (36328).
+CRISIS_PATTERNS = [r"[割划]伤?自己的?(?:手|胳膊|手臂|手腕|大腿|身体)", r"不如(?:早点)?死了", r"想(?:想|到|过)死亡",
+                   r"死了?[就才]?(?:会|能|可以)?解脱", r"[怕想]自己会?(?:走极端|做傻事)", r"不要做傻事"]
+# Where a term is not about self-harm (RE2; a term inside one of these matches does not count): the
+# counselor's 不伤害自己 as a rule of conduct, someone else hurting one, hurting one's own pride or
+# child. Figurative uses these miss stay hits: crisis_review is for a person to read, so a doubtful
+# hit is kept (bench/RESULTS.md lists them).
+CRISIS_EXCEPTIONS = [r"(?:^|[^再])不伤害自己", r"伤害自己的(?:自尊|孩子|利益|感情|自信|尊严)",
+                     r"(?:别人|他人|对方|父母)会?伤害自己"]
+# SoulChat screened the string 我是; in SMILECHAT's counselor turns 32 of 34 such rows were ordinary speech
+# ("告诉自己：“我是重要的”", "如果我是你的话", "我是谁"). What the screen is for: the counselor saying it
+# is an AI, a model, an assistant or a bot, or introducing itself by a role name ("你好，我是你的支持者。").
+SELF_INTRODUCTION_PATTERNS = [
+    r"我(?:只|就)?是(?:一个|一名|一位|一款|个)?(?:AI|ai|人工智能|语言模型|智能助手|AI助手|助手|聊天机器人|机器人|"
+    r"虚拟助手|bot|Bot|程序)",
+    r"我是(?:你的|您的|一名|一位|一个|这里的|本次的|今天的)?(?:专业的?)?(?:心理)?(?:咨询师|咨询顾问|治疗师|心理医生|"
+    r"心理学家|支持者|倾听者|陪伴者)",
+]
+
+
+class CrisisSpec(FilterSettings):
+    name: Literal["crisis_screen"]
+    terms: list[str] = Field(default_factory=lambda: list(CRISIS_TERMS),
+                             description="literal; each counts on a jieba word boundary at its start or end")
+    patterns: list[str] = Field(default_factory=lambda: list(CRISIS_PATTERNS), description="RE2, matched as is")
+    exceptions: list[str] = Field(default_factory=lambda: list(CRISIS_EXCEPTIONS),
+                                  description="RE2: a term inside a match of one of these does not count")
+    action: Literal["reject", "flag"] = Field(
+        "reject", description="reject: into the reject table as crisis_review, with the terms, for review; "
+                              "flag: keep, with 'crisis_screen' in flags")
+
+
+class BlocklistSpec(FilterSettings):
+    name: Literal["ethics_blocklist"]
+    terms: list[str] = Field(default_factory=lambda: ["自杀", "跳楼"], description="SoulChat's strings, literal")
+    patterns: list[str] = Field(default_factory=lambda: list(SELF_INTRODUCTION_PATTERNS),
+                                description="RE2: SoulChat's 我是, narrowed to self-identification")
+    roles: list[Role] = Field(default_factory=lambda: ["assistant"],
+                              description="whose text is screened; a user saying 我是… is no ethics problem")
+
 
 
 class TermMatcher:
@@ -54,6 +107,7 @@ class TermMatcher:
 
 class EthicsBlocklist(Filter):
     name = "ethics_blocklist"
+    settings = BlocklistSpec
 
     def __init__(self, *, terms: list[str], patterns: list[str], roles: list[str]) -> None:
         self.matcher, self.roles = TermMatcher(terms, patterns), list(roles)
@@ -105,6 +159,7 @@ def _starts(text: str, term: str) -> list[int]:
 
 class CrisisScreen(Filter):
     name = "crisis_screen"
+    settings = CrisisSpec
 
     def __init__(self, *, terms: Sequence[str], patterns: Sequence[str] = (), exceptions: Sequence[str] = (),
                  action: str) -> None:

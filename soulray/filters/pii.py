@@ -26,13 +26,26 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
-from soulray.filters.base import Filter, Verdict
+from soulray.filters.base import Filter, FilterSettings, Verdict
 from soulray.filters.batch import Batch
+
+PiiType = Literal["email", "url", "id", "bankcard", "phone", "ip", "qq", "wechat"]
+
+
+class PiiSpec(FilterSettings):
+    name: Literal["pii_redact"]
+    types: list[PiiType] = Field(default_factory=lambda: ["email", "url", "id", "bankcard", "phone", "ip", "qq",
+                                                          "wechat"])
+    context_chars: int = Field(8, ge=0, le=40, description="QQ/WeChat IDs count within this many chars of a "
+                                                            "context word; order words this close veto numbers")
+
 
 PLACEHOLDERS = {"email": "<EMAIL>", "url": "<URL>", "id": "<ID>", "bankcard": "<BANKCARD>", "phone": "<PHONE>",
                 "ip": "<IP>", "qq": "<QQ>", "wechat": "<WECHAT>"}
@@ -209,6 +222,7 @@ class PiiRedact(Filter):
     """Replace PII with typed placeholders in every segment; counts redactions per row, never drops."""
 
     name = "pii_redact"
+    settings = PiiSpec
 
     def __init__(self, *, types: list[str], context_chars: int) -> None:
         self.detector = PiiDetector(types=types, context_chars=context_chars)

@@ -7,10 +7,43 @@ strays from that, and each measure is kept in the row's scores so thresholds can
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal
 
-from soulray.filters.base import Filter, Verdict, drops_where
+import numpy as np
+from pydantic import Field
+
+from soulray.filters.base import Filter, FilterSettings, Verdict, drops_where
 from soulray.filters.batch import ASSISTANT, USER, Batch
+from soulray.repair import TurnLimits
+
+
+class RepetitionSpec(FilterSettings):
+    name: Literal["repetition"]
+    ngram: int = Field(10, ge=2, description="characters per n-gram")
+    max_ratio: float = Field(0.2, ge=0, le=1, description="drop above this share of repeated n-grams (SMILECHAT "
+                                                          "p99.5: 0.08; looping dialogues: 0.5+)")
+
+
+class CjkRatioSpec(FilterSettings):
+    name: Literal["cjk_ratio"]
+    min_ratio: float = Field(0.5, ge=0, le=1, description="Chinese characters among letters and digits")
+
+
+class TurnLengthSpec(FilterSettings):
+    name: Literal["turn_length"]
+    max_user_chars: int = Field(TurnLimits.max_user_chars, ge=1)
+    max_first_user_chars: int = Field(TurnLimits.max_first_user_chars, ge=1,
+                                      description="the first user turn carries the source question")
+    max_assistant_chars: int = Field(TurnLimits.max_assistant_chars, ge=1,
+                                     description="about SoulChat's 512 training output tokens")
+
+
+class LengthRatioSpec(FilterSettings):
+    name: Literal["length_ratio"]
+    max_ratio: float = Field(8.0, gt=0, description="mean counselor turn over mean user turn (after the first)")
+    min_counselor_chars: float = Field(200, ge=0, description="a counselor whose turns average fewer characters "
+                                                              "is no lecturer, however short the client's replies")
+
 
 # Polynomial rolling hash over code points, mod 2^64 (numpy's uint64 arithmetic wraps). An odd base is
 # invertible mod 2^64, which turns prefix sums into window hashes: h(i) = (P[i+n] - P[i]) * B^-i.
@@ -62,6 +95,7 @@ def duplicate_ngram_ratio(batch: Batch, n: int, *, keep_one_in: int = 1) -> np.n
 
 class Repetition(Filter):
     name = "repetition"
+    settings = RepetitionSpec
 
     keep_one_in = 4  # sampled n-grams: on SMILECHAT 0.002 from exact on average (at most 0.04), same drops
 
@@ -106,6 +140,7 @@ class CjkRatio(Filter):
     """Chinese characters among all letters and digits: a Chinese corpus, not English or number dumps."""
 
     name = "cjk_ratio"
+    settings = CjkRatioSpec
 
     def __init__(self, *, min_ratio: float) -> None:
         self.min_ratio = min_ratio
@@ -126,6 +161,7 @@ class TurnLength(Filter):
     it is held to `max_first_user_chars` instead."""
 
     name = "turn_length"
+    settings = TurnLengthSpec
     kinds = ("dialogue",)
 
     def __init__(self, *, max_user_chars: int, max_first_user_chars: int, max_assistant_chars: int) -> None:
@@ -154,6 +190,7 @@ class LengthRatio(Filter):
     is also over `min_counselor_chars`."""
 
     name = "length_ratio"
+    settings = LengthRatioSpec
     kinds = ("dialogue",)
 
     def __init__(self, *, max_ratio: float, min_counselor_chars: float = 0) -> None:

@@ -9,17 +9,29 @@ flags, which the run report counts.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from soulray.filters.base import Filter, Verdict
+from soulray.filters.base import Filter, FilterSettings, Verdict
 from soulray.filters.batch import ASSISTANT, ROLE_CODES, ROLE_NAMES, USER, Batch
 from soulray.repair import FLAG_PREFIX, MERGE_SEPARATOR, REPAIRS, Repair, TurnLimits, plan_repair
 
 
+class DialogueRepairSpec(FilterSettings):
+    name: Literal["dialogue_repair"]
+    max_user_chars: int = Field(TurnLimits.max_user_chars, ge=1, description="merge same-role turns only within "
+                                                                               "turn_length's limits")
+    max_first_user_chars: int = Field(TurnLimits.max_first_user_chars, ge=1)
+    max_assistant_chars: int = Field(TurnLimits.max_assistant_chars, ge=1)
+
+
+
 class DialogueRepair(Filter):
     name = "dialogue_repair"
+    settings = DialogueRepairSpec
     kinds = ("dialogue",)
 
     def __init__(self, *, max_user_chars: int, max_first_user_chars: int, max_assistant_chars: int) -> None:

@@ -12,14 +12,55 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field, model_validator
 
-from soulray.config import ReplaceRule
-from soulray.filters.base import Filter, Verdict, drops_where
+from soulray.filters.base import Filter, FilterSettings, Verdict, drops_where
 from soulray.filters.batch import ASSISTANT, USER, Batch
+from soulray.settings import StrictModel
+
+# SMILE's forum-word replacements, in its order. Each is a whole-word rule (jieba segmentation): "题主"
+# inside "问题主要" is no forum word, and replacing it corrupted text ("问你要"). SMILE also dropped every
+# fragment containing 抱抱; that cut advice such as "请你静下心来，抱抱自己", so hug greetings are now one
+# of the template markers below instead.
+SMILE_FORUM_RULES = [("楼主你", "你"), ("题主你", "你"), ("楼主", "你"), ("题主", "你"), ("阿凉", "我"), ("答主", "人")]
+
+
+class ReplaceRule(StrictModel):
+    pattern: str = Field(min_length=1)
+    replacement: str = ""
+    regex: bool = Field(False, description="pattern is an RE2 regular expression, not literal text")
+    whole_word: bool = Field(False, description="literal only: the pattern's first word must be a whole word of "
+                                                "the text (jieba): 题主 in 题主你好, not in 问题主要")
+
+
+class ForumWordsSpec(FilterSettings):
+    name: Literal["forum_words"]
+    rules: list[ReplaceRule] = Field(default_factory=lambda: [ReplaceRule(pattern=p, replacement=r, whole_word=True)
+                                                              for p, r in SMILE_FORUM_RULES])
+
+    @model_validator(mode="after")
+    def _whole_words_are_literal(self) -> ForumWordsSpec:
+        for index, rule in enumerate(self.rules):
+            if rule.whole_word and rule.regex:
+                raise ValueError(f"rules.{index}: whole_word applies to literal patterns, not regex ones")
+        return self
+
+
+class LengthCapSpec(FilterSettings):
+    name: Literal["length_cap"]
+    max_chars: int = Field(1800, ge=1, description="all of a row's text together (SMILE: 1,800)")
+
+
+class TooShortSpec(FilterSettings):
+    name: Literal["too_short"]
+    min_user_chars: int = Field(5, ge=0, description="question + description, or all user turns")
+    min_assistant_chars: int = Field(10, ge=0, description="answer, or all counselor turns")
+
 
 FLAG = "normalised:forum_word"  # rows whose text a rule changed, in their `flags`
 
@@ -28,6 +69,7 @@ class ForumWords(Filter):
     """Ordered replacement rules over every segment; rewrites text, never drops."""
 
     name = "forum_words"
+    settings = ForumWordsSpec
 
     def __init__(self, *, rules: list[ReplaceRule]) -> None:
         self.rules = list(rules)
@@ -140,6 +182,7 @@ class LengthCap(Filter):
     """All of a row's text together over `max_chars` characters: the rewrite would be too long."""
 
     name = "length_cap"
+    settings = LengthCapSpec
 
     def __init__(self, *, max_chars: int) -> None:
         self.max_chars = max_chars
@@ -154,6 +197,7 @@ class TooShort(Filter):
     """The user's or the counselor's text together under a minimum: nothing to rewrite or learn from."""
 
     name = "too_short"
+    settings = TooShortSpec
 
     def __init__(self, *, min_user_chars: int, min_assistant_chars: int) -> None:
         self.minimum = {USER: min_user_chars, ASSISTANT: min_assistant_chars}

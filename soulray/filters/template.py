@@ -9,13 +9,74 @@ client addressed as "求助者，"); TemplateMarkers normalises, scores or rejec
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
-from soulray.config import STOCK_OPENING, MarkerRule
-from soulray.filters.base import Filter, Verdict, drops_where, shorten
+from soulray.filters.base import Filter, FilterSettings, Verdict, drops_where, shorten
 from soulray.filters.batch import ASSISTANT, Batch
+from soulray.settings import StrictModel
+
+AI_DISCLOSURE_PATTERNS = [
+    r"作为(?:一个|一名|一位)?(?:AI|ai|人工智能|语言模型|AI语言模型|AI助手|智能助手|聊天机器人|虚拟助手|机器人)",
+    r"我(?:只)?是(?:一个|一名)?(?:AI|ai|人工智能|语言模型|AI语言模型|AI助手|聊天机器人|虚拟助手|机器人)",
+    r"(?:人工智能|AI)语言模型",
+    r"(?i)as an ai|language model",
+]
+# Forum and template leftovers in counselor turns (SMILECHAT's answers were forum posts: "谢邀", letters
+# opening "见字如面", hugs, the client addressed as "求助者，"). Normalised: the marker and the punctuation
+# after it are cut where it stands at the start of a sentence (\1 keeps what came before), and never where
+# the cut would leave a turn without words. Scored: stock empathy openings, a style choice, as
+# marker_stock_opening (counselor turns opening with one). The run report shows each marker's share
+# before and after (soulray/filters/template.py, MARKERS).
+_SENTENCE_START = r"(^|[。！？!?…～~\n])\s*"
+_CLAUSE_END = r"[！!。，,～~…\s\x{FE0F}]*"
+_NOT_CLAUSE = r"[^。！？!?…～~，,\n]"
+_HUG = rf"(?:先|想|很想|好想)?抱抱(?:你|啊|呀|哦|{_NOT_CLAUSE[:-1]}自己它她他我]{{0,10}}的你?)?"
+_HUG_OFFER = rf"(?:先|想|很想|好想|我想|我先)?(?:给你|送你|送上)(?:一个|一份)?{_NOT_CLAUSE}{{0,8}}抱抱"
+# a counselor turn opening with a stock empathy formula (the sample's most shared first sentences)
+STOCK_OPENING = r"^(?:你好|您好|亲爱的)?[，,！!。～~]?(?:非常|很|完全)?(?:能|可以)?(?:理解|明白|了解)(?:你|您)的(?:心情|感受)"
+TEMPLATE_RULES = [  # in order: a hug before the 谢邀 or 见字如面 it precedes ("【抱抱】见字如面！")
+    ("hug", r"()(?:【抱抱】|\[抱抱\]|\[拥抱\]|#hug#)", "normalise"),
+    ("hug", rf"{_SENTENCE_START}(?:{_HUG}|{_HUG_OFFER})[。！？!?…～~，,]+", "normalise"),
+    ("hug", rf"([，,])(?:{_HUG}|{_HUG_OFFER})[，,]", "normalise"),
+    ("xie_yao", rf"(^|[。！？!?…～~\n，,])\s*(?:首先)?(?:谢邀|(?:非常)?(?:感谢|谢谢)(?:你的|您的)?邀请(?:回答)?(?:和信任)?)"
+                rf"{_CLAUSE_END}", "normalise"),
+    ("jian_zi_ru_mian", rf"{_SENTENCE_START}见字如面{_CLAUSE_END}", "normalise"),
+    ("vocative_client", rf"{_SENTENCE_START}(?:亲爱的)?(?:求助者|来访者)[，,]\s*", "normalise"),
+    ("analysis_template", r"()以下是我的(?:分析|回答|看法)[:：]\s*", "normalise"),
+    ("stock_opening", STOCK_OPENING, "score"),
+]
+
+
+class MarkerRule(StrictModel):
+    marker: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the marker's name in flags, scores and reasons")
+    pattern: str = Field(min_length=1, description="RE2, matched in counselor turns")
+    action: Literal["normalise", "score", "reject"] = Field(
+        description="normalise: replace the match with `replacement` (\\1 … refer to groups); score: count matching "
+                    "turns as marker_<marker>; reject: drop the row as marker_<marker>")
+    replacement: str = Field(r"\1", description="normalise only")
+
+
+class TemplateMarkersSpec(FilterSettings):
+    name: Literal["template_markers"]
+    rules: list[MarkerRule] = Field(default_factory=lambda: [MarkerRule(marker=m, pattern=p, action=a)
+                                                             for m, p, a in TEMPLATE_RULES])
+
+
+class AiDisclosureSpec(FilterSettings):
+    name: Literal["ai_disclosure"]
+    patterns: list[str] = Field(default_factory=lambda: list(AI_DISCLOSURE_PATTERNS), description="RE2 regexes")
+
+
+class AdviceListSpec(FilterSettings):
+    name: Literal["advice_list"]
+    min_items: int = Field(2, ge=1, description="item markers (1. 2、 （3）…) that make a counselor turn a list")
+    max_rate: float = Field(0.25, ge=0, le=1, description="drop above this share of counselor turns as lists")
+
 
 # An item marker: 1. 1、 1） 一、 at the start or after a space or punctuation; (1) and ① anywhere
 LIST_ITEM = r"(?:^|[\s：:。；;！!？?，,])(?:[1-9][\.、．)）]|[一二三四五六七八九][、．])|[（(][1-9][)）]|[①②③④⑤⑥⑦⑧⑨]"
@@ -30,6 +91,7 @@ class AiDisclosure(Filter):
     """A counselor turn that says it is an AI or a language model."""
 
     name = "ai_disclosure"
+    settings = AiDisclosureSpec
 
     def __init__(self, *, patterns: list[str]) -> None:
         self.pattern = "|".join(f"(?:{pattern})" for pattern in patterns)
@@ -46,6 +108,7 @@ class AdviceList(Filter):
     """The share of counselor turns that are numbered lists of suggestions; drop above `max_rate`."""
 
     name = "advice_list"
+    settings = AdviceListSpec
     kinds = ("dialogue",)
 
     def __init__(self, *, min_items: int, max_rate: float) -> None:
@@ -101,6 +164,7 @@ class TemplateMarkers(Filter):
     """Forum and template leftovers in counselor turns, each normalised, scored or rejected by its rule."""
 
     name = "template_markers"
+    settings = TemplateMarkersSpec
 
     def __init__(self, *, rules: list[MarkerRule]) -> None:
         self.rules = list(rules)

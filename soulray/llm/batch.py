@@ -15,9 +15,10 @@ batch is polled, not sent again; a request whose answer is in the cache is never
 cancelled or partly failed batch gives back only the requests without a result; they go into a later batch
 until `max_retries`, then end with the provider's error code.
 
-`rewrite_in_batches` is the rewrite's use of it: every row's calls, through the same parser and re-ask
-rules as online (a re-ask goes into a later batch); what it returns (the calls that ended without an
-answer) lets the rewrite stage, run afterwards over the cache, reject those rows with their reason.
+`rewrite_in_batches` (soulray/rewrite/batch.py) is the rewrite's use of it: every row's calls, through the
+same parser and re-ask rules as online (a re-ask goes into a later batch); what it returns (the calls that
+ended without an answer) lets the rewrite stage, run afterwards over the cache, reject those rows with
+their reason. Nothing here knows of the rewrite: prices come in as a function (soulray/llm/pricing.py).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from soulray.config import ApiKey, BatchModeConfig, RewriteConfig
 from soulray.errors import ConfigError
 from soulray.llm.batch_journal import ANSWERED, REQUEUED, BatchEntry, BatchJournal
+from soulray.llm.client import resolve_api_key
+from soulray.llm.settings import ApiConfig, ApiKey, BatchModeConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,6 @@ def batch_client(key: ApiKey, base_url: str, timeout_s: float = 120.0):
     the client's own retries cover a failed upload or poll: none of these calls is paid."""
     import openai
 
-    from soulray.rewrite.stage import resolve_api_key
-
     return openai.OpenAI(api_key=resolve_api_key(key), base_url=key.base_url or base_url, max_retries=5,
                          timeout=timeout_s)
 
@@ -132,6 +132,11 @@ class BatchDriver:
     @property
     def live(self) -> int:
         return sum(entry.state != "done" for entry in self.entries.values())
+
+    @property
+    def paid_calls(self) -> int:
+        """Answers downloaded this run (each in the cache before the journal records it)."""
+        return int(sum(stats["ok"] for stats in self.stats.values()))
 
     @property
     def reserved_usd(self) -> float:
@@ -386,19 +391,7 @@ def _error_code(item: dict[str, Any]) -> str:
     return error.get("code") or body_error.get("code") or f"http_{response.get('status_code', 'unknown')}"
 
 
-def batch_price(config: RewriteConfig) -> Callable[[str, int, int], float]:
-    """USD of a batch completion: the configured batch price of its model, else price_factor × online."""
-    from soulray.rewrite.stage import cost_of
-
-    def price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        if model in config.batch.prices:
-            return cost_of(config, model, prompt_tokens, completion_tokens, prices=config.batch.prices)
-        return config.batch.price_factor * cost_of(config, model, prompt_tokens, completion_tokens)
-
-    return price
-
-
-def inspect_batches(*, config: RewriteConfig, journal: BatchJournal, refresh: bool = False,
+def inspect_batches(*, config: ApiConfig, journal: BatchJournal, refresh: bool = False,
                     cancel: bool = False) -> list[BatchEntry]:
     """`soulray batches`: a dataset's batches from its journal; with `refresh` their status asked of the
     provider, with `cancel` every live one cancelled (a later run collects what they answered, and sends

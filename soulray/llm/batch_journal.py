@@ -22,8 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from soulray.config import S3Config
-from soulray.fs import resolve
+from soulray.fs import S3Config, resolve
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,8 @@
-"""Offline stand-ins for external services: the local server's Batch API (batches.py)."""
+"""A local OpenAI-compatible server for demos, tests and benchmarks (`soulray serve-llm`, and what
+`rewrite.base_url: local` starts): model-free answers that behave like a real provider where it
+matters (limits, 429s, faults). Not on the product path: nothing here is a model.
+
+    server.py      the HTTP server, its simulated keys and limiter, the offline rewriter, injected faults
+    evaluation.py  its answers to the evaluation's requests: judge ratings and next counselor turns
+    batches.py     its Batch API (/v1/files, /v1/batches) on a simulated clock, with expiries and queue limits
+"""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from soulray.rewrite.server import LocalLLMServer
+    from soulray.offline.server import LocalLLMServer
 
 ENDPOINT = "/v1/chat/completions"
 LIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -353,7 +353,7 @@ class BatchService:
             batch.error_file_id = self._jsonl_file(batch, "errors", errors)
 
     def _completion(self, model: str, body: dict[str, Any], fault: str | None) -> dict[str, Any]:
-        from soulray.rewrite.server import _cut
+        from soulray.offline.server import _cut
 
         messages, config = body.get("messages") or [], self.server.config
         prompt = messages[-1]["content"] if messages else ""
@@ -396,18 +396,18 @@ class BatchService:
 
 
 def _label(key: str) -> str:
-    from soulray.rewrite.server import _key_label
+    from soulray.offline.server import _key_label
 
     return _key_label(key)
 
 
 def _call_id(model: str, messages: object, seed: object) -> str:
-    from soulray.rewrite.server import _call_id as call_id
+    from soulray.offline.server import _call_id as call_id
 
     return call_id(model, messages, seed)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    from soulray.rewrite.server import _error as error
+    from soulray.offline.server import _error as error
 
     return error(status, code, message)

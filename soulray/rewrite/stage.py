@@ -1,81 +1,36 @@
-"""The rewrite stage: a Ray Data actor pool of async callables, each calling an OpenAI-compatible API
-through the `openai` client, under reservations from the cluster-wide quota broker, with the response
-cache in front. Every row comes back exactly once: as a dialogue, or marked with a reject reason.
+"""The rewrite stage: a Ray Data actor pool of async callables, each asking an OpenAI-compatible API
+through soulray.llm (quota broker, retries, response cache, re-asks). Every row comes back exactly
+once: as a dialogue, or marked with a reject reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import random
-import re
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from soulray.config import ApiKey, RewriteConfig, S3Config
-from soulray.errors import ConfigError, SoulrayError
-from soulray.redaction import install_log_redaction, redact
+from soulray.errors import SoulrayError
+from soulray.fs import S3Config
+from soulray.llm.client import LLMCaller, LLMRun
+from soulray.llm.pricing import batch_price, cost_of
+from soulray.llm.session import LLMSession
+from soulray.llm.tokens import estimate_tokens
 from soulray.repair import FLAG_PREFIX
-from soulray.rewrite.broker import CallShape, Reservation
-from soulray.rewrite.cache import ResponseCache, call_key
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.tokens import count_message_tokens, count_tokens
-from soulray.runtime import NAMESPACE
-from soulray.schema import WORKING_DIALOGUE
+from soulray.rewrite.settings import RewriteConfig
+from soulray.schema import DEDUP_SOURCE, FILTER_SOURCE, NORMALIZE, PARSE, REWRITE, WORKING_DIALOGUE
+from soulray.store.manifest import Counts
 
-log = logging.getLogger(__name__)
-STAGE = "rewrite"
-PARSE_STAGE = "parse"
-_NO_SECRET = "soulray-local-no-secret"
-FLUSH_EVERY_S = 1.0
+if TYPE_CHECKING:
+    import ray.data
 
+    from soulray.store import VersionStore
 
-@dataclass(frozen=True)
-class RewriteRun:
-    """What the driver set up for this run: where the broker and the cache are, the endpoint."""
+STAGE, PARSE_STAGE = REWRITE, PARSE
 
-    broker_name: str
-    cache_uri: str
-    base_url: str
-    s3: S3Config
-    cache_index: Any = None  # ObjectRef of the CacheIndex the driver built (None: the actor builds one)
-    # rewrite.mode batch: every answer is in the cache; an ObjectRef of {call_key: BatchFailure} for the
-    # calls that ended without one (soulray/llm/batch_rewrite.py). Nothing is called online then.
-    batch_failures: Any = None
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    key: str
-    cached: bool
-    max_tokens: int | None = None  # the completion budget it was asked with (None: the configured cap)
-
-    def after(self, cut: Completion) -> Completion:
-        """This completion, paid for on top of `cut` (a completion cut by `length`, re-asked)."""
-        return Completion(self.text, self.finish_reason, self.prompt_tokens + cut.prompt_tokens,
-                          self.completion_tokens + cut.completion_tokens, self.cost_usd + cut.cost_usd, self.key,
-                          self.cached, self.max_tokens)
-
-
-@dataclass(frozen=True)
-class Failure:
-    reason: str
-    detail: str
-
-
-# the broker's stop messages → the reject reason of the rows it stops
-_STOP_REASONS = (("budget", "budget_exhausted"), ("interrupted", "interrupted"))
 # Reasons of rewrite rejects that say the endpoint failed, not the content: no answer was had at all.
 # (Budget stops are the operator's choice; parse rejects and filter drops are about the text.)
 INFRASTRUCTURE_FAILURES = ("retries_exhausted", "no_usable_key", "http_401", "http_403", "http_404")
@@ -85,14 +40,14 @@ class RewriteOutage(SoulrayError):
     """Too many rewrite calls failed for infrastructure reasons to publish the run."""
 
 
-def check_failures(counts: dict[str, Any], *, max_share: float, paid_calls: int) -> None:
+def check_failures(counts: Counts, *, max_share: float, paid_calls: int) -> None:
     """Refuse to publish (RewriteOutage) when more than `max_share` of the rows sent to the rewrite
     failed for infrastructure reasons. `counts` are a manifest's: rows in, and rejects by stage."""
-    by_stage = counts.get("by_stage", {})
+    by_stage = counts.by_stage
     failed = {reason: count for reason, count in by_stage.get(STAGE, {}).items()
               if reason in INFRASTRUCTURE_FAILURES or reason.startswith(("http_5", "batch_"))}
-    before = sum(sum(by_stage.get(stage, {}).values()) for stage in ("normalize", "filter_source", "dedup_source"))
-    sent = counts["input_rows"] - before
+    before = sum(sum(by_stage.get(stage, {}).values()) for stage in (NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE))
+    sent = counts.input_rows - before
     if not failed or sum(failed.values()) <= max_share * sent:
         return
     total = sum(failed.values())
@@ -114,250 +69,13 @@ def route_model(record_id: str, config: RewriteConfig) -> str:
     return config.models[-1].name
 
 
-def resolve_api_key(key: ApiKey) -> str:
-    """The secret for `key`, read on this worker. Never logged, never returned to the driver."""
-    if key.api_key_env:
-        value = os.environ.get(key.api_key_env)
-        if not value:
-            raise ConfigError(f"rewrite.keys[{key.name}].api_key_env: {key.api_key_env} is not set on this node")
-        return value
-    if key.api_key_file:
-        path = Path(key.api_key_file).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"rewrite.keys[{key.name}].api_key_file: {path} does not exist on this node")
-        return path.read_text().strip()
-    return _NO_SECRET
-
-
-def _client(key: ApiKey, base_url: str, timeout_s: float):
-    """The openai client for one key; retries are ours (through the broker), so the client's are off."""
-    import openai
-
-    if key.api_version:  # Azure OpenAI: deployments under the resource endpoint, `api-key` header
-        return openai.AsyncAzureOpenAI(api_key=resolve_api_key(key), azure_endpoint=key.base_url,
-                                       api_version=key.api_version, max_retries=0, timeout=timeout_s)
-    return openai.AsyncOpenAI(api_key=resolve_api_key(key), base_url=key.base_url or base_url, max_retries=0,
-                              timeout=timeout_s)
-
-
-class LLMCaller:
-    """One actor's way to an OpenAI-compatible API: reservations from the cluster-wide quota broker,
-    retries, the response cache (under `namespace`, a prompt or rubric version) and the accounting.
-    The rewrite stage is one user (Rewriter); the evaluation's endpoint models and judge are others."""
-
-    def __init__(self, *, config: RewriteConfig, run: RewriteRun, namespace: str) -> None:
-        import ray
-
-        install_log_redaction()  # this worker's log lines, like the driver's
-        self.config, self.run, self.namespace = config, run, namespace
-        self.decoding = decoding_of(config)
-        self.clients = {key.name: _client(key, run.base_url, config.timeout_s) for key in config.keys}
-        self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
-        index = ray.get(run.cache_index) if run.cache_index is not None else None
-        self.cache = ResponseCache(run.cache_uri, namespace, s3=run.s3, index=index)
-        self.batch_failures = ray.get(run.batch_failures) if run.batch_failures is not None else None
-        self.flushed_at = time.monotonic()
-        self.flushing: asyncio.Future | None = None
-        self.unflushed = 0  # paid answers put in the cache since the last flush began
-        self.semaphore = asyncio.Semaphore(config.concurrency_per_actor)
-        self.stopped: Failure | None = None  # once the broker says stop, no row of this actor calls again
-        self.settlements: list[tuple[int, dict[str, Any]]] = []
-        self.settling: asyncio.Task | None = None
-        self.requests: list[tuple[tuple[str, int, float, CallShape], asyncio.Future]] = []
-        self.requesting: asyncio.Task | None = None
-
-    async def finish_batch(self) -> None:
-        """At the end of every batch: persist its paid completions and settle its reservations."""
-        await self._flush_cache(force=True)
-        await self._send_settlements()
-
-    async def _flush_cache(self, *, force: bool = False) -> None:
-        """Persist paid completions: every FLUSH_EVERY_S while calls complete (a killed job then loses
-        only its last second of answers) and at the end of each batch. Writes run on a thread, one at a
-        time, so the event loop keeps calling."""
-        now = time.monotonic()
-        if not force and (now - self.flushed_at < FLUSH_EVERY_S or not (self.flushing is None or self.flushing.done())):
-            return
-        if self.flushing is not None:
-            await self.flushing  # one write at a time; raises if the last one failed
-        self.flushed_at = now
-        answers, self.unflushed = self.unflushed, 0
-        self.flushing = asyncio.ensure_future(self._write(*self.cache.detach(), answers=answers))
-        if force:
-            await self.flushing
-
-    async def _write(self, sequence: int, entries: dict[str, Any], *, answers: int) -> None:
-        await asyncio.to_thread(self.cache.write, sequence, entries)
-        if answers:  # the broker counts what is safe on disk: a stopping driver waits for every paid answer
-            self.broker.persisted.remote(answers)
-
-    async def _reserve(self, model: str, tokens: int, cost: float, shape: CallShape) -> Reservation:
-        """Ask the broker for a reservation; the requests of all of this actor's rows that ask within the
-        same 5 ms travel in one call (the broker grants them in order, as one by one)."""
-        future = asyncio.get_running_loop().create_future()
-        self.requests.append(((model, tokens, cost, shape), future))
-        if self.requesting is None or self.requesting.done():
-            self.requesting = asyncio.ensure_future(self._send_requests())
-        return await future
-
-    async def _send_requests(self) -> None:
-        # loop until the queue is empty: rows that ask while a call is in flight go in the next one
-        while self.requests:
-            await asyncio.sleep(0.005)
-            pending, self.requests = self.requests, []
-            try:
-                grants = await self.broker.reserve_many.remote([request for request, _ in pending])
-            except Exception as exc:  # noqa: BLE001 - hand the failure to every waiting row
-                for _, future in pending:
-                    future.set_exception(exc)
-                continue
-            for (_, future), grant in zip(pending, grants, strict=True):
-                future.set_result(grant)
-
-    def _settle(self, reservation_id: int, outcome: dict[str, Any]) -> None:
-        """Queue a settlement; they go to the broker together every 20 ms (and at the end of a batch)."""
-        self.settlements.append((reservation_id, outcome))
-        if self.settling is None or self.settling.done():
-            self.settling = asyncio.ensure_future(self._send_settlements(delay_s=0.02))
-
-    async def _send_settlements(self, delay_s: float = 0.0) -> None:
-        while self.settlements:  # as for requests: what arrives during a call goes in the next one
-            if delay_s:
-                await asyncio.sleep(delay_s)
-            pending, self.settlements = self.settlements, []
-            await self.broker.settle_many.remote(pending)
-
-    async def complete(self, *, record_id: str, model: str, messages: list[dict[str, str]], attempt: int,
-                       expected_chars: int) -> Completion | Failure:
-        """One completion of `messages`: from the cache, or paid for under the broker's quotas (retried
-        as configured). `attempt` numbers re-asks (each is a new call, with a new seed); `expected_chars`
-        gives the prior guess of the completion's length (about 2 tokens a character, see
-        estimate_tokens) that the broker's learned lengths scale.
-
-        The broker sends a max_tokens learned from past completions; one cut by `length` under it is
-        asked again with twice the budget (up to the configured cap) and counted by the broker
-        (`cut_by_length`); the cut one's tokens are paid and stay in the totals. The cache key holds the
-        configured cap, not the learned budget: max_tokens only cuts, so a completion that ended on its
-        own is the same answer whatever budget it had."""
-        key = call_key(messages, self.namespace, model, self.decoding, attempt)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return Completion(cached["completion"], cached["finish_reason"], cached["prompt_tokens"],
-                              cached["completion_tokens"], cached["cost_usd"], cached["api_key_name"], cached=True)
-        if self.batch_failures is not None:  # batch mode: what has no answer ended without one
-            failure = self.batch_failures.get(key)
-            return Failure(batch_reason(failure.code) if failure else "batch_unanswered",
-                           failure.detail if failure else "no answer in the cache after the batches")
-        cut: Completion | None = None
-        while True:
-            floor = min(self.config.max_tokens, 2 * cut.max_tokens) if cut is not None else 0
-            result = await self._call(model, messages, seed=int(key[:8], 16), source_chars=expected_chars,
-                                      min_max_tokens=floor)
-            if isinstance(result, Completion) and cut is not None:
-                result = result.after(cut)
-            if not (isinstance(result, Completion) and result.finish_reason == "length"
-                    and result.max_tokens is not None and result.max_tokens < self.config.max_tokens):
-                break
-            cut = result  # cut by our own budget, not by the cap: ask again with more room
-        if isinstance(result, Failure):
-            # the re-ask failed: the row still paid for the cut completion, which it parses as truncated
-            # (not cached: a rerun asks again)
-            return cut if cut is not None else result
-        self.cache.put({"call_key": key, "record_id": record_id, "model": model,
-                        "api_key_name": result.key, "completion": result.text,
-                        "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
-                        "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd})
-        self.unflushed += 1
-        # once stopping, every answer goes to disk as it arrives: the driver is waiting for them
-        await self._flush_cache(force=self.stopped is not None and self.stopped.reason == "interrupted")
-        return result
-
-    async def _call(self, model: str, messages: list[dict[str, str]], *, seed: int, source_chars: int,
-                    min_max_tokens: int = 0) -> Completion | Failure:
-        prompt_tokens, completion_tokens = estimate_tokens(messages, source_chars, self.config.max_tokens)
-        estimated = prompt_tokens + completion_tokens
-        estimated_cost = cost_of(self.config, model, prompt_tokens, completion_tokens)
-        shape = CallShape(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          max_tokens=self.config.max_tokens, namespace=self.namespace, min_max_tokens=min_max_tokens)
-        retries = 0
-        while True:
-            if self.stopped:
-                return self.stopped
-            reservation = await self._reserve(model, estimated, estimated_cost, shape)
-            if reservation.stop:
-                reason = next((reason for prefix, reason in _STOP_REASONS if reservation.stop.startswith(prefix)),
-                              "no_usable_key")
-                if self.stopped is None:  # rows waiting together all hear it: say it once
-                    log.warning("rewrite stopped issuing calls: %s; remaining rows are rejected as %s",
-                                reservation.stop, reason)
-                    self.stopped = Failure(reason, reservation.stop)
-                return self.stopped
-            if reservation.id is None:
-                await asyncio.sleep(reservation.wait_s)
-                continue
-            await asyncio.sleep(reservation.wait_s)
-            outcome, result = await self._attempt(reservation, model, messages, seed)
-            self._settle(reservation.id, outcome)
-            if result is not None:
-                return result
-            if outcome["status"] in ("rate_limited", "insufficient_quota"):
-                # the broker must hear of this 429 before this call asks again: queued settlements wait
-                # up to 20 ms, a reservation 5 ms, so the retry would be granted straight back into the
-                # burst (or the key without credit) it does not know about yet
-                await self._send_settlements()
-            if outcome["status"] == "insufficient_quota":
-                continue  # that key is now disabled; the broker hands out another
-            retries += 1
-            if retries > self.config.max_retries:
-                return Failure("retries_exhausted", f"{self.config.max_retries} retries: last {outcome['status']}")
-            if outcome["status"] != "rate_limited":  # 429s wait through the broker's cooldown instead
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** (retries - 1)) * random.uniform(0.5, 1.5))
-
-    async def _attempt(self, reservation: Reservation, model: str, messages: list[dict[str, str]],
-                       seed: int) -> tuple[dict[str, Any], Completion | Failure | None]:
-        """One HTTP call. Returns the settlement for the broker and a result, or None to retry."""
-        import openai
-
-        client = self.clients[reservation.key]
-        kwargs = {k: v for k, v in self.decoding.items() if v is not None}
-        if reservation.max_tokens is not None:
-            kwargs["max_tokens"] = reservation.max_tokens
-        try:
-            raw = await asyncio.wait_for(
-                client.chat.completions.with_raw_response.create(model=model, messages=messages, seed=seed, **kwargs),
-                timeout=self.config.timeout_s)
-            response = raw.parse()
-        except openai.RateLimitError as exc:
-            if _error_code(exc) == "insufficient_quota":
-                return {"status": "insufficient_quota"}, None
-            return {"status": "rate_limited", "retry_after_s": _retry_after(exc.response.headers),
-                    **_remaining(exc.response.headers)}, None
-        except (asyncio.TimeoutError, openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError):
-            return {"status": "error"}, None
-        except openai.APIStatusError as exc:
-            if exc.status_code in (408, 409):
-                return {"status": "error"}, None
-            return {"status": "error"}, Failure(f"http_{exc.status_code}", redact(str(exc.message))[:200])
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        cost = cost_of(self.config, model, prompt_tokens, completion_tokens)
-        choice = response.choices[0] if response.choices else None
-        text = (choice.message.content or "") if choice is not None else ""
-        finish_reason = (choice.finish_reason or "stop") if choice is not None else "stop"
-        outcome = {"status": "ok", "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                   "cost_usd": cost, "own_completion_tokens": count_tokens(text), "finish_reason": finish_reason,
-                   **_remaining(raw.headers)}
-        return outcome, Completion(text, finish_reason, prompt_tokens, completion_tokens, cost, reservation.key,
-                                   cached=False, max_tokens=reservation.max_tokens)
-
-
 class Rewriter(LLMCaller):
     """The rewrite stage's async callable class, run by `map_batches` in an actor pool."""
 
-    def __init__(self, *, config: RewriteConfig, run: RewriteRun) -> None:
+    def __init__(self, *, config: RewriteConfig, run: LLMRun) -> None:
         self.template = load_template(config.prompt)
         super().__init__(config=config, run=run, namespace=self.template.version)
+        self.parse = partial(parse_completion, min_turns=config.min_turns, max_turns=config.max_turns)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = await asyncio.gather(*(self._row(row) for row in batch.to_pylist()))
@@ -369,28 +87,105 @@ class Rewriter(LLMCaller):
         row = _dialogue_row(unit, self.template.version)
         if unit["reject_reason"]:
             return row
-        model = route_model(unit["record_id"], self.config)
-        row["model"] = model
-        messages = self.template.render(unit["question"], unit["description"], unit["answer"])
-        parsed = None
-        async with self.semaphore:
-            for attempt in range(self.config.max_reasks + 1):
-                result = await self.complete(record_id=unit["record_id"], model=model, messages=messages,
-                                             attempt=attempt, expected_chars=source_chars(unit))
-                row["attempts"] = attempt + 1
-                if isinstance(result, Failure):
-                    return _reject(row, STAGE, result.reason, result.detail)
-                row["api_key_name"] = result.key
-                row["prompt_tokens"] += result.prompt_tokens
-                row["completion_tokens"] += result.completion_tokens
-                row["cost_usd"] += result.cost_usd
-                parsed = parse_completion(result.text, result.finish_reason, min_turns=self.config.min_turns,
-                                          max_turns=self.config.max_turns)
-                if parsed.ok:
-                    row["messages"] = parsed.messages
-                    row["flags"] = [FLAG_PREFIX + kind for kind in parsed.repairs] or None
-                    return row
-        return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
+        row["model"] = route_model(unit["record_id"], self.config)
+        answer = await self.ask(record_id=unit["record_id"], model=row["model"], parse=self.parse,
+                                messages=self.template.render(unit["question"], unit["description"], unit["answer"]),
+                                reasks=self.config.max_reasks, expected_chars=source_chars(unit))
+        row.update(attempts=answer.attempts, api_key_name=answer.key, prompt_tokens=answer.prompt_tokens,
+                   completion_tokens=answer.completion_tokens, cost_usd=answer.cost_usd)
+        if answer.failure is not None:
+            return _reject(row, STAGE, answer.failure.reason, answer.failure.detail)
+        parsed = answer.verdict
+        if not parsed.ok:
+            return _reject(row, PARSE_STAGE, parsed.reason, parsed.detail)
+        return {**row, "messages": parsed.messages, "flags": [FLAG_PREFIX + kind for kind in parsed.repairs] or None}
+
+
+class RewriteSession(LLMSession):
+    """The LLM session of a rewrite run: the response cache's section is the prompt's version. With
+    rewrite.mode batch, every row's calls are answered through the Batch API first (soulray/rewrite/batch.py)
+    and the stage then finds them all in the cache."""
+
+    def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config) -> None:
+        # fail on a bad prompt before anything starts
+        super().__init__(config, run_id=run_id, store=store, s3=s3, namespace=load_template(config.prompt).version,
+                         batch=config.batch)
+        self.batch_driver: Any = None  # rewrite.mode batch: the BatchDriver, once it has started
+        self.batch_wall_s: float | None = None
+
+    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None,
+              clock: Any = None) -> ray.data.Dataset:
+        """The rewrite stage on `pipeline`; with `expected_rows`, a progress line is logged every
+        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend); with `clock`
+        (soulray.pipeline.StageClock), its busy time is counted."""
+        import ray.data
+
+        if expected_rows is not None:
+            self.log_progress(expected_rows)
+        config = self.config
+        if config.mode == "batch":
+            pipeline = self._answer_in_batches(pipeline)
+        fn, kwargs = Rewriter, {"config": config, "run": self.run}
+        if clock is not None:
+            fn, kwargs = clock.wrap_class(fn, stage=STAGE, kwargs=kwargs)
+        return pipeline.map_batches(
+            fn, fn_constructor_kwargs=kwargs, batch_size=config.batch_size,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_cpus=config.actor_num_cpus,
+        )
+
+    def _answer_in_batches(self, pipeline: ray.data.Dataset) -> ray.data.Dataset:
+        """rewrite.mode batch: answer every row's calls through the Batch API on the driver (journaled,
+        resumable), so the stage after finds them all in the cache; returns the rows, materialised."""
+        import dataclasses
+        import time
+
+        import ray
+
+        from soulray.llm.batch import BatchDriver
+        from soulray.llm.batch_journal import BatchJournal
+        from soulray.llm.cache import ResponseCache, build_index
+        from soulray.rewrite.batch import rewrite_in_batches
+
+        pipeline = pipeline.materialize()  # walked twice: here for the calls, then by the stage
+        cache_uri = self.store.cache_uri()
+        cache = ResponseCache(cache_uri, self.namespace, s3=self.s3, index=ray.get(self.run.cache_index))
+        self.batch_driver = BatchDriver(keys=self.config.keys, base_url=self.base_url, settings=self.config.batch,
+                                        journal=BatchJournal(cache_uri, self.namespace, s3=self.s3), cache=cache,
+                                        price=batch_price(self.config.prices, self.config.batch),
+                                        budget_usd=self.config.budget_usd)
+        units = (row for batch in pipeline.iter_batches(batch_size=4096, batch_format="pyarrow")
+                 for row in batch.select(["record_id", "question", "description", "answer", "reject_reason"]).to_pylist())
+        started = time.monotonic()
+        failures = rewrite_in_batches(units, config=self.config, namespace=self.namespace, cache=cache,
+                                      driver=self.batch_driver)
+        self.batch_wall_s = time.monotonic() - started
+        index = build_index(cache_uri, self.namespace, s3=self.s3)
+        self.run = dataclasses.replace(self.run, cache_index=ray.put(index), batch_failures=ray.put(failures))
+        return pipeline
+
+    def drain(self) -> str:
+        """On a stop signal: as online; in batch mode the calls were paid through batches, and every one
+        of their answers was in the cache before the journal recorded it (batches still running stay with
+        the provider and the next run collects them)."""
+        note = super().drain()
+        if self.batch_driver is None:
+            return note
+        paid = self.batch_driver.paid_calls
+        return (f"{paid} rewrite calls were paid through batches this run and all {paid} answers are saved in "
+                f"the response cache; {self.batch_driver.live} batches still running are collected by the next run")
+
+    def usage(self) -> dict[str, Any]:
+        """The broker's usage; in batch mode the calls were paid through batches, not the broker."""
+        usage = super().usage()
+        if self.batch_driver is None:
+            return usage
+        batches = self.batch_driver.usage()
+        keys, models = batches["keys"], batches["models"]
+        tokens = {"prompt": int(sum(k["prompt_tokens"] for k in keys.values())),
+                  "completion": int(sum(k["completion_tokens"] for k in keys.values()))}
+        return {**usage, "keys": keys, "models": models, "tokens": tokens, "cost_usd": batches["batches"]["spent_usd"],
+                "batches": {**batches["batches"], "wall_s": self.batch_wall_s}}
 
 
 def source_chars(unit: dict[str, Any]) -> int:
@@ -400,37 +195,10 @@ def source_chars(unit: dict[str, Any]) -> int:
     return len(unit["question"]) + len(unit["description"] or "") + len(unit["answer"])
 
 
-def estimate_tokens(messages: list[dict[str, str]], source_chars: int, max_tokens: int) -> tuple[int, int]:
-    """(prompt, completion) tokens expected before a call: a rewrite is about as long as its source
-    answer plus the dialogue around it (2 tokens a source character + 200 of framing), at most max_tokens."""
-    return count_message_tokens(messages), min(max_tokens, 2 * source_chars + 200)
-
-
-def decoding_of(config: RewriteConfig) -> dict[str, Any]:
-    """The decoding parameters every call sends (and its cache key holds), online or in a batch."""
-    return {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
-
-
-def batch_reason(code: str) -> str:
-    """A reject reason from a batch line's error code: `batch_<code>` (budget stops keep their online name)."""
-    return code if code == "budget_exhausted" or code.startswith("batch_") else f"batch_{code}"
-
-
-def cost_of(config: RewriteConfig, model: str, prompt_tokens: int, completion_tokens: int,
-            prices: dict[str, Any] | None = None) -> float:
-    """USD of a completion at `prices` (default: the online prices, rewrite.prices); 0 for an unpriced model."""
-    price = (config.prices if prices is None else prices).get(model)
-    if price is None:
-        return 0.0
-    return prompt_tokens / 1000 * price.prompt_per_1k + completion_tokens / 1000 * price.completion_per_1k
-
-
 def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
     """Dry run: what rewriting these rows would cost, per model, without calling anything: online and
     through the Batch API (rewrite.mode batch, at the batch price)."""
-    from soulray.llm.batch import batch_price
-
-    template, batch_cost = load_template(config.prompt), batch_price(config)
+    template, batch_cost = load_template(config.prompt), batch_price(config.prices, config.batch)
     totals: dict[str, list[float]] = {}
     for unit in batch.to_pylist():
         if unit["reject_reason"]:
@@ -442,7 +210,7 @@ def estimate_batch(batch: pa.Table, *, config: RewriteConfig) -> pa.Table:
         row[0] += 1
         row[1] += prompt
         row[2] += completion
-        row[3] += cost_of(config, model, prompt, completion)
+        row[3] += cost_of(config.prices, model, prompt, completion)
         row[4] += batch_cost(model, prompt, completion)
     return pa.table({"model": list(totals), "rows": [int(v[0]) for v in totals.values()],
                      "prompt_tokens": [int(v[1]) for v in totals.values()],
@@ -465,56 +233,3 @@ def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:
 
 def _reject(row: dict[str, Any], stage: str, reason: str | None, detail: str | None) -> dict[str, Any]:
     return {**row, "reject_stage": stage, "reject_reason": reason or "unknown", "reject_detail": detail}
-
-
-def _error_code(exc: Exception) -> str | None:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        return body.get("code") or (body.get("error") or {}).get("code")
-    return None
-
-
-def _retry_after(headers: Any) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name) if headers is not None else None
-        try:
-            return float(value) * scale if value is not None else None
-        except ValueError:
-            continue
-    return None
-
-
-def _remaining(headers: Any) -> dict[str, float]:
-    """The x-ratelimit-* headers the broker learns from: what is left, and until when (a duration)."""
-    found: dict[str, float] = {}
-    for header, field in (("x-ratelimit-remaining-requests", "remaining_requests"),
-                          ("x-ratelimit-remaining-tokens", "remaining_tokens")):
-        value = headers.get(header)
-        if value is not None and value.isdigit():
-            found[field] = int(value)
-    for header, field in (("x-ratelimit-reset-requests", "reset_requests_s"),
-                          ("x-ratelimit-reset-tokens", "reset_tokens_s")):
-        seconds = parse_duration(headers.get(header))
-        if seconds is not None:
-            found[field] = seconds
-    return found
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Seconds in an OpenAI (Go) duration string: "6m0s", "1.5s", "20ms", "1h2m3s"; a bare number is
-    seconds. None if it is neither."""
-    if not text:
-        return None
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        return None
-    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)

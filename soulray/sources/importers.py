@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soulray.errors import SourceError
-from soulray.schema import MESSAGE, ROLE_ASSISTANT, ROLE_USER, question_group
+from soulray.schema import MESSAGE, ROLE_ASSISTANT, ROLE_NAMES, ROLE_USER, question_group
 
 QA_TABLE = pa.schema(
     [
@@ -40,7 +40,7 @@ QA_TABLE = pa.schema(
 )
 DIALOGUE_TABLE = pa.schema([("id", pa.string()), ("topic", pa.string()), ("messages", pa.list_(MESSAGE))])
 
-_SMILE_ROLES = {"client": ROLE_USER, "counselor": ROLE_ASSISTANT, "user": ROLE_USER, "assistant": ROLE_ASSISTANT}
+_SMILE_ROLES = ROLE_NAMES
 FORMATS = ("psyqa", "smilechat", "soulchatcorpus")
 DIALOGUE_FORMATS = ("smilechat", "soulchatcorpus")
 

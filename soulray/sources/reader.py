@@ -9,19 +9,26 @@ Two steps, so that errors name the file and row:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from soulray.config import S3Config, SourceSpec
 from soulray.errors import SourceError
-from soulray.fs import Location, resolve
-from soulray.schema import WORKING_UNIT, question_group, record_id
+from soulray.fs import Location, S3Config, resolve
+from soulray.schema import NORMALIZE, WORKING_UNIT, question_group, record_id
+from soulray.sources.settings import SourceSpec
 
-STAGE = "normalize"
+if TYPE_CHECKING:
+    import ray.data
+
+STAGE = NORMALIZE
 _TEXT_FIELDS = ("question", "description", "topic")
 _ID_FIELDS = ("question_id", "answer_id")
 
@@ -51,22 +58,55 @@ class SourcePlan:
 
 def plan_fragments(spec: SourceSpec, *, source_index: int = 0, s3: S3Config | None = None) -> SourcePlan:
     """Check every file of `spec` and cut it into row-group fragments. Raises SourceError."""
-    location = resolve(spec.path, s3)
+    plan = plan_files(spec.path, check=partial(_check_columns, spec), source_index=source_index, s3=s3)
+    if plan.rows == 0:
+        raise SourceError(f"{resolve(spec.path, s3).uri}: the source table is empty (0 rows)")
+    return plan
+
+
+def plan_files(path: str, *, check: Callable[[str, pa.Schema], None], source_index: int = 0,
+               s3: S3Config | None = None) -> SourcePlan:
+    """Every Parquet file under `path`, checked by `check(uri, schema)` (raises SourceError naming the
+    file), cut into row-group fragments, with each file's lineage facts."""
+    location = resolve(path, s3)
     fragments: list[Fragment] = []
     inputs: list[dict[str, object]] = []
     for file in list_parquet_files(location):
         metadata, size, fingerprint = read_metadata(file)
-        _check_columns(spec, file.uri, metadata.schema.to_arrow_schema())
+        check(file.uri, metadata.schema.to_arrow_schema())
         first_row = 0
         for row_group in range(metadata.num_row_groups):
             num_rows = metadata.row_group(row_group).num_rows
             fragments.append(Fragment(source_index, file.uri, row_group, first_row, num_rows))
             first_row += num_rows
         inputs.append({"uri": file.uri, "bytes": size, "rows": metadata.num_rows, "fingerprint": fingerprint})
-    plan = SourcePlan(fragments, inputs)
-    if plan.rows == 0:
-        raise SourceError(f"{location.uri}: the source table is empty (0 rows)")
-    return plan
+    return SourcePlan(fragments, inputs)
+
+
+def read_fragments(fragments: list[Fragment], *, convert: Callable[[Fragment], pa.Table], block_rows: int,
+                   wrap: Callable[..., tuple[Callable[..., Any], dict[str, Any]]] | None = None) -> ray.data.Dataset:
+    """The Ray adapter: one task per fragment, `convert` (a picklable function of a Fragment) turns its
+    rows into working rows, cut into blocks of `block_rows`. `wrap`: StageClock.wrap, to time it."""
+    import ray.data
+
+    fn, kwargs = _convert_fragments, {"convert": convert, "block_rows": block_rows}
+    if wrap is not None:
+        fn, kwargs = wrap(fn, stage=STAGE, kwargs=kwargs)
+    items = [dataclasses.asdict(fragment) for fragment in fragments]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        fn, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow")
+
+
+def _convert_fragments(batch: pa.Table, *, convert: Callable[[Fragment], pa.Table], block_rows: int):
+    for item in batch.to_pylist():
+        table = convert(Fragment(**item))
+        for start in range(0, table.num_rows, block_rows):
+            yield table.slice(start, block_rows)
+
+
+def normalise_fragments(specs: list[SourceSpec], s3: S3Config | None, fragment: Fragment) -> pa.Table:
+    """`normalise_fragment` with the fragment's spec looked up (bind the first two with functools.partial)."""
+    return normalise_fragment(fragment, specs[fragment.source_index], s3=s3)
 
 
 def normalise_fragment(fragment: Fragment, spec: SourceSpec, *, s3: S3Config | None = None) -> pa.Table:

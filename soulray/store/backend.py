@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from soulray.config import S3Config
 from soulray.errors import StoreError, VersionConflict
-from soulray.fs import boto3_client
+from soulray.fs import S3Config, boto3_client
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,16 @@ import pyarrow.compute as pc
 from soulray import __version__
 from soulray.errors import StoreError
 from soulray.schema import REJECT
-from soulray.store.manifest import InputFile, Manifest, Shard, describe_schema
+from soulray.store.manifest import (
+    Changes,
+    Counts,
+    InputFile,
+    Manifest,
+    Shard,
+    StageReport,
+    Usage,
+    describe_schema,
+)
 from soulray.store.shards import PROFILE, ShardTarget, write_batch
 from soulray.store.versions import VersionStore, utc_now
 
@@ -32,7 +41,8 @@ def write_shards(dataset: ray.data.Dataset, target: ShardTarget, *, rows_per_sha
 def build_manifest(*, store: VersionStore, version: str, run_id: str, job: str,
                    config: dict[str, Any], config_hash: str, inputs: list[InputFile], input_rows: int,
                    data_schema: pa.Schema, shard_facts: list[dict[str, Any]],
-                   timings_s: dict[str, float] | None = None, usage: dict[str, Any] | None = None) -> Manifest:
+                   timings_s: dict[str, float] | None = None, usage: Usage | None = None,
+                   stages: dict[str, StageReport] | None = None) -> Manifest:
     """Assemble the manifest and check the accounting invariant: inputs = published + rejected. Its
     parent is decided when it commits (VersionStore.commit)."""
     data = [_shard(fact) for fact in shard_facts if fact["kind"] == "data"]
@@ -63,11 +73,11 @@ def build_manifest(*, store: VersionStore, version: str, run_id: str, job: str,
         config_hash=config_hash, config=config, inputs=inputs,
         data_schema=describe_schema(data_schema), reject_schema=describe_schema(REJECT),
         data=sorted(data, key=lambda shard: shard.path), rejects=sorted(rejects, key=lambda shard: shard.path),
-        counts={"input_rows": input_rows, "output_rows": output_rows, "rejected_rows": rejected_rows,
-                "by_stage": {stage: dict(sorted(reasons.items())) for stage, reasons in sorted(by_stage.items())}},
-        topics=dict(topics.most_common()), timings_s=timings_s or {}, usage=usage or {},
+        counts=Counts(input_rows=input_rows, output_rows=output_rows, rejected_rows=rejected_rows,
+                      by_stage={stage: dict(sorted(reasons.items())) for stage, reasons in sorted(by_stage.items())}),
+        topics=dict(topics.most_common()), timings_s=timings_s or {}, usage=usage, stages=stages or {},
         profile={name: dict(counts.most_common()) for name, counts in sorted(profiles.items())},
-        tokens=(usage or {}).get("tokens", {}), cost_usd=(usage or {}).get("cost_usd", 0.0),
+        tokens=usage.tokens if usage else {}, cost_usd=usage.cost_usd if usage else 0.0,
     )
 
 
@@ -75,11 +85,11 @@ def _shard(fact: dict[str, Any]) -> Shard:
     return Shard(path=fact["path"], rows=fact["rows"], bytes=fact["bytes"], sha256=fact["sha256"])
 
 
-def changes_since(store: VersionStore, manifest: Manifest) -> dict[str, Any]:
+def changes_since(store: VersionStore, manifest: Manifest) -> Changes | None:
     """What this (not yet committed) version changed against its parent, by record_id: rows are
     identified by content, so an edited source row counts as one removed and one added."""
     if manifest.parent_version is None:
-        return {}
+        return None
     from soulray.store.reader import Version
 
     def record_ids(version: Version) -> pa.Array:
@@ -90,8 +100,7 @@ def changes_since(store: VersionStore, manifest: Manifest) -> dict[str, Any]:
     current = pc.unique(record_ids(Version(store, manifest)))
     parent = pc.unique(record_ids(Version(store, store.manifest(manifest.parent_version))))
     kept = pc.sum(pc.is_in(current, value_set=parent)).as_py() or 0
-    return {"parent": manifest.parent_version, "added": len(current) - kept, "removed": len(parent) - kept,
-            "kept": kept}
+    return Changes(parent=manifest.parent_version, added=len(current) - kept, removed=len(parent) - kept, kept=kept)
 
 
 def attach_report(store: VersionStore, manifest: Manifest) -> Manifest:

@@ -11,9 +11,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from soulray.config import S3Config
 from soulray.errors import StoreError
-from soulray.fs import resolve
+from soulray.fs import S3Config, resolve
 from soulray.store.manifest import Manifest, Shard
 from soulray.store.versions import VersionStore, store_for_path
 

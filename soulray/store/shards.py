@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from soulray.config import S3Config
 from soulray.errors import StoreError
-from soulray.fs import Location, resolve
+from soulray.fs import Location, S3Config, resolve
 from soulray.schema import REJECT
 
 log = logging.getLogger(__name__)

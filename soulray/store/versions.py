@@ -25,8 +25,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from soulray.config import DATASET_NAME, VERSION_NAME, S3Config
 from soulray.errors import StoreError, VersionConflict
+from soulray.fs import S3Config
+from soulray.settings import DATASET_NAME, VERSION_NAME
 from soulray.store.backend import Backend, StoredObject, open_backend
 from soulray.store.manifest import Manifest
 
@@ -172,7 +173,7 @@ class VersionStore:
 
 
 def check_name(kind: str, name: str, pattern: str) -> str:
-    """`name` if it is a valid dataset or version name (one path segment: see soulray.config)."""
+    """`name` if it is a valid dataset or version name (one path segment: see soulray.settings)."""
     if not re.fullmatch(pattern, name):
         raise StoreError(f"{name!r}: not a valid {kind} name (letters, digits and ._-, starting with a letter "
                          "or digit)")

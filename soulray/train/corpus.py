@@ -3,16 +3,15 @@ without running the rewrite: tests, benchmarks, and users who bring an already-r
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soulray.config import S3Config
-from soulray.schema import DIALOGUE, first_user_turn, question_group, record_id
-from soulray.store import ShardTarget, VersionStore, build_manifest
-from soulray.store.shards import write_batch
+from soulray.fs import S3Config
+from soulray.pipeline import JobSettings, Pipeline, TableSource, run
+from soulray.schema import DIALOGUE, dialogue_record_id, first_user_turn, question_group
+from soulray.store.settings import StorageConfig
 
 
 def smilechat_dialogues(folder: str | Path, *, limit: int | None = None) -> pa.Table:
@@ -29,9 +28,8 @@ def smilechat_dialogues(folder: str | Path, *, limit: int | None = None) -> pa.T
     for index, (source_id, messages) in enumerate(zip(dialogs["id"].to_pylist(), dialogs["messages"].to_pylist(),
                                                       strict=True)):
         pair = by_answer.get(source_id, {})
-        record = record_id(pair.get("question") or source_id, "", pair.get("answer") or str(messages))
         question_id = pair.get("question_id") or question_group(first_user_turn(messages))
-        rows.append({"id": source_id, "record_id": record, "question_id": question_id,
+        rows.append({"id": source_id, "record_id": dialogue_record_id(messages), "question_id": question_id,
                      "topic": "", "messages": messages, "source_file": str(folder / "dialogs.parquet"),
                      "source_row": index})
     return pa.Table.from_pylist(rows, schema=DIALOGUE)
@@ -39,13 +37,9 @@ def smilechat_dialogues(folder: str | Path, *, limit: int | None = None) -> pa.T
 
 def publish_dialogues(table: pa.Table, *, root: str, dataset: str, s3: S3Config = S3Config(),
                       job: str = "import-dialogues") -> str:
-    """Commit `table` (schema.DIALOGUE) as a new version of `dataset` under `root`; returns the version."""
-    store = VersionStore(root, dataset, s3=s3)
-    run_id = uuid.uuid4().hex[:12]
-    version = f"import-{run_id[:8]}"
-    target = ShardTarget(version_uri=store.version_uri(version), run_id=run_id, data_schema=DIALOGUE, s3=s3)
-    facts = write_batch(table.cast(DIALOGUE), target).to_pylist()
-    store.commit(build_manifest(store=store, version=version, run_id=run_id, job=job,
-                                config={}, config_hash="-", inputs=[], input_rows=table.num_rows,
-                                data_schema=DIALOGUE, shard_facts=facts))
-    return version
+    """Commit `table` (schema.DIALOGUE) as a new version of `dataset` under `root`, through the one
+    publish path (no stages); returns the version."""
+    pipeline = Pipeline(job=job, source=TableSource(table.cast(DIALOGUE)), stages=[], data_schema=DIALOGUE)
+    result = run(pipeline, settings=JobSettings(dataset=dataset, storage=StorageConfig(root=root), s3=s3,
+                                           version_prefix="import"))
+    return result.manifest.version

@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from soulray.config import LoraSettings, S3Config
+from soulray.fs import S3Config
 from soulray.train.samples import IGNORE_INDEX, SampleStore
 from soulray.train.schedule import WarmupDecay
+from soulray.train.settings import LoraSettings
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from soulray.config import LoraSettings, TinyModelConfig
 from soulray.train.samples import COUNSELOR_PREFIX, USER_PREFIX
+from soulray.train.settings import LoraSettings, TinyModelConfig
 
 PAD, EOS = "<pad>", "</s>"
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from soulray.config import DATASET_NAME, VERSION_NAME, S3Config
-from soulray.fs import resolve, s3_filesystem
+from soulray.fs import S3Config, resolve, s3_filesystem
+from soulray.settings import DATASET_NAME, VERSION_NAME
 from soulray.store.versions import check_name
 
 

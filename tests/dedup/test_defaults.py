@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from soulray.config import DedupConfig, DedupJobConfig
 from soulray.dedup.drift import DRIFT_KINDS, drift
 from soulray.dedup.minhash import word_shingles
+from soulray.dedup.settings import DedupConfig, DedupJobConfig
 from soulray.dedup.stage import dedup_texts
 from soulray.dedup.text import normalise, row_texts
 

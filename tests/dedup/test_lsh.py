@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
 
-from soulray.config import DedupConfig
 from soulray.dedup.lsh import band_keys, optimal_params
+from soulray.dedup.settings import DedupConfig
 
 
 @pytest.mark.parametrize("num_perm", [16, 64, 128, 256])

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from soulray.config import DedupConfig
 from soulray.dedup.cluster import Members, Rules, resolve
 from soulray.dedup.minhash import MinHasher
+from soulray.dedup.settings import DedupConfig
 from soulray.dedup.stage import ROW_ID, dedup_dataset
 from soulray.dedup.text import content_hashes, normalise, row_texts
 from soulray.schema import WORKING_UNIT

@@ -23,8 +23,8 @@ def dialogues() -> pa.Table:
 def tiny_checkpoint(tmp_path_factory, dialogues) -> Path:
     """An untrained tiny Llama with a tokenizer trained on the sample, exported the way a soulray
     fine-tuning run exports its model (Hugging Face folder, the paper's format as chat template)."""
-    from soulray.config import TinyModelConfig
     from soulray.train.model import export, tiny_model, train_tokenizer
+    from soulray.train.settings import TinyModelConfig
 
     folder = tmp_path_factory.mktemp("tiny") / "model"
     texts = [message["content"] for messages in dialogues["messages"].to_pylist() for message in messages]

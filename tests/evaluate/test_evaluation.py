@@ -14,7 +14,7 @@ from soulray.cli import main as cli_main
 from soulray.config import EvaluateConfig, load_config
 from soulray.evaluate.samples import hash_split
 from soulray.evaluation import run
-from soulray.rewrite.server import Faults, LocalLLMServer, ServerConfig
+from soulray.offline.server import Faults, LocalLLMServer, ServerConfig
 from soulray.train.corpus import publish_dialogues
 
 SAMPLES, JUDGED, RUNS = 24, 12, 2

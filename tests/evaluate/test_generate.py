@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from soulray.config import DecodingConfig, FinetuneConfig, S3Config, load_config
+from soulray.config import FinetuneConfig, load_config
 from soulray.evaluate.generate import _turn, generate_batch, load_checkpoint, prompt_format, prompt_ids
 from soulray.evaluate.samples import next_turn_samples
+from soulray.evaluate.settings import DecodingConfig
+from soulray.fs import S3Config
 from soulray.train.loop import read_arrow
 from soulray.train.model import load_tokenizer
 from soulray.train.prepare import INIT_MODEL, prepare

@@ -17,7 +17,7 @@ from soulray.evaluate.judge import (
     mean_with_interval,
     parse_rating,
 )
-from soulray.rewrite.server import Faults, LocalLLMServer, ServerConfig
+from soulray.offline.server import Faults, LocalLLMServer, ServerConfig
 
 HISTORY = [{"role": "user", "content": "我最近总是失眠，白天也没精神。"}]
 

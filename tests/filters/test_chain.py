@@ -9,9 +9,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from soulray.config import CleanConfig, CrisisSpec, DialogueFormatSpec, FiltersConfig, PiiSpec, load_config
+from soulray.config import CleanConfig, load_config
 from soulray.errors import ConfigError
 from soulray.filters import DIALOGUE_STAGE, SOURCE_STAGE, build_chain
+from soulray.filters.dialogue import DialogueFormatSpec
+from soulray.filters.ethics import CrisisSpec
+from soulray.filters.pii import PiiSpec
+from soulray.filters.registry import FiltersConfig
 from soulray.schema import WORKING_DIALOGUE, WORKING_UNIT
 from tests.filters.tables import dialogues, good_dialogue, reasons, smilechat, units
 
@@ -117,8 +121,8 @@ def test_config_overrides_patch_the_default_chain():
     assert [spec.name for spec in config.filters.dialogue] == [spec.name for spec in FiltersConfig().dialogue]
     with pytest.raises(ConfigError, match="filters.dialogue.4.dialogue_format.min_turn: unknown key"):
         load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.4.min_turn=4"])
-    with pytest.raises(ConfigError, match="the default dialogue chain has 14 filters"):
-        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.14.min_turns=4"])
+    with pytest.raises(ConfigError, match="the default dialogue chain has 15 filters"):
+        load_config(CleanConfig, None, ["input.path=x", "filters.dialogue.15.min_turns=4"])
 
 
 def test_an_empty_chain_changes_nothing():

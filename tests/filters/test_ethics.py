@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from soulray.config import CRISIS_TERMS, SELF_INTRODUCTION_PATTERNS, BlocklistSpec, CrisisSpec
 from soulray.filters.batch import batch_from_table
-from soulray.filters.ethics import CrisisRule, CrisisScreen, EthicsBlocklist
+from soulray.filters.ethics import (
+    CRISIS_TERMS,
+    SELF_INTRODUCTION_PATTERNS,
+    BlocklistSpec,
+    CrisisRule,
+    CrisisScreen,
+    CrisisSpec,
+    EthicsBlocklist,
+)
 from tests.filters.tables import dialogues, good_dialogue, turns
 
 

@@ -38,8 +38,8 @@ def config(tmp_path, *overrides: str) -> RegenerateConfig:
 def test_filters_clean_sources_and_dialogues_and_explain_every_drop(ray_local, tmp_path):
     result = run(config(tmp_path))
     counts = result.manifest.counts
-    assert counts["input_rows"] == 6 == counts["output_rows"] + counts["rejected_rows"]
-    assert counts["by_stage"] == {"filter_source": {"crisis_review": 1, "too_short": 1},
+    assert counts.input_rows == 6 == counts.output_rows + counts.rejected_rows
+    assert counts.by_stage == {"filter_source": {"crisis_review": 1, "too_short": 1},
                                   "filter_dialogue": {"ethics_blocklist": 1}}
     text = summary(result)
     assert "reject  filter_source/crisis_review: 1" in text and "reject  filter_dialogue/ethics_blocklist: 1" in text

@@ -7,10 +7,12 @@ from collections import Counter
 
 import pyarrow.compute as pc
 
-from soulray.config import DialogueFormatSpec, DialogueRepairSpec, FiltersConfig, TurnLengthSpec
 from soulray.filters import DIALOGUE_STAGE, build_chain
 from soulray.filters.batch import batch_from_table
-from soulray.filters.repair import DialogueRepair
+from soulray.filters.dialogue import DialogueFormatSpec
+from soulray.filters.quality import TurnLengthSpec
+from soulray.filters.registry import FiltersConfig
+from soulray.filters.repair import DialogueRepair, DialogueRepairSpec
 from soulray.repair import TurnLimits, plan_repair, repair_messages
 from tests.filters.tables import dialogues, good_dialogue, reasons, smilechat
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from soulray.config import ForumWordsSpec, ReplaceRule
 from soulray.filters.batch import batch_from_table
 from soulray.filters.source import (
     ForumWords,
+    ForumWordsSpec,
     LengthCap,
+    ReplaceRule,
     TooShort,
     replace_whole_words,
     word_boundaries,

@@ -6,10 +6,17 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from soulray.config import AI_DISCLOSURE_PATTERNS, MarkerRule, TemplateMarkersSpec
 from soulray.filters import DIALOGUE_STAGE, build_chain
 from soulray.filters.batch import batch_from_table
-from soulray.filters.template import AdviceList, AiDisclosure, TemplateMarkers, marker_rows
+from soulray.filters.template import (
+    AI_DISCLOSURE_PATTERNS,
+    AdviceList,
+    AiDisclosure,
+    MarkerRule,
+    TemplateMarkers,
+    TemplateMarkersSpec,
+    marker_rows,
+)
 from soulray.store.shards import profile
 from tests.filters.tables import dialogues, good_dialogue, turns
 

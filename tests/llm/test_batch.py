@@ -13,15 +13,18 @@ import openai
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.config import ApiKey, BatchModeConfig, RewriteConfig, S3Config
-from soulray.llm.batch import BatchDriver, batch_price
+from soulray.fs import S3Config
+from soulray.llm.batch import BatchDriver
 from soulray.llm.batch_journal import BatchJournal
-from soulray.llm.batch_rewrite import rewrite_in_batches
+from soulray.llm.cache import ResponseCache, build_index
+from soulray.llm.pricing import batch_price, cost_of
+from soulray.llm.settings import ApiKey, BatchModeConfig
 from soulray.offline.batches import BatchSettings
-from soulray.rewrite.cache import ResponseCache, build_index
+from soulray.offline.server import Faults, SimulatedKey
+from soulray.rewrite.batch import rewrite_in_batches
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.server import Faults, SimulatedKey
+from soulray.rewrite.settings import RewriteConfig
 from soulray.schema import record_id
 from tests.conftest import DEMO_QA, PLANTED_API_KEY, TEST_API_KEYS
 
@@ -55,7 +58,7 @@ def run_driver(root: Path, config: RewriteConfig, rows: list[dict], hook=None):
     cache = ResponseCache(cache_uri, NAMESPACE, s3=S3Config(), index=build_index(cache_uri, NAMESPACE, s3=S3Config()))
     driver = BatchDriver(keys=config.keys, base_url=config.base_url, settings=config.batch,
                          journal=BatchJournal(cache_uri, NAMESPACE, s3=S3Config()), cache=cache,
-                         price=batch_price(config), budget_usd=config.budget_usd, hook=hook)
+                         price=batch_price(config.prices, config.batch), budget_usd=config.budget_usd, hook=hook)
     failures = rewrite_in_batches(rows, config=config, namespace=NAMESPACE, cache=cache, driver=driver)
     return failures, driver
 
@@ -160,8 +163,8 @@ def test_every_row_answered_once_with_reasks_in_later_batches(llm, tmp_path):
     assert server_stats(server)["lines_answered"] == len(cached)
     usage = driver.usage()
     assert usage["keys"]["key_a"]["ok"] == len(cached)
-    online = sum(batch_price(rewrite_config(url, price_factor=1.0))(e["model"], e["prompt_tokens"],
-                                                                     e["completion_tokens"]) for e in cached)
+    online = sum(cost_of(rewrite_config(url).prices, e["model"], e["prompt_tokens"], e["completion_tokens"])
+                 for e in cached)
     assert usage["batches"]["spent_usd"] == pytest.approx(0.5 * online)
     # a row was asked again only after an answer that did not parse
     reasked = {entry["record_id"] for entry in cached if entry["call_key"] in reask_keys(entries)}
@@ -322,7 +325,7 @@ def test_take_file_stops_at_each_limit():
 
 def test_batch_price_per_model_or_by_factor():
     config = RewriteConfig(batch=BatchModeConfig(prices={"gpt-4": {"prompt_per_1k": 0.01, "completion_per_1k": 0.02}}))
-    price = batch_price(config)
+    price = batch_price(config.prices, config.batch)
     assert price("gpt-4", 1000, 1000) == pytest.approx(0.03)
     online = config.prices["gpt-3.5-turbo"]
     assert price("gpt-3.5-turbo", 1000, 1000) == pytest.approx(0.5 * (online.prompt_per_1k + online.completion_per_1k))

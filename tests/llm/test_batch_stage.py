@@ -10,8 +10,8 @@ import pytest
 
 from soulray.cli import main
 from soulray.offline.batches import BatchSettings
+from soulray.offline.server import Faults
 from soulray.regenerate import DryRun, run, summary
-from soulray.rewrite.server import Faults
 from soulray.store import open_version
 from tests.accounting import assert_accounted
 from tests.llm.test_batch import (
@@ -36,22 +36,22 @@ def test_batch_mode_costs_half_and_accounts_every_row(ray_local, llm, tmp_path):
     version = open_version(result.version_uri)
     assert_accounted(version)
     usage = result.manifest.usage
-    paid = sum(stats["ok"] for stats in usage["keys"].values())
+    paid = sum(stats.ok for stats in usage.keys.values())
     answered = sum(server_stats(server, env)["lines_answered"] for env in ("SOULRAY_TEST_KEY_A", "SOULRAY_TEST_KEY_B"))
-    assert paid == answered >= 40 and usage["batches"]["done"] == usage["batches"]["entries"] >= 4
-    assert all(stats["ok"] > 0 for stats in usage["keys"].values())  # both keys took batches
+    assert paid == answered >= 40 and usage.batches.done == usage.batches.entries >= 4
+    assert all(stats.ok > 0 for stats in usage.keys.values())  # both keys took batches
     assert sum(server.stats_summary().get(label, {}).get("requests", 0) for label in server.stats_summary()) == 0
     assert sum(version.to_table()["cost_usd"].to_pylist()) <= result.manifest.cost_usd + 1e-9
 
     online = run(job(tmp_path / "online", url, KEYS, limit=40))
-    assert online.manifest.counts["output_rows"] == result.manifest.counts["output_rows"]
+    assert online.manifest.counts.output_rows == result.manifest.counts.output_rows
     assert result.manifest.cost_usd == pytest.approx(0.5 * online.manifest.cost_usd, rel=0.02)
 
     again = run(job(tmp_path / "batch", url, KEYS, *BATCH, limit=40))  # a rerun: every answer is cached
-    assert sum(stats["ok"] for stats in again.manifest.usage["keys"].values()) == 0
+    assert again.manifest.usage.paid_calls == 0
     assert again.manifest.counts == result.manifest.counts
     assert server_stats(server)["created"] + server_stats(server, "SOULRAY_TEST_KEY_B")["created"] == \
-        usage["batches"]["entries"]
+        usage.batches.entries
 
 
 def test_failed_lines_are_rejects_with_the_providers_code(ray_local, llm, tmp_path):
@@ -59,7 +59,7 @@ def test_failed_lines_are_rejects_with_the_providers_code(ray_local, llm, tmp_pa
     result = run(job(tmp_path, url, KEYS[:1], *BATCH, "rewrite.batch.max_retries=0", "rewrite.max_failure_share=1",
                      limit=30))
     assert_accounted(open_version(result.version_uri))
-    reasons = result.manifest.counts["by_stage"].get("rewrite", {})
+    reasons = result.manifest.counts.by_stage.get("rewrite", {})
     assert reasons and set(reasons) == {"batch_server_error"}
 
 

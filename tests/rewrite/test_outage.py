@@ -9,10 +9,11 @@ import json
 import pytest
 
 from soulray.cli import DEMO_CONFIG
-from soulray.config import RegenerateConfig, S3Config, load_config
+from soulray.config import RegenerateConfig, load_config
+from soulray.fs import S3Config
+from soulray.llm.cache import build_index
+from soulray.offline.server import Faults, SimulatedKey
 from soulray.regenerate import run
-from soulray.rewrite.cache import build_index
-from soulray.rewrite.server import Faults, SimulatedKey
 from soulray.rewrite.stage import RewriteOutage, check_failures
 from soulray.store import VersionStore
 from tests.conftest import TEST_API_KEYS, free_port

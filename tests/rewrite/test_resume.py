@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.config import S3Config
-from soulray.rewrite.cache import build_index
-from soulray.rewrite.server import SimulatedKey
+from soulray.fs import S3Config
+from soulray.llm.cache import build_index
+from soulray.offline.server import SimulatedKey
 from soulray.schema import record_id
 from soulray.store import VersionStore, open_version
 from tests.accounting import assert_accounted
@@ -60,7 +60,7 @@ def test_killed_job_resumes_and_pays_only_for_calls_in_flight(ray_local, llm, tm
     rerun = subprocess.run(command(tmp_path, url), cwd=ROOT, env=env, capture_output=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr.decode()[-3000:]
     version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
-    assert version.manifest.counts["input_rows"] == 300
+    assert version.manifest.counts.input_rows == 300
     source = pq.read_table(DEMO_QA)
     assert_accounted(version, record_ids={record_id(q, "", a) for q, a in zip(
         source["question"].to_pylist(), source["answer"].to_pylist(), strict=True)})  # each row once

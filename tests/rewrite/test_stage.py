@@ -11,9 +11,9 @@ import pytest
 
 from soulray.cli import DEMO_CONFIG
 from soulray.config import RegenerateConfig, load_config
+from soulray.llm.pricing import cost_of
+from soulray.offline.server import Faults, LocalLLMServer, SimulatedKey
 from soulray.regenerate import run
-from soulray.rewrite.server import Faults, LocalLLMServer, SimulatedKey
-from soulray.rewrite.stage import cost_of
 from soulray.store import open_version
 from tests.accounting import assert_accounted
 from tests.conftest import PLANTED_API_KEY, TEST_API_KEYS
@@ -47,7 +47,7 @@ def test_quotas_per_key_are_respected_and_shared(ray_local, llm, tmp_path):
     server, url = llm(keys=server_keys(**limits))
     keys = [key(env, rpm=value.rpm, tpm=value.tpm) for env, value in limits.items()]
     result = run(job(tmp_path, url, keys, limit=45))
-    assert result.manifest.counts["output_rows"] + result.manifest.counts["rejected_rows"] == 45
+    assert result.manifest.counts.output_rows + result.manifest.counts.rejected_rows == 45
     stats = stats_by_env(server)
     assert sum(s["completed"] for s in stats.values()) >= 45  # every row called (re-asks may add some)
     assert all(stats[env]["completed"] > 0 for env in limits)  # load spread over every key
@@ -60,8 +60,8 @@ def test_quotas_per_key_are_respected_and_shared(ray_local, llm, tmp_path):
         assert requests_10s <= value.rpm / 6 + max(1, value.rpm * 0.01) + 1, (env, requests_10s)
     total = sum(s["requests"] for s in stats.values())
     assert sum(s["rate_limited"] for s in stats.values()) <= max(1, 0.01 * total)
-    usage = result.manifest.usage["keys"]
-    assert sum(k["ok"] for k in usage.values()) == sum(s["completed"] for s in stats.values())
+    usage = result.manifest.usage.keys
+    assert sum(k.ok for k in usage.values()) == sum(s["completed"] for s in stats.values())
     assert result.manifest.cost_usd > 0 and result.manifest.tokens["prompt"] > 0
 
 
@@ -83,22 +83,23 @@ def test_chaos_ends_as_output_or_reject_with_exact_accounting_and_rerun_pays_not
     version = open_version("latest", root=str(tmp_path), dataset="smilechat-demo")
     assert_accounted(version)
     counts = result.manifest.counts
-    assert counts["input_rows"] == 60
+    assert counts.input_rows == 60
     known = {"truncated", "no_role_prefix", "refusal", "retries_exhausted"}
-    for stage, reasons in counts["by_stage"].items():
+    for stage, reasons in counts.by_stage.items():
         assert stage in ("rewrite", "parse") and set(reasons) <= known, counts
     data = version.to_table().to_pylist()
     assert max(row["attempts"] for row in data) > 1  # malformed completions were re-asked
     assert all(row["messages"][0]["role"] == "user" and row["messages"][-1]["role"] == "assistant" for row in data)
 
-    usage, served = result.manifest.usage["keys"], stats_by_env(server)
+    usage = {name: stats.model_dump() for name, stats in result.manifest.usage.keys.items()}
+    served = stats_by_env(server)
     assert usage["key_broke"]["disabled"].startswith("insufficient_quota") and usage["key_broke"]["ok"] == 0
     for env in [*good, "SOULRAY_TEST_KEY_BROKE"]:  # what we recorded per key is what the server counted
         mine, theirs = usage[key(env)["name"]], served[env]
         assert (mine["requests"], mine["ok"], mine["rate_limited"], mine["prompt_tokens"], mine["completion_tokens"]) \
             == (theirs["requests"], theirs["completed"], theirs["rate_limited"], theirs["prompt_tokens"],
                 theirs["completion_tokens"]), (env, mine, theirs)
-        paid = cost_of(config.rewrite, "gpt-3.5-turbo", theirs["prompt_tokens"], theirs["completion_tokens"])
+        paid = cost_of(config.rewrite.prices, "gpt-3.5-turbo", theirs["prompt_tokens"], theirs["completion_tokens"])
         assert mine["cost_usd"] == pytest.approx(paid)
     assert result.manifest.tokens["prompt"] == sum(s["prompt_tokens"] for s in served.values())
 
@@ -118,7 +119,7 @@ def test_chaos_ends_as_output_or_reject_with_exact_accounting_and_rerun_pays_not
     unfinished = sum(1 for r in version.to_table("rejects").to_pylist() if r["reason"] == "retries_exhausted")
     new_calls = sum(s["requests"] for s in stats_by_env(server).values()) - first_calls
     assert new_calls <= unfinished * (config.rewrite.max_retries + 1) * (config.rewrite.max_reasks + 1)
-    assert rerun.manifest.counts["output_rows"] == counts["output_rows"]
+    assert rerun.manifest.counts.output_rows == counts.output_rows
     assert_accounted(open_version("latest", root=str(tmp_path), dataset="smilechat-demo"))
 
 
@@ -130,7 +131,7 @@ def test_cache_hits_mean_zero_calls_and_prompt_change_repays(ray_local, llm, tmp
     assert calls >= 30
     second = run(job(tmp_path, url, keys, limit=30))
     assert stats_by_env(server)["SOULRAY_TEST_KEY_A"]["requests"] == calls  # the server saw nothing new
-    assert second.manifest.usage["keys"]["key_a"]["requests"] == 0 and second.manifest.cost_usd == 0
+    assert second.manifest.usage.keys["key_a"].requests == 0 and second.manifest.cost_usd == 0
     run(job(tmp_path, url, keys, "rewrite.prompt=smile-v1", limit=30))
     assert stats_by_env(server)["SOULRAY_TEST_KEY_A"]["requests"] >= calls + 30
     assert set(open_version("latest", root=str(tmp_path), dataset="smilechat-demo").to_table()["prompt_version"]
@@ -141,10 +142,10 @@ def test_budget_stop_rejects_the_rest_with_a_reason(ray_local, llm, tmp_path):
     _, url = llm(keys=server_keys(SOULRAY_TEST_KEY_A=SimulatedKey()))
     keys = [key("SOULRAY_TEST_KEY_A", rpm=100_000, tpm=10**8)]
     result = run(job(tmp_path, url, keys, "rewrite.budget_usd=0.005", "rewrite.models=[{name: gpt-4}]", limit=40))
-    reasons = Counter({reason: n for stage in result.manifest.counts["by_stage"].values() for reason, n in stage.items()})
+    reasons = Counter({reason: n for stage in result.manifest.counts.by_stage.values() for reason, n in stage.items()})
     assert reasons["budget_exhausted"] > 0 and set(reasons) <= {"budget_exhausted"}
     assert result.manifest.cost_usd <= 0.005
-    assert result.manifest.counts["input_rows"] == 40
+    assert result.manifest.counts.input_rows == 40
 
 
 def test_api_keys_never_reach_outputs_or_logs(ray_local, llm, tmp_path, caplog, capsys):
@@ -171,15 +172,15 @@ def test_per_model_limits_on_an_azure_style_key(ray_local, llm, tmp_path):
     config = job(tmp_path, url, [azure], "rewrite.models=[{name: gpt-4, share: 1}, {name: gpt-3.5-turbo, share: 1}]",
                  limit=30)
     result = run(config)
-    assert result.manifest.counts["output_rows"] + result.manifest.counts["rejected_rows"] == 30
+    assert result.manifest.counts.output_rows + result.manifest.counts.rejected_rows == 30
     served = server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]]
     gpt4_calls = sum(1 for _, _, lane in served.log if lane == "gpt-4")
     assert gpt4_calls >= 8 and sum(1 for _, _, lane in served.log if lane == "*") >= 8
     requests_10s, _ = served.max_in_window(10.0, lane="gpt-4")
     assert requests_10s <= 60 / 6 + 2  # paced at 1/s, not all at once
     assert served.rate_limited == 0
-    models = result.manifest.usage["models"]
-    assert models["gpt-4"]["ok"] == gpt4_calls and models["gpt-3.5-turbo"]["ok"] == len(served.log) - gpt4_calls
+    models = result.manifest.usage.models
+    assert models["gpt-4"].ok == gpt4_calls and models["gpt-3.5-turbo"].ok == len(served.log) - gpt4_calls
 
 
 def test_a_rewrite_ending_with_the_client_is_repaired_with_one_call(ray_local, llm, tmp_path):
@@ -188,7 +189,7 @@ def test_a_rewrite_ending_with_the_client_is_repaired_with_one_call(ray_local, l
     server, url = llm(faults=Faults(trailing_client=1.0))
     result = run(job(tmp_path, url, [key("SOULRAY_TEST_KEY_A")], limit=12))
     data = open_version("latest", root=str(tmp_path), dataset=result.manifest.dataset).to_table().to_pylist()
-    assert result.manifest.counts["output_rows"] == 12 and len(data) == 12
+    assert result.manifest.counts.output_rows == 12 and len(data) == 12
     assert all(row["attempts"] == 1 and row["flags"] == ["repair:trailing_client"] for row in data)
     assert all(row["messages"][-1]["role"] == "assistant" for row in data)
     assert sum(stats["completed"] for stats in stats_by_env(server).values()) == 12  # no re-asks
@@ -207,12 +208,12 @@ def test_learned_max_tokens_and_the_reask_after_length(ray_local, llm, tmp_path)
     assert_accounted(version)
     served = server.stats[TEST_API_KEYS["SOULRAY_TEST_KEY_A"]]
     assert served.budgets[0] == 2048 and min(served.budgets) < 2048  # the cap, until lengths were learned
-    usage = result.manifest.usage["keys"]["key_a"]
-    assert usage["cut_by_length"] > 0
-    assert usage["ok"] == served.completed and usage["completion_tokens"] == stats_by_env(server)[
+    usage = result.manifest.usage.keys["key_a"]
+    assert usage.cut_by_length > 0
+    assert usage.ok == served.completed and usage.completion_tokens == stats_by_env(server)[
         "SOULRAY_TEST_KEY_A"]["completion_tokens"]  # the cut completions were paid for and counted
     # every cut was asked again with a larger budget: more calls than rows and parse re-asks
     data, rejects = version.to_table().to_pylist(), version.to_table("rejects").to_pylist()
-    asked = sum(row["attempts"] for row in data) + usage["cut_by_length"]
+    asked = sum(row["attempts"] for row in data) + usage.cut_by_length
     assert served.completed == asked if not rejects else served.completed >= asked
     assert "truncated" not in {row["reason"] for row in rejects}  # no row lost to our own budget

@@ -4,10 +4,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.config import SourceSpec
 from soulray.errors import SourceError
 from soulray.sources import normalise_fragment, plan_fragments
 from soulray.sources.importers import import_corpus
+from soulray.sources.settings import SourceSpec
 
 DEMO_DIALOGS = Path(__file__).parent.parent.parent / "soulray" / "data" / "demo" / "dialogs.parquet"
 

@@ -4,10 +4,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.config import ColumnMap, SourceSpec
 from soulray.errors import SourceError
 from soulray.schema import WORKING_UNIT, question_group, record_id
 from soulray.sources import normalise_fragment, plan_fragments
+from soulray.sources.settings import ColumnMap, SourceSpec
 from tests.conftest import DEMO_QA
 
 

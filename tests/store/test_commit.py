@@ -78,7 +78,7 @@ def test_concurrent_publishes_form_one_lineage_in_commit_order(store):
     assert [m.parent_version for m in stored] == [None] + [m.version for m in stored[:-1]]
     assert store.latest() == stored[-1].version
     for manifest in stored[1:]:
-        assert manifest.changes["parent"] == manifest.parent_version
+        assert manifest.changes.parent == manifest.parent_version
 
 
 def test_latest_follows_commit_order_not_creation_or_id_order(store):

@@ -14,8 +14,8 @@ import pydantic
 import pytest
 
 from soulray.cli import main
-from soulray.config import S3Config
 from soulray.errors import StoreError
+from soulray.fs import S3Config
 from soulray.store import Shard, VersionStore
 from tests.conftest import PLANTED_SECRET, free_port, moto_server
 from tests.store.test_store import working_rows, write_version

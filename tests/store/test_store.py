@@ -10,9 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from soulray.config import S3Config
 from soulray.errors import SoulrayError, StoreError, VersionConflict
-from soulray.fs import resolve
+from soulray.fs import S3Config, resolve
 from soulray.schema import UNIT, WORKING_UNIT
 from soulray.store import ShardTarget, VersionStore, build_manifest, open_version
 from soulray.store.manifest import Manifest
@@ -63,8 +62,8 @@ def test_publish_and_read_back(store):
     assert sorted(rejects["id"].to_pylist()) == ["a0", "a10", "a20", "a30", "a40"]  # the unit's answer id
     assert version.to_polars().height == 45
     counts = version.manifest.counts
-    assert (counts["input_rows"], counts["output_rows"], counts["rejected_rows"]) == (50, 45, 5)
-    assert counts["by_stage"] == {"normalize": {"empty_answer": 5}}
+    assert (counts.input_rows, counts.output_rows, counts.rejected_rows) == (50, 45, 5)
+    assert counts.by_stage == {"normalize": {"empty_answer": 5}}
     assert version.manifest.topics == {"情绪": 45}
     # every shard name carries the run id; zstd compression
     for shard, uri in zip(version.manifest.data, version.uris(), strict=False):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from soulray.config import TinyModelConfig
 from soulray.train.loop import global_batch, train_step, worker_micro_batches
 from soulray.train.model import tiny_model
 from soulray.train.prepare import _encoder
 from soulray.train.samples import SampleStore, plan_samples, tokenize_dialogues
+from soulray.train.settings import TinyModelConfig
 
 
 def test_every_sample_once_per_epoch_and_a_deterministic_order():

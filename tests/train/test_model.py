@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from soulray.config import TinyModelConfig
 from soulray.train.model import export, load_model, load_tokenizer, tiny_model
 from soulray.train.prepare import _encoder
 from soulray.train.samples import IGNORE_INDEX, SampleStore, plan_samples, tokenize_dialogues
+from soulray.train.settings import TinyModelConfig
 
 
 def test_both_modes_supervise_the_same_tokens_on_real_dialogues(smilechat, small_tokenizer):

@@ -6,7 +6,7 @@ import pickle
 
 import pyarrow.fs as pafs
 
-from soulray.config import S3Config
+from soulray.fs import S3Config
 from soulray.train.storage import RunPaths, exists, local_dir, ray_storage, read_json, upload_dir, write_json
 from tests.conftest import PLANTED_SECRET
 

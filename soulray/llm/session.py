@@ -1,5 +1,5 @@
-"""What the driver sets up around the rewrite stage for one run: the endpoint (the embedded local
-server when base_url is 'local'), the named quota broker, the cache location; torn down after."""
+"""What the driver sets up around the LLM calls of one run: the endpoint (the embedded local server
+when base_url is 'local'), the named quota broker, the cache location; torn down after."""
 
 from __future__ import annotations
 
@@ -8,45 +8,45 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from soulray.config import ApiKey, RewriteConfig, S3Config
 from soulray.errors import SoulrayError
-from soulray.rewrite.broker import Budgeting, KeyLimits, LaneLimits, start_broker
-from soulray.rewrite.cache import build_index, compact
-from soulray.rewrite.prompts import load_template
-from soulray.rewrite.stage import Rewriter, RewriteRun
+from soulray.fs import S3Config
+from soulray.llm.broker import Budgeting, KeyLimits, LaneLimits, start_broker
+from soulray.llm.cache import build_index, compact
+from soulray.llm.client import LLMRun
+from soulray.llm.settings import ApiKey, BatchModeConfig, CallConfig
 from soulray.runtime import NAMESPACE, add_drain
 
 if TYPE_CHECKING:
-    import ray.data
-
     from soulray.store import VersionStore
 
 log = logging.getLogger(__name__)
 
 
-class RewriteSession:
-    """`namespace` is the response cache's section: the rewrite prompt's version unless another user of
-    the API machinery (the evaluation's endpoint models and judge) names its own."""
+class LLMSession:
+    """`namespace` is the response cache's section: the rewrite prompt's version (RewriteSession), the
+    judge's rubric version, the evaluation's next-turn generation. Callers started inside it reach the
+    broker and the cache through `run`. `batch`: the Batch API settings of a caller that uses it (the
+    embedded local server's simulated batches follow them)."""
 
-    def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config,
-                 namespace: str | None = None) -> None:
+    def __init__(self, config: CallConfig, *, run_id: str, store: VersionStore, s3: S3Config,
+                 namespace: str, batch: BatchModeConfig | None = None) -> None:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
+        self.batch = batch or BatchModeConfig()
         self.server = None
         self.broker = None
         self.progress: _ProgressLog | None = None
         self._remove_drain = None
-        # fail on a bad prompt before anything starts
-        self.namespace = namespace or load_template(config.prompt).version
+        self.namespace = namespace
 
-    def __enter__(self) -> RewriteSession:
+    def __enter__(self) -> LLMSession:
         import ray
 
         base_url = self.config.base_url
         if base_url == "local":
             from soulray.offline.batches import BatchSettings
-            from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey
+            from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey
 
-            local, batch = self.config.local_server, self.config.batch
+            local, batch = self.config.local_server, self.batch
             self.server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=local.rpm, tpm=local.tpm),
                                                       latency_ms=tuple(local.latency_ms),
                                                       token_counting=local.token_counting, charge=local.charge,
@@ -63,10 +63,9 @@ class RewriteSession:
         self._compact_cache()  # leftovers of runs that were killed before they could compact
         index = build_index(self.store.cache_uri(), self.namespace, s3=self.s3)
         log.info("rewrite: %d cached responses for %s", len(index), self.namespace)
-        self.run = RewriteRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
-                              cache_index=ray.put(index))
+        self.run = LLMRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
+                          cache_index=ray.put(index))
         self.base_url = base_url
-        self.batch_usage: dict[str, Any] | None = None
         self._remove_drain = add_drain(self.drain)
         return self
 
@@ -89,63 +88,21 @@ class RewriteSession:
         lost = f"; {paid - saved} answered too late to be saved" if saved < paid else ""
         return f"{paid} rewrite calls were paid this run and {saved} answers are saved in the response cache{lost}"
 
-    def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None) -> ray.data.Dataset:
-        """The rewrite stage on `pipeline`; with `expected_rows`, a progress line is logged every
-        PROGRESS_EVERY_S while the pipeline runs (rows, rate, ETA, calls, tokens, spend)."""
-        import ray.data
-
-        if expected_rows is not None and self.progress is None:
+    def log_progress(self, expected_rows: int) -> None:
+        """Log a progress line every PROGRESS_EVERY_S until the session ends (rows, rate, ETA, calls,
+        tokens, spend), from the broker's counters (callers report rows done to `broker.progress`)."""
+        if self.progress is None:
             self.progress = _ProgressLog(self.broker, expected_rows)
             self.progress.start()
-        config = self.config
-        if config.mode == "batch":
-            pipeline = self._answer_in_batches(pipeline)
-        return pipeline.map_batches(
-            Rewriter, fn_constructor_kwargs={"config": config, "run": self.run}, batch_size=config.batch_size,
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
-            num_cpus=config.actor_num_cpus,
-        )
-
-    def _answer_in_batches(self, pipeline: ray.data.Dataset) -> ray.data.Dataset:
-        """rewrite.mode batch: answer every row's calls through the Batch API on the driver (journaled,
-        resumable), so the stage after finds them all in the cache; returns the rows, materialised."""
-        import dataclasses
-
-        import ray
-
-        from soulray.llm.batch import BatchDriver, batch_price
-        from soulray.llm.batch_journal import BatchJournal
-        from soulray.llm.batch_rewrite import rewrite_in_batches
-        from soulray.rewrite.cache import ResponseCache
-
-        pipeline = pipeline.materialize()  # walked twice: here for the calls, then by the stage
-        cache_uri = self.store.cache_uri()
-        cache = ResponseCache(cache_uri, self.namespace, s3=self.s3, index=ray.get(self.run.cache_index))
-        driver = BatchDriver(keys=self.config.keys, base_url=self.base_url, settings=self.config.batch,
-                             journal=BatchJournal(cache_uri, self.namespace, s3=self.s3), cache=cache,
-                             price=batch_price(self.config), budget_usd=self.config.budget_usd)
-        units = (row for batch in pipeline.iter_batches(batch_size=4096, batch_format="pyarrow")
-                 for row in batch.select(["record_id", "question", "description", "answer", "reject_reason"]).to_pylist())
-        started = time.monotonic()
-        failures = rewrite_in_batches(units, config=self.config, namespace=self.namespace, cache=cache, driver=driver)
-        self.batch_usage = driver.usage()
-        self.batch_usage["batches"]["wall_s"] = time.monotonic() - started
-        index = build_index(cache_uri, self.namespace, s3=self.s3)
-        self.run = dataclasses.replace(self.run, cache_index=ray.put(index), batch_failures=ray.put(failures))
-        return pipeline
 
     def usage(self) -> dict[str, Any]:
         import ray
 
         snapshot = ray.get(self.broker.snapshot.remote())
-        if self.batch_usage is not None:  # batch mode: the calls were paid through batches, not the broker
-            snapshot = {**snapshot, "keys": self.batch_usage["keys"], "models": self.batch_usage["models"],
-                        "spent_usd": self.batch_usage["batches"]["spent_usd"]}
         tokens = {"prompt": int(sum(k["prompt_tokens"] for k in snapshot["keys"].values())),
                   "completion": int(sum(k["completion_tokens"] for k in snapshot["keys"].values()))}
-        usage = {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
-                 "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
-        return {**usage, "batches": self.batch_usage["batches"]} if self.batch_usage is not None else usage
+        return {"keys": snapshot["keys"], "models": snapshot["models"], "tokens": tokens,
+                "cost_usd": snapshot["spent_usd"], "budget_usd": snapshot["budget_usd"]}
 
     def _compact_cache(self) -> None:
         try:

@@ -1,4 +1,4 @@
-"""What the local OpenAI-compatible server (`soulray serve-llm`, soulray/rewrite/server.py) answers to the
+"""What the local OpenAI-compatible server (`soulray serve-llm`, soulray/offline/server.py) answers to the
 evaluation's requests, without any model: judge ratings and next counselor turns. For plumbing, demos
 and tests, not for quality: the figures it produces say nothing about a model.
 

@@ -15,13 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from soulray.config import RewriteConfig
 from soulray.llm.batch import BatchCall, BatchDriver, BatchFailure, custom_id
-from soulray.rewrite.cache import call_key
+from soulray.llm.cache import call_key
+from soulray.llm.client import decoding_of
+from soulray.llm.tokens import count_message_tokens, estimate_tokens
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.stage import decoding_of, estimate_tokens, route_model, source_chars
-from soulray.rewrite.tokens import count_message_tokens
+from soulray.rewrite.settings import RewriteConfig
+from soulray.rewrite.stage import route_model, source_chars
 
 log = logging.getLogger(__name__)
 

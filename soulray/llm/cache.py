@@ -31,8 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from soulray.config import S3Config
-from soulray.fs import resolve
+from soulray.fs import S3Config, resolve
 
 log = logging.getLogger(__name__)
 

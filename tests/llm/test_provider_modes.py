@@ -9,12 +9,12 @@ import time
 import openai
 import pytest
 
-from soulray.rewrite.broker import KeyLimits, QuotaLedger
-from soulray.rewrite.server import LocalLLMServer, ServerConfig, SimulatedKey, duration
-from soulray.rewrite.stage import parse_duration
-from soulray.rewrite.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
-from tests.rewrite.quota_sim import MODEL, simulate, utilisation
-from tests.rewrite.test_server import prompt
+from soulray.llm.broker import KeyLimits, QuotaLedger
+from soulray.llm.client import parse_duration
+from soulray.llm.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
+from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey, duration
+from tests.llm.quota_sim import MODEL, simulate, utilisation
+from tests.offline.test_server import prompt
 
 
 def client(url: str, key: str = "k") -> openai.OpenAI:
@@ -95,25 +95,36 @@ MODES = {"same counter": {}, "characters": {"token_counting": "characters"}, "1.
          "0.7x": {"token_counting": 0.7}, "max_tokens charge": {"charge": "max_tokens"}, "1 s quanta": {"quantum_s": 1.0}}
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-def test_the_ledger_adapts_to_each_provider_mode(mode):
-    """Three keys (120 / 60 / 240 RPM, 100k TPM) against each mode for four simulated minutes of
-    SMILECHAT rewrites at 200-800 ms: after the first minute, every key uses ≥ 0.95 of its binding limit
-    and 429s stay ≤ 1%; the server's count is learned from the first answers. Against one-second slices
-    the issue's goal is NOT met (here ≥ 0.93 and ≤ 2%: a slice holds about one call, so a call that runs
-    past its estimate finds no room, and the start margin that avoids it costs throughput; see
-    bench/RESULTS.md)."""
+def run_modes(mode: str, *, late_s: tuple[float, float] = (0.0, 0.0), seed: int = 0) -> None:
+    """Three keys (120 / 60 / 240 RPM, 100k TPM) against `mode` for four simulated minutes of SMILECHAT
+    rewrites at 200-800 ms: after the first minute, every key uses ≥ 0.95 of its binding limit and
+    429s stay ≤ 1% of the requests (the goal of issue 18)."""
     rpm = {"a": 120, "b": 60, "c": 240}
     server = LocalLLMServer(ServerConfig(keys={f"sk-{n}": SimulatedKey(rpm=r, tpm=100_000) for n, r in rpm.items()},
                                          **MODES[mode]))
     ledger = QuotaLedger([KeyLimits(name=n, rpm=r, tpm=100_000, max_concurrent=64) for n, r in rpm.items()], now=0.0)
-    outcome = simulate(server, ledger, {n: f"sk-{n}" for n in rpm}, seconds=240.0)
-    least_use, most_429 = (0.93, 0.02) if "quanta" in mode else (0.95, 0.01)
+    outcome = simulate(server, ledger, {n: f"sk-{n}" for n in rpm}, seconds=240.0, late_s=late_s, seed=seed)
     for name, limit in rpm.items():
-        assert utilisation(server, f"sk-{name}", rpm=limit, tpm=100_000, start=60.0, end=240.0) >= least_use, name
+        assert utilisation(server, f"sk-{name}", rpm=limit, tpm=100_000, start=60.0, end=240.0) >= 0.95, name
     steady = sum(1 for moment, _ in outcome.rate_limited_at if moment >= 60.0)
     steady_calls = steady + sum(1 for n in rpm for moment, *_ in server.stats[f"sk-{n}"].log if moment >= 60.0)
-    assert steady <= most_429 * steady_calls, (steady, steady_calls)
+    assert steady <= 0.01 * steady_calls, (steady, steady_calls)
     lane = ledger.keys["a"].lanes["*"]
     if mode in ("1.5x", "0.7x"):
         assert lane.prompt_ratio.value == pytest.approx(MODES[mode]["token_counting"], rel=0.02)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_ledger_adapts_to_each_provider_mode(mode):
+    """Each mode meets the goal; the server's count is learned from the first answers."""
+    run_modes(mode)
+
+
+@pytest.mark.parametrize("mode", ["1.5x", "1 s quanta"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_slices_and_ratios_meet_the_goal_with_calls_arriving_late(mode, seed):
+    """The two modes the quota bench missed (issue 18), with each call reaching the server 0-30 ms
+    later than planned and each answer reaching the ledger as late (the RPCs, sleeps and HTTP of the job
+    on a quiet machine): against one-second slices a 60 RPM key has no request to spare, so two calls
+    planned 1.02 s apart that arrive 0.99 s apart are refused, and every refusal costs a second."""
+    run_modes(mode, late_s=(0.0, 0.03), seed=seed)

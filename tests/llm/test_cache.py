@@ -1,7 +1,7 @@
 """The response cache: journals, the key index, lookups across journals, torn journals."""
 
-from soulray.config import S3Config
-from soulray.rewrite.cache import ResponseCache, build_index, call_key
+from soulray.fs import S3Config
+from soulray.llm.cache import ResponseCache, build_index, call_key
 
 
 def entry(index: int) -> dict:
@@ -45,7 +45,7 @@ def test_torn_journal_is_skipped(tmp_path):
 def test_keys_ending_in_zero_bytes_are_found():
     import numpy as np
 
-    from soulray.rewrite.cache import CacheIndex
+    from soulray.llm.cache import CacheIndex
 
     keys = ["ab" * 19 + "00", "00" * 20, "ff" * 19 + "00", "12" * 20]
     packed = np.sort(np.array([bytes.fromhex(k) for k in keys], dtype="S20"))
@@ -55,7 +55,7 @@ def test_keys_ending_in_zero_bytes_are_found():
 
 
 def test_compaction_merges_small_journals_without_losing_an_entry(tmp_path):
-    from soulray.rewrite.cache import compact
+    from soulray.llm.cache import compact
 
     root = str(tmp_path / "cache")
     writer = ResponseCache(root, "v", s3=S3Config())
@@ -74,7 +74,7 @@ def test_compaction_merges_small_journals_without_losing_an_entry(tmp_path):
 
 
 def test_a_journal_compacted_away_under_a_reader_is_a_miss_not_a_crash(tmp_path):
-    from soulray.rewrite.cache import compact
+    from soulray.llm.cache import compact
 
     root = str(tmp_path / "cache")
     writer = ResponseCache(root, "v", s3=S3Config())

@@ -4,7 +4,7 @@ It implements `/v1/chat/completions` and `/v1/models` well enough for the real `
 "rewrites" deterministically without any model: it reads the source block of the prompt, splits the
 answer into sentences and lays them out as a multi-turn dialogue in the prompt's role labels. Requests
 that are not rewrites get the evaluation's offline answers (judge ratings, next counselor turns; see
-soulray/evaluate/offline.py), as deterministic and as model-free. What it
+soulray/offline/evaluation.py), as deterministic and as model-free. What it
 simulates faithfully is the behaviour of real APIs that soulray must cope with: per-key requests- and
 tokens-per-minute limits (429 + Retry-After + x-ratelimit-* headers), bursts of 429 whatever the pacing,
 latency, 5xx errors, timeouts, malformed, truncated and refused completions, and keys without quota
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from soulray.evaluate.offline import is_judge_prompt, offline_evaluation
+from soulray.llm.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
 from soulray.offline.batches import BatchService, BatchSettings
+from soulray.offline.evaluation import is_judge_prompt, offline_evaluation
 from soulray.rewrite.prompts import CLOSE, OPEN
-from soulray.rewrite.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
 
 
 @dataclass
@@ -144,7 +144,7 @@ class ServerConfig:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4", "gpt-4o-mini", "deepseek-chat")
-    # How this provider counts tokens (usage and limits): "ours" (soulray/rewrite/tokens.py, what the
+    # How this provider counts tokens (usage and limits): "ours" (soulray/llm/tokens.py, what the
     # client estimates with), "characters" (one a character), or a number: that many times ours (real
     # tokenizers run ~0.7-2 tokens a Chinese character by model).
     token_counting: str | float = "ours"

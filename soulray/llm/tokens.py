@@ -20,3 +20,9 @@ def count_tokens(text: str) -> int:
 
 def count_message_tokens(messages: list[dict[str, str]]) -> int:
     return sum(count_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages) + 3
+
+
+def estimate_tokens(messages: list[dict[str, str]], source_chars: int, max_tokens: int) -> tuple[int, int]:
+    """(prompt, completion) tokens expected before a call: a rewrite is about as long as its source
+    answer plus the dialogue around it (2 tokens a source character + 200 of framing), at most max_tokens."""
+    return count_message_tokens(messages), min(max_tokens, 2 * source_chars + 200)

@@ -8,9 +8,9 @@ import time
 import openai
 import pytest
 
+from soulray.offline.server import Faults, SimulatedKey, _Window
 from soulray.rewrite.parse import parse_completion
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.server import Faults, SimulatedKey, _Window
 
 
 def prompt(text: str = "最近总是失眠，怎么办？") -> list[dict[str, str]]:

@@ -81,6 +81,11 @@ class _Bucket:
         capacity = max(1.0, per_minute * 0.01)
         return cls(capacity=capacity, rate=max(per_minute - capacity, 1e-9) / 60.0, full_at=now, smallest=capacity)
 
+    def follow(self, server_capacity: float, keep: float, most: float) -> None:
+        """Hold what the server's bucket holds less `keep`, at least the capacity it started with and
+        at most `most` more than that: the requests bucket (below)."""
+        self.capacity = max(self.smallest, min(server_capacity - keep, self.smallest + most))
+
     def resize(self, server_capacity: float, per_minute: int) -> None:
         """Hold as much as the server's own bucket does (learned from its headers), at most
         LARGEST_BURST of the minute: against a server that enforces the minute in one-second slices
@@ -92,29 +97,45 @@ class _Bucket:
     def level(self, now: float) -> float:
         return self.capacity - max(0.0, self.full_at - now) * self.rate
 
-    def earliest(self, cost: float, now: float, margin_s: float = 0.0) -> float:
+    def earliest(self, cost: float, now: float, margin_s: float = 0.0, slack: float = 0.0) -> float:
         """When `cost` may start: when the level covers it (or the whole capacity, for a cost larger
-        than the bucket, which then runs into debt that later callers wait out), and `margin_s` later."""
-        return max(now, self.full_at - (self.capacity - min(cost, self.capacity)) / self.rate + margin_s)
+        than the bucket, which then runs into debt that later callers wait out) and `slack` more, and
+        `margin_s` later. The slack is not drawn: it stays in the bucket for the next call."""
+        return max(now, self.full_at - (self.capacity - min(cost, self.capacity) - slack) / self.rate + margin_s)
 
     def take(self, cost: float, start: float) -> None:
         self.full_at = max(self.full_at, start) + cost / self.rate
 
-    def refund(self, amount: float, now: float) -> None:
+    def refund(self, amount: float, now: float, later: list[tuple[float, float]] = ()) -> None:
         """Give back (or, negative, charge) the difference between a reservation and what the call
-        really cost; never above capacity, so an over-estimate cannot lift the lane past its burst size."""
-        self.full_at = max(now, self.full_at - amount / self.rate)
+        really cost; never above capacity, so an over-estimate cannot lift the lane past its burst size.
+        `later`: (start, cost) of the calls granted to start after the refunded one, in order. Each was
+        drawn at its start, so the bucket is full no sooner than if it had been full just before it:
+        a refund that ignored them let a call refused by a one-second slice be granted again at the
+        start of the next call, and both reach the server at once (the same call refused 20 times in
+        a row, issue 18)."""
+        floor, cost_after = now, 0.0
+        for start, cost in reversed(later):
+            cost_after += cost
+            floor = max(floor, start + cost_after / self.rate)
+        self.full_at = max(floor, self.full_at - amount / self.rate)
 
     def at_most(self, level: float, now: float) -> None:
         """What the server says it has left: never believe we have more."""
         self.full_at = max(self.full_at, now + (self.capacity - level) / self.rate)
 
 
-# A call starts when the bucket holds its reservation and this much more: the reservation is an estimate
-# (the server counts the completion only once it is written), and against a server whose bucket is as
-# small as ours (one-second slices) a call sent the moment its estimate fits was refused whenever it ran
-# longer than estimated. The slack is not drawn: it stays in the bucket for the next call.
+# Until a prompt version's completion lengths are learned (and for calls without a CallShape), a call
+# waits for this share of its reservation more in the bucket, as far as the bucket holds it.
 ESTIMATE_SLACK = 0.4
+# A call starts when the token bucket holds its reservation and a slack for the error of the estimates
+# not yet settled (its own, and those of the calls in flight): SLACK_Z deviations of their sum, less the
+# one deviation each reservation already holds (CompletionLengths.spread). Against one-second slices the
+# server's bucket holds about one call, so a call sent the moment its estimate fits is refused whenever
+# one of them ran long; a flat 40% of each call (the rule before) made a lane bound by tokens wait for a
+# full bucket on every call over 1,190 tokens, and 1.3 deviations is ~60 tokens (issue 18; z = 2.3 is
+# the one-sided 1%).
+SLACK_Z = 2.3
 MINUTE_MARGIN = 0.01  # of the tokens a minute: for the error of the estimates of calls not yet settled
 
 
@@ -123,16 +144,22 @@ class _Minute:
     start with the tokens reserved until it settles, then with the server's count. A bucket small
     enough to be safe (1% of the limit) cannot tell whether a call larger than the bucket fits the
     server's window; this can, exactly, for calls whose count the lane has learned. Calls are kept
-    `LINGER_S` past the minute: the server saw each a little after the start we planned."""
+    `linger_s` past the minute: the server saw each later than the start we planned. On a loaded
+    machine calls reached the server up to 1-1.6 s late (99th percentile, load average 33 on 2 cores),
+    and a quarter of a second let 1-3% of the calls into a sliding minute still holding their elders
+    (issue 18); against a server enforcing slices the minute is our own bound, and a second of linger
+    cost a key bound by tokens 1-2% of them."""
 
-    LINGER_S = 0.25
+    LINGER_S = 1.0
+    SLICED_LINGER_S = 0.25
 
     def __init__(self) -> None:
         self.calls: deque[list[float]] = deque()  # [start, tokens], in the order granted
         self.tokens = 0.0
+        self.linger_s = self.LINGER_S
 
     def _trim(self, now: float) -> None:
-        while self.calls and self.calls[0][0] <= now - 60.0 - self.LINGER_S:
+        while self.calls and self.calls[0][0] <= now - 60.0 - self.linger_s:
             self.tokens -= self.calls.popleft()[1]
 
     def earliest(self, tokens: float, limits: LaneLimits, now: float) -> float:
@@ -146,7 +173,7 @@ class _Minute:
         at = now
         for index, (start, spent) in enumerate(self.calls):
             excess_tokens -= spent
-            at = start + 60.0 + self.LINGER_S
+            at = start + 60.0 + self.linger_s
             if excess_tokens <= 0 and index + 1 >= excess_requests:
                 break
         return at
@@ -157,9 +184,18 @@ class _Minute:
         self.tokens += tokens
         return call
 
+    def after(self, call: list[float]) -> list[tuple[float, float]]:
+        """The calls granted after `call`, in order."""
+        later = []
+        for entry in reversed(self.calls):
+            if entry is call:
+                break
+            later.append((entry[0], entry[1]))
+        return later[::-1]
+
     def settle(self, call: list[float], tokens: float, now: float) -> None:
         self._trim(now)
-        if call[0] > now - 60.0 - self.LINGER_S:  # still in the minute, so in the sum
+        if call[0] > now - 60.0 - self.linger_s:  # still in the minute, so in the sum
             self.tokens += tokens - call[1]
         call[1] = tokens
 
@@ -214,6 +250,9 @@ class CompletionLengths:
             self._summary = (sorted(self.samples), mean + deviation)
         return self._summary
 
+    def deviation(self) -> float:
+        return self._summarise()[1] - sum(self.samples) / len(self.samples)
+
     def spread(self) -> float:
         """Mean plus one standard deviation: what a reservation holds for the completion. A mean alone
         is short for half the calls, and a short reservation lets the next call start before the
@@ -227,7 +266,7 @@ class CompletionLengths:
 
 @dataclass(frozen=True)
 class CallShape:
-    """What a caller knows before a call, in our token counts (soulray/rewrite/tokens.py)."""
+    """What a caller knows before a call, in our token counts (soulray/llm/tokens.py)."""
 
     prompt_tokens: int
     completion_tokens: int  # the prior guess of the completion's length
@@ -263,6 +302,10 @@ class _Lane:
     # through (+ their Retry-After), forgotten slowly while calls pass.
     margin_s: float = 0.0
     in_flight: int = 0
+    # the deviations of the reservations granted and not settled: their errors are what a slack covers
+    pending_variance: float = 0.0
+    pending_deviation: float = 0.0
+    sliced: bool = False  # the server's token bucket, from its headers, is a slice of the minute (< 5%)
     prompt_ratio: _Ratio = field(default_factory=_Ratio)  # the server's prompt tokens over ours
     completion_ratio: _Ratio = field(default_factory=_Ratio)  # the same for completions
     cooldown_until: float = 0.0
@@ -273,21 +316,46 @@ class _Lane:
     def for_limits(cls, limits: LaneLimits, now: float) -> _Lane:
         return cls(limits, _Bucket.for_limit(limits.rpm, now), _Bucket.for_limit(limits.tpm, now))
 
-    def plan(self, shape: CallShape, lengths: CompletionLengths | None, budgeting: Budgeting) -> tuple[int, int]:
-        """(tokens to reserve, max_tokens to send) for a call of `shape` on this lane, in the server's
-        tokens: the learned prompt + expected completion, and at least max_tokens (OpenAI charges
-        max(max_tokens, prompt) at admission)."""
+    def plan(self, shape: CallShape, lengths: CompletionLengths | None,
+             budgeting: Budgeting) -> tuple[int, int, float | None]:
+        """(tokens to reserve, max_tokens to send, the reservation's deviation, None until learned) for
+        a call of `shape` on this lane, in the server's tokens: the learned prompt + expected completion,
+        and at least max_tokens (OpenAI charges max(max_tokens, prompt) at admission)."""
         completion_ratio = self.completion_ratio.value
         if lengths is not None and lengths.learned:
             expected = shape.completion_tokens * lengths.spread()
             budget = shape.completion_tokens * lengths.quantile(budgeting.quantile) * budgeting.margin
             max_tokens = max(budgeting.floor, math.ceil(budget * completion_ratio) + budgeting.slack)
+            deviation = shape.completion_tokens * lengths.deviation() * completion_ratio
         else:
-            expected, max_tokens = shape.completion_tokens, shape.max_tokens
+            expected, max_tokens, deviation = shape.completion_tokens, shape.max_tokens, None
         max_tokens = min(shape.max_tokens, max(max_tokens, shape.min_max_tokens))
         expected_server = min(expected * completion_ratio, max_tokens)
-        reserve = math.ceil(shape.prompt_tokens * self.prompt_ratio.value + expected_server)
-        return max(reserve, max_tokens), max_tokens
+        reserve = max(math.ceil(shape.prompt_tokens * self.prompt_ratio.value + expected_server), max_tokens)
+        return reserve, max_tokens, deviation
+
+    def slack(self, tokens: int, deviation: float | None) -> float:
+        """What the token bucket must hold beyond `tokens` for a call to start (SLACK_Z). A call larger
+        than the bucket waits for a full bucket whatever its own size, so only the calls in flight count."""
+        if deviation is None:
+            return max(0.0, min(ESTIMATE_SLACK * tokens, self.tokens.capacity - tokens))
+        own = deviation if tokens < self.tokens.capacity else 0.0
+        spread = SLACK_Z * math.sqrt(self.pending_variance + own ** 2)
+        return max(0.0, spread - self.pending_deviation - own)
+
+    def detour_s(self, tokens: int, typical_tokens: float) -> float:
+        """How much later than its wait a call should count on this lane when keys are compared: on a
+        lane bound by requests (typical calls fill its requests before its tokens) whose server
+        enforces the minute in slices, a call holding the tokens longer than one request's turn delays
+        the next call past its turn, and that turn is lost for good (a 60 RPM key served 0.88 of its
+        requests when the earliest start sent it the calls over 2,500 tokens, its token bucket being
+        the one full; issue 18). Weighted by DETOUR_WEIGHT: such a call goes elsewhere unless every
+        other key is seconds away. Against a sliding minute the lane catches up (its requests bucket
+        holds one more), and the detour only held up the job's batches: not there."""
+        limits = self.limits
+        if not (self.sliced and typical_tokens) or typical_tokens >= limits.tpm / limits.rpm:
+            return 0.0
+        return DETOUR_WEIGHT * max(0.0, tokens * 60.0 / limits.tpm - 60.0 / limits.rpm)
 
 
 @dataclass
@@ -335,6 +403,7 @@ class _Open:
     shape: CallShape | None
     max_tokens: int | None
     in_minute: list[float]  # its entry in the lane's _Minute
+    deviation: float = 0.0  # of its reservation (_Lane.slack), 0 until learned
 
 
 LARGEST_BURST = 0.1  # of a minute's limit: a bucket never holds more
@@ -345,6 +414,20 @@ LARGEST_BURST = 0.1  # of a minute's limit: a bucket never holds more
 GRANT_AHEAD_S = 1.0
 MAX_COOLDOWN_FACTOR = 2.0
 MAX_MARGIN_S = 0.1  # repeated 429s stretch a Retry-After at most this much
+# A paced call refused lengthens the lane's start margin by what the server lacked plus MARGIN_STEP_S;
+# each call that passes shortens it by MARGIN_DECAY_S, so the margin settles where about
+# MARGIN_DECAY_S / MARGIN_STEP_S (0.2%) of the calls are refused. Shortened by 2% a call (the rule
+# before), it settled where 8% of a one-second-slice key's calls were.
+MARGIN_STEP_S = 0.005
+MARGIN_DECAY_S = 0.0001
+DETOUR_WEIGHT = 10.0
+SLICED = 0.05  # of the minute: a server bucket smaller than this enforces the minute in slices
+# The requests bucket follows the server's (remaining + reset × rate) less one request, as a reserve
+# for calls that arrive earlier than planned, and at most one request above 1% of the minute: a key
+# bound by tokens for a moment catches up one request after, and any 10 s still holds at most a sixth
+# of the minute + 1% + 1 (the stage's pacing test).
+REQUESTS_KEPT = 1.0
+REQUESTS_CATCH_UP = 1.0
 
 
 class QuotaLedger:
@@ -363,6 +446,7 @@ class QuotaLedger:
         self.rows_done = 0  # rows the callers finished (for progress; calls are counted per key)
         self.persisted = 0  # paid answers the callers have written to the response cache
         self.interrupted: str | None = None  # set when the job is stopping: no call may start
+        self.typical_tokens = 0.0  # a call's server tokens, averaged over the last ~50 answered calls
 
     def interrupt(self, why: str) -> None:
         self.interrupted = why
@@ -394,21 +478,24 @@ class QuotaLedger:
             if lane.in_flight >= lane.limits.max_concurrent:
                 busy = True
                 continue
-            tokens, max_tokens = lane.plan(shape, lengths, self.budgeting) if shape else (estimated_tokens, None)
+            tokens, max_tokens, deviation = (lane.plan(shape, lengths, self.budgeting) if shape else
+                                             (estimated_tokens, None, None))
             # never before a call granted earlier: the server checks each call against the calls it has
             # seen, so one slipped in ahead of a granted call takes the room that call was granted for
             start = max(lane.requests.earliest(1, now, lane.margin_s),
-                        lane.tokens.earliest(tokens * (1 + ESTIMATE_SLACK), now, lane.margin_s),
+                        lane.tokens.earliest(tokens, now, lane.margin_s, lane.slack(tokens, deviation)),
                         lane.cooldown_until,
                         lane.minute.earliest(tokens, lane.limits, now), lane.last_start)
             wait = start - now
             headroom = lane.requests.level(now) / lane.requests.capacity + lane.tokens.level(now) / lane.tokens.capacity
-            candidates.append((wait, -headroom, limits.name, state, lane_name, lane, tokens, max_tokens))
+            candidates.append((wait + lane.detour_s(tokens, self.typical_tokens), wait, -headroom, limits.name, state,
+                               lane_name, lane, tokens, max_tokens, deviation))
         if not candidates:
             if busy:
                 return Reservation(wait_s=0.05)  # every usable lane is at its concurrency limit: ask again soon
             return Reservation(stop="no usable key for model " + model + (": " + "; ".join(reasons) if reasons else ""))
-        wait, _, name, state, lane_name, lane, tokens, max_tokens = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+        _, wait, _, name, state, lane_name, lane, tokens, max_tokens, deviation = min(
+            candidates, key=lambda c: (c[0], c[2], c[3]))
         if wait > GRANT_AHEAD_S:
             return Reservation(wait_s=wait)  # come back then: nothing is held for a call this far off
         lane.last_start = now + wait
@@ -416,12 +503,15 @@ class QuotaLedger:
         lane.tokens.take(tokens, now + wait)
         in_minute = lane.minute.add(now + wait, tokens)
         lane.in_flight += 1
+        deviation = deviation or 0.0
+        lane.pending_variance += deviation ** 2
+        lane.pending_deviation += deviation
         state.reserved_usd += estimated_cost
         self.reserved_usd += estimated_cost
         state.count(model, "requests")
         reservation_id = next(self._ids)
         self._open[reservation_id] = _Open(name, lane_name, model, tokens, estimated_cost, now + wait, shape, max_tokens,
-                                           in_minute)
+                                           in_minute, deviation)
         return Reservation(id=reservation_id, key=name, wait_s=wait, estimated_tokens=tokens,
                            estimated_cost=estimated_cost, max_tokens=max_tokens)
 
@@ -438,11 +528,13 @@ class QuotaLedger:
         state = self.keys[call.key]
         lane = state.lanes[call.lane]
         lane.in_flight -= 1
+        lane.pending_variance = max(0.0, lane.pending_variance - call.deviation ** 2)
+        lane.pending_deviation = max(0.0, lane.pending_deviation - call.deviation)
         state.reserved_usd -= call.cost
         self.reserved_usd -= call.cost
         state.spent_usd += cost_usd
         self.spent_usd += cost_usd
-        lane.tokens.refund(call.tokens - (prompt_tokens + completion_tokens), now)
+        lane.tokens.refund(call.tokens - (prompt_tokens + completion_tokens), now, lane.minute.after(call.in_minute))
         lane.minute.settle(call.in_minute, prompt_tokens + completion_tokens, now)
         state.count(call.model, "prompt_tokens", prompt_tokens)
         state.count(call.model, "completion_tokens", completion_tokens)
@@ -450,15 +542,17 @@ class QuotaLedger:
         if status == "ok":
             state.count(call.model, "ok")
             lane.consecutive_429 = 0
-            lane.margin_s *= 0.98
+            lane.margin_s = max(0.0, lane.margin_s - MARGIN_DECAY_S)
             self._learn(call, lane, prompt_tokens, completion_tokens, own_completion_tokens, finish_reason)
+            used = prompt_tokens + completion_tokens
+            self.typical_tokens = 0.98 * self.typical_tokens + 0.02 * used if self.typical_tokens else float(used)
             if finish_reason == "length" and call.shape and call.max_tokens is not None \
                     and call.max_tokens < call.shape.max_tokens:
                 state.count(call.model, "cut_by_length")
         elif status == "rate_limited":
             state.count(call.model, "rate_limited")
             if retry_after_s is not None and call.starts >= lane.backed_off_at and call.starts >= lane.cooldown_until:
-                lane.margin_s = min(MAX_MARGIN_S, lane.margin_s + min(retry_after_s, MAX_MARGIN_S))
+                lane.margin_s = min(MAX_MARGIN_S, lane.margin_s + min(retry_after_s, MAX_MARGIN_S) + MARGIN_STEP_S)
             self._cool_down(lane, call, retry_after_s, now)
         elif status == "insufficient_quota":
             state.count(call.model, "errors")
@@ -475,10 +569,12 @@ class QuotaLedger:
                                                      (lane.tokens, remaining_tokens, reset_tokens_s, lane.limits.tpm)):
             if remaining is None:
                 continue
-            # tokens only: calls stay paced one by one (a call's size is one request, never larger than
-            # the bucket)
-            if reset is not None and remaining > 0 and bucket is lane.tokens:  # at 0 the bucket may be in debt
+            if reset is not None and bucket is lane.requests:  # never in debt: a call is one request
+                bucket.follow(remaining + reset * per_minute / 60.0, REQUESTS_KEPT, REQUESTS_CATCH_UP)
+            elif reset is not None and remaining > 0:  # at 0 the token bucket may be in debt
                 bucket.resize(remaining + reset * per_minute / 60.0, per_minute)
+                lane.sliced = remaining + reset * per_minute / 60.0 < SLICED * per_minute
+                lane.minute.linger_s = _Minute.SLICED_LINGER_S if lane.sliced else _Minute.LINGER_S
             bucket.at_most(remaining + since * bucket.rate, now)
 
     def _learn(self, call: _Open, lane: _Lane, prompt_tokens: int, completion_tokens: int,

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from soulray.rewrite.broker import CallShape, QuotaLedger
+from soulray.llm.broker import CallShape, QuotaLedger
+from soulray.llm.client import _remaining
+from soulray.llm.tokens import count_tokens, estimate_tokens
+from soulray.offline.server import LocalLLMServer
 from soulray.rewrite.prompts import load_template
-from soulray.rewrite.server import LocalLLMServer
-from soulray.rewrite.stage import _remaining, estimate_tokens, source_chars
-from soulray.rewrite.tokens import count_tokens
+from soulray.rewrite.stage import source_chars
 from tests.conftest import SMILECHAT_SAMPLE
 
 MODEL = "gpt-3.5-turbo"
@@ -45,9 +46,12 @@ class Outcome:
 
 def simulate(server: LocalLLMServer, ledger: QuotaLedger, keys: dict[str, str], *, seconds: float,
              concurrency: int = 64, max_tokens: int = 4096, latency_s: tuple[float, float] = (0.2, 0.8),
-             rows: int = 2000, seed: int = 0) -> Outcome:
+             late_s: tuple[float, float] = (0.0, 0.0), rows: int = 2000, seed: int = 0) -> Outcome:
     """`keys`: the ledger's key name → the key the server knows. Callers go through the SMILECHAT rows
-    in turn (round and round) until `seconds` of simulated time."""
+    in turn (round and round) until `seconds` of simulated time. `late_s`: how much later than planned a
+    call reaches the server, and its settlement the ledger (drawn for each): in the job, the RPC that
+    grants a call, the caller's sleep and the HTTP request, then the response, the 20 ms batching of
+    settlements and their RPC."""
     prompts = smilechat_prompts(rows)
     rng, order, outcome = random.Random(seed), itertools.count(), Outcome()
     next_row = itertools.cycle(range(len(prompts)))
@@ -55,6 +59,9 @@ def simulate(server: LocalLLMServer, ledger: QuotaLedger, keys: dict[str, str], 
 
     def push(at: float, action: tuple) -> None:
         heapq.heappush(events, (at, next(order), action))
+
+    def late() -> float:
+        return rng.uniform(*late_s) if late_s[1] > 0 else 0.0
 
     for _ in range(concurrency):
         push(0.0, ("reserve", next(next_row), 0))
@@ -69,7 +76,10 @@ def simulate(server: LocalLLMServer, ledger: QuotaLedger, keys: dict[str, str], 
             shape = CallShape(prompt_tokens=prompt, completion_tokens=prior, max_tokens=max_tokens, min_max_tokens=floor)
             grant = ledger.reserve(MODEL, prompt + prior, 0.0, now=now, shape=shape)
             assert grant.stop is None, grant.stop
-            push(now + grant.wait_s, ("call", row, floor, grant) if grant.id is not None else action)
+            if grant.id is None:
+                push(now + grant.wait_s, action)
+            else:
+                push(now + grant.wait_s + late(), ("call", row, floor, grant))
         elif action[0] == "call":
             _, row, floor, grant = action
             outcome.calls += 1
@@ -79,14 +89,20 @@ def simulate(server: LocalLLMServer, ledger: QuotaLedger, keys: dict[str, str], 
             if answer.wait_s or answer.burst:
                 outcome.rate_limited += 1
                 outcome.rate_limited_at.append((now, grant.key))
-                ledger.settle(grant.id, status="rate_limited", retry_after_s=answer.wait_s or None,
-                              **_remaining(answer.headers), now=now)
-                push(now, ("reserve", row, floor))
+                push(now + late(), ("refused", row, floor, grant, answer))
             else:
                 push(now + rng.uniform(*latency_s), ("done", row, grant, answer))
-        else:
+        elif action[0] == "refused":
+            _, row, floor, grant, answer = action
+            ledger.settle(grant.id, status="rate_limited", retry_after_s=answer.wait_s or None,
+                          **_remaining(answer.headers), now=now)
+            push(now, ("reserve", row, floor))
+        elif action[0] == "done":
             _, row, grant, answer = action
             server.finish(answer)
+            push(now + late(), ("settle", row, grant, answer))
+        else:
+            _, row, grant, answer = action
             ledger.settle(grant.id, status="ok", prompt_tokens=answer.prompt_tokens,
                           completion_tokens=answer.completion_tokens, own_completion_tokens=count_tokens(answer.completion),
                           finish_reason=answer.finish_reason, **_remaining(answer.headers), now=now)
