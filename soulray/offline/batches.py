@@ -279,7 +279,7 @@ class BatchService:
         if batch.settled:
             return batch.settled
         s, elapsed = self.settings, self._elapsed(batch)
-        if elapsed < s.validate_s:
+        if elapsed < s.validate_s and batch.cancelled is None:  # a batch cancelled while validating is cancelling
             return "validating"
         if batch.errors:
             return "failed"
