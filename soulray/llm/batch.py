@@ -115,6 +115,7 @@ class BatchDriver:
         self.failures: dict[str, list[str]] = defaultdict(list)  # call_key → error codes, oldest first
         self.final: dict[str, BatchFailure] = {}  # calls that will not be sent again
         self.shrink: dict[tuple[str, str], float] = {}  # (key, model) → share of the limit the provider took
+        self.saved_calls = 0  # answers downloaded this run and flushed to the cache (a stop signal reports them)
         self.spent_usd = 0.0  # settled this run (the manifest's cost; the budget, as online, is per run)
         self.poll_s = settings.poll_s
         self.stats: dict[str, Counter] = defaultdict(Counter, {name: Counter() for name in self.keys})
@@ -135,7 +136,7 @@ class BatchDriver:
 
     @property
     def paid_calls(self) -> int:
-        """Answers downloaded this run (each in the cache before the journal records it)."""
+        """Answers downloaded this run (each flushed to the cache before the journal records its batch done)."""
         return int(sum(stats["ok"] for stats in self.stats.values()))
 
     @property
@@ -282,7 +283,7 @@ class BatchDriver:
 
     def _collect(self, entry: BatchEntry, batch: Any) -> list[tuple[str, dict[str, Any]]]:
         """Download an ended batch's output and error files; answers into the cache, then the entry done."""
-        client, results, answers, cost = self.clients[entry.key], {}, [], 0.0
+        client, results, answers, cost, new = self.clients[entry.key], {}, [], 0.0, 0
         if batch.status == "failed":
             errors = (batch.errors.data if batch.errors and batch.errors.data else None) or []
             code = (errors[0].code if errors else None) or "batch_failed"
@@ -310,11 +311,13 @@ class BatchDriver:
                 if self.cache.get(call_key) is None:  # downloaded again after a kill: paid once, counted once
                     self.cache.put(answer)
                     cost += answer["cost_usd"]
+                    new += 1
                     self._count_answer(entry, answer)
                 answers.append((call_key, answer))
         for custom in entry.requests:
             results.setdefault(custom, "missing_from_output")
         self.cache.flush()  # the answers are safe before the journal says so
+        self.saved_calls += new
         entry.results, entry.cost_usd, entry.state = results, cost, "done"
         entry.output_file_id, entry.error_file_id = batch.output_file_id, batch.error_file_id
         self.journal.save(entry)

@@ -165,15 +165,16 @@ class RewriteSession(LLMSession):
         return pipeline
 
     def drain(self) -> str:
-        """On a stop signal: as online; in batch mode the calls were paid through batches, and every one
-        of their answers was in the cache before the journal recorded it (batches still running stay with
-        the provider and the next run collects them)."""
+        """On a stop signal: as online; in batch mode the calls were paid through batches (the broker saw
+        none): their answers downloaded this run, and those flushed to the cache. A batch not yet recorded
+        done in the journal is downloaded again by the next run (paid once), as are batches still running."""
         note = super().drain()
-        if self.batch_driver is None:
+        driver = self.batch_driver
+        if driver is None:
             return note
-        paid = self.batch_driver.paid_calls
-        return (f"{paid} rewrite calls were paid through batches this run and all {paid} answers are saved in "
-                f"the response cache; {self.batch_driver.live} batches still running are collected by the next run")
+        return (f"{driver.paid_calls} rewrite calls were paid this run (through batches) and {driver.saved_calls} "
+                f"answers are saved in the response cache; the next run collects the {driver.live} batches not yet "
+                "collected")
 
     def usage(self) -> dict[str, Any]:
         """The broker's usage; in batch mode the calls were paid through batches, not the broker."""

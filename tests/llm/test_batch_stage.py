@@ -122,3 +122,39 @@ def test_sigkilled_batch_job_resumes_and_pays_no_request_twice(ray_local, llm, t
     assert_paid_once(server)
     created = [batch.input_file_id for batch in server.batches.batches.values()]
     assert len(created) == len(set(created))  # no file made into two batches
+
+
+@pytest.mark.slow
+def test_sigterm_in_batch_mode_reports_the_calls_paid_through_batches(ray_local, llm, tmp_path):
+    """The stop line counted the broker's calls only: in batch mode it said 0 paid while batches had been
+    collected. It now counts the batch driver's (downloaded, and flushed to the cache)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+
+    from soulray.fs import S3Config
+    from soulray.llm.cache import build_index
+    from soulray.store import VersionStore
+    from tests.rewrite.test_resume import ROOT, command
+
+    server, url = llm(batch=BatchSettings(time_scale=FAST / 20))  # a batch takes ~1.7 s
+    args = [*command(tmp_path, url), *[part for setting in BATCH for part in ("--set", setting)],
+            "--set", "rewrite.batch.max_requests_per_file=50"]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    job = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / "smilechat-demo" / "cache" / "batches"
+    deadline = time.monotonic() + 240
+    while job.poll() is None and not any('"state": "done"' in path.read_text() for path in journal.rglob("*.json")):
+        assert time.monotonic() < deadline, "the job collected no batch"
+        time.sleep(0.05)
+    assert job.poll() is None, job.stderr.read()[-2000:]
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr[-3000:]
+    stopped = [line for line in stderr.splitlines() if line.startswith("soulray: ")]
+    said = re.search(r"(\d+) rewrite calls were paid this run \(through batches\) and (\d+) answers are saved", stopped[0])
+    cached = len(build_index(VersionStore(str(tmp_path), "smilechat-demo").cache_uri(), "soulchat-v1", s3=S3Config()))
+    assert said and 0 < int(said[1]) == int(said[2]) <= cached, (stopped, cached)
+    assert_paid_once(server)
