@@ -112,7 +112,7 @@ def test_chaos_ends_as_output_or_reject_with_exact_accounting_and_rerun_pays_not
     for burst in bursts:
         assert len(burst.refused) == len(set(burst.refused)), Counter(burst.refused).most_common(3)
     print(f"bursts {[(b.retry_after, len(b.refused)) for b in bursts]}, calls "
-          f"{ {env: (s['requests'], s['rate_limited']) for env, s in served.items()} }, rejects {counts['by_stage']}")
+          f"{ {env: (s['requests'], s['rate_limited']) for env, s in served.items()} }, rejects {counts.by_stage}")
 
     first_calls = sum(s["requests"] for s in served.values())
     rerun = run(config)  # same sources, prompt, models: every completed call comes from the cache
