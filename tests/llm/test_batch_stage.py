@@ -40,6 +40,7 @@ def test_batch_mode_costs_half_and_accounts_every_row(ray_local, llm, tmp_path):
     answered = sum(server_stats(server, env)["lines_answered"] for env in ("SOULRAY_TEST_KEY_A", "SOULRAY_TEST_KEY_B"))
     assert paid == answered >= 40 and usage.batches.done == usage.batches.entries >= 4
     assert all(stats.ok > 0 for stats in usage.keys.values())  # both keys took batches
+    assert f"  batches {usage.batches.entries} ({usage.batches.done} collected; completed " in summary(result)
     assert sum(server.stats_summary().get(label, {}).get("requests", 0) for label in server.stats_summary()) == 0
     assert sum(version.to_table()["cost_usd"].to_pylist()) <= result.manifest.cost_usd + 1e-9
 

@@ -16,14 +16,15 @@ from soulray.offline.server import Faults, SimulatedKey
 from soulray.regenerate import run
 from soulray.rewrite.stage import RewriteOutage, check_failures
 from soulray.store import VersionStore
+from soulray.store.manifest import Counts
 from tests.conftest import TEST_API_KEYS, free_port
 
 ROWS = 40
 
 
-def counts(**rewrite: int) -> dict:
-    return {"input_rows": 110, "by_stage": {"filter_source": {"too_short": 10}, "parse": {"too_few_turns": 30},
-                                            "rewrite": rewrite}}
+def counts(**rewrite: int) -> Counts:
+    return Counts(input_rows=110, by_stage={"filter_source": {"too_short": 10}, "parse": {"too_few_turns": 30},
+                                            "rewrite": rewrite})
 
 
 def test_only_infrastructure_failures_count_against_the_rows_sent():
@@ -31,6 +32,8 @@ def test_only_infrastructure_failures_count_against_the_rows_sent():
     check_failures(counts(budget_exhausted=90), max_share=0.05, paid_calls=10)  # the operator's own stop
     with pytest.raises(RewriteOutage, match=r"6 of 100 rows .*\(http_503 1, retries_exhausted 5\).* 94 calls paid"):
         check_failures(counts(retries_exhausted=5, http_503=1), max_share=0.05, paid_calls=94)
+    with pytest.raises(RewriteOutage, match=r"\(batch_expired 6\)"):  # rewrite.mode batch: no answer had
+        check_failures(counts(batch_expired=6), max_share=0.05, paid_calls=94)
 
 
 def overrides(root, url: str, **extra: object) -> list[str]:
