@@ -284,7 +284,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer repeats")
     parser.add_argument("--out", default="bench/results", help="folder for latest.md / latest.json")
     parser.add_argument("--only", nargs="+", metavar="SECTION",
-                        help="run these sections only: e2e store rewrite quota finetune evaluate dedup filters broker")
+                        help="run these sections only: e2e store rewrite quota finetune evaluate dedup filters broker batch")
     parser.add_argument("--quota-rows", type=int, help="SMILECHAT rows per quota mode (default 1200; quick 300)")
     parser.add_argument("--quota-modes", nargs="+", choices=list(QUOTA_MODES), metavar="MODE",
                         help=f"quota modes to run (default all: {list(QUOTA_MODES)})")
@@ -345,10 +345,13 @@ def main() -> int:
             import broker as broker_bench
             results["broker"] = broker_bench.run(work, args.quick)
 
+        def batch() -> None:
+            import batch as batch_bench
+            results["batch"] = batch_bench.run(work, args.quick)
+
         # the longest first: a section that fails is reported and the rest still run
         every = {"e2e": e2e, "store": store_write, "rewrite": rewrite, "quota": quota, "finetune": finetune,
-                 "evaluate": evaluate, "dedup": dedup, "filters": filters,
-                 "broker": broker}
+                 "evaluate": evaluate, "dedup": dedup, "filters": filters, "batch": batch, "broker": broker}
         chosen = args.only or list(every)
         unknown = sorted(set(chosen) - set(every))
         if unknown:
@@ -424,6 +427,10 @@ def write_report(out: Path, results: dict[str, dict], *, quick: bool, sections: 
         import broker as broker_bench
 
         lines += ["", broker_bench.markdown(results["broker"])]
+    if "batch" in results:
+        import batch as batch_bench
+
+        lines += ["", batch_bench.markdown(results["batch"])]
     if "e2e" in results:
         import e2e as e2e_bench
 

@@ -38,6 +38,27 @@ def regenerate_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def batches_main(args: argparse.Namespace) -> int:
+    from soulray.llm.batch import inspect_batches
+    from soulray.llm.batch_journal import BatchJournal, summary
+    from soulray.rewrite.prompts import load_template
+    from soulray.store import VersionStore
+
+    config = load_config(RegenerateConfig, args.config, args.overrides)
+    if (args.refresh or args.cancel) and config.rewrite.base_url == "local":
+        print("soulray: the embedded local server lives only as long as its run: nothing to ask", file=sys.stderr)
+        return 2
+    store = VersionStore(config.storage.root, config.dataset, s3=config.s3)
+    journal = BatchJournal(store.cache_uri(), load_template(config.rewrite.prompt).version, s3=config.s3)
+    lines = summary(inspect_batches(config=config.rewrite, journal=journal, refresh=args.refresh, cancel=args.cancel))
+    print(f"{len(lines)} batches of {config.dataset} (prompt {config.rewrite.prompt})")
+    for line in lines:
+        print(f"  {line['entry']}  {line['batch_id'] or '-':<24} {line['key']:<10} {line['model']:<14} "
+              f"{line['status'] or line['state']:<11} {line['requests']:>6} requests, {line['answered']} answered, "
+              f"{line['failed']} failed, ${line['cost_usd']:.4f}")
+    return 0
+
+
 def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True,
                         help="the corpus: Parquet (id, topic, messages) or JSON the importers read "
@@ -243,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
                         ("refusal", "refusals")):
         serve.add_argument(f"--fault-{fault}", type=float, default=0.0, help=f"share of requests answered with {text}")
     serve.set_defaults(func=serve_llm_main)
+
+    batches = commands.add_parser("batches", help="list a dataset's Batch API batches (rewrite.mode batch); cancel them")
+    add_config_arguments(batches)
+    batches.add_argument("--refresh", action="store_true", help="ask the provider for the live batches' status")
+    batches.add_argument("--cancel", action="store_true", help="cancel every batch still running")
+    batches.set_defaults(func=batches_main)
 
     gc = commands.add_parser("gc", help="list (or --delete) shards no committed manifest names")
     gc.add_argument("--root", required=True, help="store root")

@@ -73,6 +73,16 @@ class RegenerateConfig(StrictModel):
     quality_gate: QualityGateSettings = QualityGateSettings()  # LLM judge + one revision: soulray/gate/
     limit: int | None = Field(None, ge=1, description="read at most this many rewrite units (smoke runs)")
 
+    @model_validator(mode="after")
+    def _batch_mode_alone(self) -> RegenerateConfig:
+        # batch mode answers the rewrite calls before the stage runs; the persona's profile calls and the
+        # gate's judge and revision calls are made online inside the stages, which batch mode does not do
+        # yet: they would end as rejects instead of being paid online, so the combination is refused
+        if self.rewrite.mode == "batch" and (self.rewrite.persona.enabled or self.quality_gate.enabled):
+            raise ValueError("rewrite.mode batch does not yet run rewrite.persona or quality_gate (their calls are "
+                             "online only); use rewrite.mode online with them")
+        return self
+
 
 class EvaluateConfig(StrictModel):
     dataset: DatasetName = "soulchat"

@@ -116,7 +116,8 @@ def estimate(dataset: ray.data.Dataset, config: RewriteConfig, *,
     totals: dict[str, dict[str, float]] = {}
     for row in dataset.map_batches(estimate_batch, fn_kwargs={"config": config, "gate": gate},
                                    batch_format="pyarrow").take_all():
-        model = totals.setdefault(row["model"], {"rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        model = totals.setdefault(row["model"], {"rows": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+                                                 "batch_cost_usd": 0.0})
         for name in model:
             model[name] += row[name]
     return totals
@@ -132,6 +133,7 @@ def summary(result: RunResult | DryRun) -> str:
     for model, totals in result.estimate.items():
         lines.append(f"  {model}: {totals['rows']:.0f} rows, ~{totals['prompt_tokens']:.0f} prompt + "
                      f"~{totals['completion_tokens']:.0f} completion tokens, ~${totals['cost_usd']:.2f}")
-    lines.append(f"  total ~${sum(t['cost_usd'] for t in result.estimate.values()):.2f} "
+    lines.append(f"  total ~${sum(t['cost_usd'] for t in result.estimate.values()):.2f} online, "
+                 f"~${sum(t['batch_cost_usd'] for t in result.estimate.values()):.2f} with rewrite.mode batch "
                  "(estimates; re-asks of malformed completions come on top)")
     return "\n".join(lines)

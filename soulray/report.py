@@ -55,6 +55,12 @@ def _usage_lines(usage: Usage) -> list[str]:
     lines += [f"  calls   {kind}: {stats.paid:.0f} paid + {stats.cached:.0f} cached, "
               f"{stats.prompt_tokens:.0f}+{stats.completion_tokens:.0f} tokens, ${stats.cost_usd:.4f}"
               for kind, stats in usage.kinds.items()]
+    if usage.batches is not None:
+        batches = usage.batches
+        lines.append(f"  batches {batches.entries} ({batches.done} collected; "
+                     + ", ".join(f"{status} {n}" for status, n in batches.statuses.items())
+                     + f"), {batches.requeued} requests sent again, {batches.failed_lines} failed lines"
+                     + (f", {batches.wall_s:.1f}s" if batches.wall_s is not None else ""))
     budget = f" of a ${usage.budget_usd:.2f} budget" if usage.budget_usd else ""
     return lines + [f"  spend   ${usage.cost_usd:.4f} this run{budget}; tokens {usage.tokens}"]
 

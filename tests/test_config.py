@@ -89,3 +89,15 @@ def test_env_var_names_are_accepted_and_hash_is_stable():
     assert config_hash(config) == config_hash(load_config(RegenerateConfig, DEMO_CONFIG,
                                                           ["s3.access_key_id_env=MY_KEY_ID"]))
     assert config_hash(config) != config_hash(load_config(RegenerateConfig, DEMO_CONFIG))
+
+
+def test_batch_mode_refuses_persona_and_the_quality_gate(tmp_path):
+    """Batch mode answers only the rewrite calls through batches; persona and gate calls would end as
+    rejects, so the combination is a config error naming both settings."""
+    from soulray.config import RegenerateConfig
+
+    base = {"sources": [{"path": str(tmp_path)}], "rewrite": {"mode": "batch"}}
+    RegenerateConfig.model_validate(base)
+    for extra in ({"rewrite": {"mode": "batch", "persona": {"enabled": True}}}, {"quality_gate": {"enabled": True}}):
+        with pytest.raises(ValueError, match="rewrite.mode batch does not yet run"):
+            RegenerateConfig.model_validate({**base, **extra})

@@ -9,5 +9,7 @@ evaluation's endpoint models and its judge).
     tokens.py   token counts without a download, and the estimate a reservation holds before a call
     pricing.py  what a call costs, from the configured prices
     settings.py keys, limits, prices, the local server, and what a kind of call sends (CallConfig)
+    batch.py    the Batch API backend: submit, track, download, settle (BatchDriver), `soulray batches`
+    batch_journal.py  what the batch driver did, written first, so a killed run resumes
 Nothing here imports soulray.rewrite or soulray.evaluate: they use it, with their own prompts and parsers.
 """

@@ -43,6 +43,9 @@ class LLMRun:
     base_url: str
     s3: S3Config
     cache_index: Any = None  # ObjectRef of the CacheIndex the driver built (None: the actor builds one)
+    # rewrite.mode batch: every answer is in the cache; an ObjectRef of {call_key: BatchFailure} for the
+    # calls that ended without one (soulray/rewrite/batch.py). Nothing is called online then.
+    batch_failures: Any = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,16 @@ class Answer(Generic[V]):
 
 # the broker's stop messages → the reject reason of the rows it stops
 _STOP_REASONS = (("budget", "budget_exhausted"), ("interrupted", "interrupted"))
+
+
+def decoding_of(config: CallConfig) -> dict[str, Any]:
+    """The decoding parameters every call sends (and its cache key holds), online or in a batch."""
+    return {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
+
+
+def batch_reason(code: str) -> str:
+    """A reject reason from a batch line's error code: `batch_<code>` (budget stops keep their online name)."""
+    return code if code == "budget_exhausted" or code.startswith("batch_") else f"batch_{code}"
 
 
 def resolve_api_key(key: ApiKey) -> str:
@@ -208,11 +221,12 @@ class LLMCaller:
 
         install_log_redaction()  # this worker's log lines, like the driver's
         self.config, self.run, self.namespace = config, run, namespace
-        self.decoding = {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens}
+        self.decoding = decoding_of(config)
         self.clients = {key.name: _client(key, run.base_url, config.timeout_s) for key in config.keys}
         self.broker = ray.get_actor(run.broker_name, namespace=NAMESPACE)
         index = ray.get(run.cache_index) if run.cache_index is not None else None
         self.cache = ResponseCache(run.cache_uri, namespace, s3=run.s3, index=index)
+        self.batch_failures = ray.get(run.batch_failures) if run.batch_failures is not None else None
         self.flushed_at = time.monotonic()
         self.flushing: asyncio.Future | None = None
         self.unflushed = 0  # paid answers put in the cache since the last flush began
@@ -307,6 +321,10 @@ class LLMCaller:
         if cached is not None:
             return Completion(cached["completion"], cached["finish_reason"], cached["prompt_tokens"],
                               cached["completion_tokens"], cached["cost_usd"], cached["api_key_name"], cached=True)
+        if self.batch_failures is not None:  # batch mode: what has no answer ended without one
+            failure = self.batch_failures.get(key)
+            return Failure(batch_reason(failure.code) if failure else "batch_unanswered",
+                           failure.detail if failure else "no answer in the cache after the batches")
         cut: Completion | None = None
         while True:
             floor = min(self.config.max_tokens, 2 * cut.max_tokens) if cut is not None else 0

@@ -13,7 +13,7 @@ from soulray.fs import S3Config
 from soulray.llm.broker import Budgeting, KeyLimits, LaneLimits, start_broker
 from soulray.llm.cache import build_index, compact
 from soulray.llm.client import CALLS_PREFIX, LLMRun
-from soulray.llm.settings import ApiKey, CallConfig
+from soulray.llm.settings import ApiKey, BatchModeConfig, CallConfig
 from soulray.runtime import NAMESPACE, add_drain
 
 if TYPE_CHECKING:
@@ -25,11 +25,13 @@ log = logging.getLogger(__name__)
 class LLMSession:
     """`namespace` is the response cache's section: the rewrite prompt's version (RewriteSession), the
     judge's rubric version, the evaluation's next-turn generation. Callers started inside it reach the
-    broker and the cache through `run`."""
+    broker and the cache through `run`. `batch`: the Batch API settings of a caller that uses it (the
+    embedded local server's simulated batches follow them)."""
 
     def __init__(self, config: CallConfig, *, run_id: str, store: VersionStore, s3: S3Config,
-                 namespace: str) -> None:
+                 namespace: str, batch: BatchModeConfig | None = None) -> None:
         self.config, self.run_id, self.store, self.s3 = config, run_id, store, s3
+        self.batch = batch or BatchModeConfig()
         self.server = None
         self.broker = None
         self.progress: _ProgressLog | None = None
@@ -44,13 +46,17 @@ class LLMSession:
 
         base_url = self.config.base_url
         if base_url == "local":
+            from soulray.offline.batches import BatchSettings
             from soulray.offline.server import LocalLLMServer, ServerConfig, SimulatedKey
 
-            local = self.config.local_server
+            local, batch = self.config.local_server, self.batch
             self.server = LocalLLMServer(ServerConfig(default_limits=SimulatedKey(rpm=local.rpm, tpm=local.tpm),
                                                       latency_ms=tuple(local.latency_ms),
                                                       token_counting=local.token_counting, charge=local.charge,
-                                                      quantum_s=local.quantum_s))
+                                                      quantum_s=local.quantum_s,
+                                                      batch=BatchSettings(time_scale=batch.local_time_scale,
+                                                                          latency_s=batch.local_latency_s,
+                                                                          queue_tokens=batch.local_queue_tokens)))
             base_url = self.server.start()
             log.info("rewrite: using the embedded offline rewriter at %s (not a model: for demos and tests)", base_url)
         keys = [key_limits(key) for key in self.config.keys]
@@ -62,6 +68,7 @@ class LLMSession:
         log.info("rewrite: %d cached responses for %s", len(index), self.namespace)
         self.run = LLMRun(broker_name=broker_name, cache_uri=self.store.cache_uri(), base_url=base_url, s3=self.s3,
                           cache_index=ray.put(index))
+        self.base_url = base_url
         self._remove_drain = add_drain(self.drain)
         return self
 

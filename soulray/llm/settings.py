@@ -14,6 +14,7 @@ class ModelLimits(StrictModel):
     rpm: int = Field(ge=1, description="requests per minute for this model on this key")
     tpm: int = Field(ge=1, description="tokens per minute for this model on this key")
     max_concurrent: int | None = Field(None, ge=1, description="default: the key's max_concurrent")
+    batch_queue_tokens: int | None = Field(None, ge=1, description="default: the key's batch_queue_tokens")
 
 
 class ApiKey(StrictModel):
@@ -34,6 +35,8 @@ class ApiKey(StrictModel):
         default_factory=dict, description="per-model limits (OpenAI limits each model separately); models not "
                                           "listed share the key-level rpm/tpm/max_concurrent")
     budget_usd: float | None = Field(None, ge=0)
+    batch_queue_tokens: int = Field(2_000_000, ge=1, description="rewrite.mode batch: prompt tokens this key may "
+                                    "have enqueued per model (the provider's batch queue limit for its tier)")
 
     @model_validator(mode="after")
     def _azure_needs_endpoint(self) -> ApiKey:
@@ -73,6 +76,21 @@ class LocalServerConfig(StrictModel):
         "ours", description="'ours', 'characters', or a ratio to ours (e.g. 1.5)")
     charge: Literal["actual", "max_tokens"] = Field("actual", description="max_tokens: OpenAI's admission rule")
     quantum_s: float = Field(60.0, gt=0, le=60, description="enforce the minute's limits in slices this long")
+
+
+class BatchModeConfig(StrictModel):
+    """The provider's Batch API (rewrite.mode: batch, soulray/llm/batch.py); limits are OpenAI's."""
+
+    price_factor: float = Field(0.5, gt=0, description="batch price = online price × this (OpenAI: 50%)")
+    prices: dict[str, Price] = Field(default_factory=dict, description="batch prices per model (override the factor)")
+    max_requests_per_file: int = Field(50_000, ge=1, le=50_000)
+    max_bytes_per_file: int = Field(200 * 1024 * 1024, ge=4096, le=200 * 1024 * 1024)
+    poll_s: float = Field(30.0, gt=0, description="first poll interval; ×1.5 while nothing changes")
+    poll_max_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0, description="resubmissions of a failed or expired request before it is a reject")
+    local_time_scale: float = Field(1.0, gt=0, description="base_url local: simulated seconds per real second")
+    local_latency_s: float = Field(3600.0, ge=0, description="base_url local: simulated time a batch takes")
+    local_queue_tokens: int | None = Field(None, ge=1, description="base_url local: the server's queue limit")
 
 
 class ApiConfig(StrictModel):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from soulray.llm.tokens import MESSAGE_OVERHEAD, count_message_tokens, count_tokens
+from soulray.offline.batches import BatchService, BatchSettings
 from soulray.offline.evaluation import is_judge_prompt, offline_evaluation
 from soulray.offline.gate import is_gate_prompt, offline_gate
 from soulray.rewrite.prompts import CLOSE, OPEN
@@ -159,6 +160,7 @@ class ServerConfig:
     # 100k TPM).
     quantum_s: float = 60.0
     default_max_tokens: int = 4096  # the completion budget of a request that names none
+    batch: BatchSettings = field(default_factory=BatchSettings)  # /v1/files and /v1/batches (offline/batches.py)
 
     def __post_init__(self) -> None:
         counting = self.token_counting
@@ -307,6 +309,7 @@ class LocalLLMServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.batches = BatchService(self, self.config.batch)
 
     # -- HTTP -------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -315,6 +318,7 @@ class LocalLLMServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure_chat)
         app.router.add_get("/stats", self._stats)
+        self.batches.mount(app)
         return app
 
     async def _models(self, request: web.Request) -> web.Response:

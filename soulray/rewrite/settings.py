@@ -3,14 +3,19 @@ top of the API settings it shares with evaluation (soulray/llm/settings.py)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
-from soulray.llm.settings import CallConfig
+from soulray.llm.settings import BatchModeConfig, CallConfig
 from soulray.rewrite.persona import PersonaSettings
 
 
 class RewriteConfig(CallConfig):
     enabled: bool = True
+    mode: Literal["online", "batch"] = Field("online", description="batch: the provider's Batch API (half price, "
+                                             "results within 24 h, resumable)")
+    batch: BatchModeConfig = BatchModeConfig()
     dry_run: bool = Field(False, description="estimate tokens and cost of the rewrite; call nothing, publish nothing")
     prompt: str = Field("soulchat-v1", description="a builtin prompt version or a template file")
     min_turns: int = Field(8, ge=2, description="utterances, user and counselor together")

@@ -16,7 +16,7 @@ from soulray.errors import SoulrayError
 from soulray.fs import S3Config
 from soulray.gate.settings import QualityGateSettings
 from soulray.llm.client import Completion, LLMCaller, LLMRun
-from soulray.llm.pricing import cost_of
+from soulray.llm.pricing import batch_price, cost_of
 from soulray.llm.session import LLMSession
 from soulray.llm.tokens import count_message_tokens, estimate_tokens
 from soulray.repair import FLAG_PREFIX
@@ -55,7 +55,7 @@ def check_failures(counts: Counts, *, max_share: float, paid_calls: int) -> None
     failed for infrastructure reasons. `counts` are a manifest's: rows in, and rejects by stage."""
     by_stage = counts.by_stage
     failed = {reason: count for reason, count in by_stage.get(STAGE, {}).items()
-              if reason in INFRASTRUCTURE_FAILURES or reason.startswith("http_5")}
+              if reason in INFRASTRUCTURE_FAILURES or reason.startswith(("http_5", "batch_"))}
     before = sum(sum(by_stage.get(stage, {}).values()) for stage in (NORMALIZE, FILTER_SOURCE, DEDUP_SOURCE))
     sent = counts.input_rows - before
     if not failed or sum(failed.values()) <= max_share * sent:
@@ -144,15 +144,20 @@ class Rewriter(LLMCaller):
 
 
 class RewriteSession(LLMSession):
-    """The LLM session of a rewrite run: the response cache's section is the prompt's version."""
+    """The LLM session of a rewrite run: the response cache's section is the prompt's version. With
+    rewrite.mode batch, every row's calls are answered through the Batch API first (soulray/rewrite/batch.py)
+    and the stage then finds them all in the cache."""
 
     def __init__(self, config: RewriteConfig, *, run_id: str, store: VersionStore, s3: S3Config) -> None:
         # fail on a bad prompt (or one that does not fit rewrite.persona) before anything starts
         template = load_template(config.prompt)
         check_template(template, config.persona)
-        super().__init__(config, run_id=run_id, store=store, s3=s3, namespace=template.version)
+        super().__init__(config, run_id=run_id, store=store, s3=s3, namespace=template.version,
+                         batch=config.batch)
         if config.persona.enabled:
             self.other_sections.append(PROFILE_VERSION)  # the profile calls' cache section
+        self.batch_driver: Any = None  # rewrite.mode batch: the BatchDriver, once it has started
+        self.batch_wall_s: float | None = None
 
     def apply(self, pipeline: ray.data.Dataset, *, expected_rows: int | None = None,
               clock: Any = None) -> ray.data.Dataset:
@@ -164,6 +169,8 @@ class RewriteSession(LLMSession):
         if expected_rows is not None:
             self.log_progress(expected_rows)
         config = self.config
+        if config.mode == "batch":
+            pipeline = self._answer_in_batches(pipeline)
         fn, kwargs = Rewriter, {"config": config, "run": self.run}
         if clock is not None:
             fn, kwargs = clock.wrap_class(fn, stage=STAGE, kwargs=kwargs)
@@ -172,6 +179,60 @@ class RewriteSession(LLMSession):
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=config.actor_num_cpus,
         )
+
+    def _answer_in_batches(self, pipeline: ray.data.Dataset) -> ray.data.Dataset:
+        """rewrite.mode batch: answer every row's calls through the Batch API on the driver (journaled,
+        resumable), so the stage after finds them all in the cache; returns the rows, materialised."""
+        import dataclasses
+        import time
+
+        import ray
+
+        from soulray.llm.batch import BatchDriver
+        from soulray.llm.batch_journal import BatchJournal
+        from soulray.llm.cache import ResponseCache, build_index
+        from soulray.rewrite.batch import rewrite_in_batches
+
+        pipeline = pipeline.materialize()  # walked twice: here for the calls, then by the stage
+        cache_uri = self.store.cache_uri()
+        cache = ResponseCache(cache_uri, self.namespace, s3=self.s3, index=ray.get(self.run.cache_index))
+        self.batch_driver = BatchDriver(keys=self.config.keys, base_url=self.base_url, settings=self.config.batch,
+                                        journal=BatchJournal(cache_uri, self.namespace, s3=self.s3), cache=cache,
+                                        price=batch_price(self.config.prices, self.config.batch),
+                                        budget_usd=self.config.budget_usd)
+        units = (row for batch in pipeline.iter_batches(batch_size=4096, batch_format="pyarrow")
+                 for row in batch.select(["record_id", "question", "description", "answer", "reject_reason"]).to_pylist())
+        started = time.monotonic()
+        failures = rewrite_in_batches(units, config=self.config, namespace=self.namespace, cache=cache,
+                                      driver=self.batch_driver)
+        self.batch_wall_s = time.monotonic() - started
+        index = build_index(cache_uri, self.namespace, s3=self.s3)
+        self.run = dataclasses.replace(self.run, cache_index=ray.put(index), batch_failures=ray.put(failures))
+        return pipeline
+
+    def drain(self) -> str:
+        """On a stop signal: as online; in batch mode the calls were paid through batches (the broker saw
+        none): their answers downloaded this run, and those flushed to the cache. A batch not yet recorded
+        done in the journal is downloaded again by the next run (paid once), as are batches still running."""
+        note = super().drain()
+        driver = self.batch_driver
+        if driver is None:
+            return note
+        return (f"{driver.paid_calls} rewrite calls were paid this run (through batches) and {driver.saved_calls} "
+                f"answers are saved in the response cache; the next run collects the {driver.live} batches not yet "
+                "collected")
+
+    def usage(self) -> dict[str, Any]:
+        """The broker's usage; in batch mode the calls were paid through batches, not the broker."""
+        usage = super().usage()
+        if self.batch_driver is None:
+            return usage
+        batches = self.batch_driver.usage()
+        keys, models = batches["keys"], batches["models"]
+        tokens = {"prompt": int(sum(k["prompt_tokens"] for k in keys.values())),
+                  "completion": int(sum(k["completion_tokens"] for k in keys.values()))}
+        return {**usage, "keys": keys, "models": models, "tokens": tokens, "cost_usd": batches["batches"]["spent_usd"],
+                "batches": {**batches["batches"], "wall_s": self.batch_wall_s}}
 
 
 def source_chars(unit: dict[str, Any]) -> int:
@@ -182,19 +243,21 @@ def source_chars(unit: dict[str, Any]) -> int:
 
 
 def estimate_batch(batch: pa.Table, *, config: RewriteConfig, gate: QualityGateSettings | None = None) -> pa.Table:
-    """Dry run: what rewriting these rows would cost, per model, without calling anything; the persona's
-    and the quality gate's calls (`gate`: its settings when on) as their own lines, "<model> (<kind>)"."""
+    """Dry run: what rewriting these rows would cost, per model, without calling anything, online and
+    through the Batch API (rewrite.mode batch, at the batch price); the persona's and the quality gate's
+    calls (`gate`: its settings when on) as their own lines, "<model> (<kind>)"."""
     from soulray.gate.stage import estimate_gate  # the gate builds on the rewrite's parser and settings
 
-    template = load_template(config.prompt)
+    template, batch_cost = load_template(config.prompt), batch_price(config.prices, config.batch)
     totals: dict[str, list[float]] = {}
 
     def add(label: str, model: str, prompt: float, completion: float) -> None:
-        row = totals.setdefault(label, [0, 0, 0, 0.0])
+        row = totals.setdefault(label, [0, 0, 0, 0.0, 0.0])
         row[0] += 1
         row[1] += prompt
         row[2] += completion
         row[3] += cost_of(config.prices, model, prompt, completion)
+        row[4] += batch_cost(model, prompt, completion)
 
     for unit in batch.to_pylist():
         if unit["reject_reason"]:
@@ -214,9 +277,11 @@ def estimate_batch(batch: pa.Table, *, config: RewriteConfig, gate: QualityGateS
     return pa.table({"model": list(totals), "rows": [int(v[0]) for v in totals.values()],
                      "prompt_tokens": [int(v[1]) for v in totals.values()],
                      "completion_tokens": [int(v[2]) for v in totals.values()],
-                     "cost_usd": [float(v[3]) for v in totals.values()]},
+                     "cost_usd": [float(v[3]) for v in totals.values()],
+                     "batch_cost_usd": [float(v[4]) for v in totals.values()]},
                     schema=pa.schema([("model", pa.string()), ("rows", pa.int64()), ("prompt_tokens", pa.int64()),
-                                      ("completion_tokens", pa.int64()), ("cost_usd", pa.float64())]))
+                                      ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
+                                      ("batch_cost_usd", pa.float64())]))
 
 
 def _dialogue_row(unit: dict[str, Any], prompt_version: str) -> dict[str, Any]:

@@ -82,6 +82,20 @@ class KindStats(BaseModel):
         return self.paid + self.cached
 
 
+class BatchUsage(BaseModel):
+    """rewrite.mode batch: the Batch API batches of a run (soulray/llm/batch.py BatchDriver.usage)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entries: int = 0  # batches this run knows of (its own and the ones it resumed)
+    done: int = 0  # of those, collected
+    statuses: dict[str, int] = Field(default_factory=dict)  # the provider's last status → batches
+    requeued: int = 0  # requests sent again (a batch expired, was cancelled or failed before answering them)
+    failed_lines: int = 0  # output lines with an error (retried until batch.max_retries)
+    spent_usd: float = 0.0  # settled at the batch price this run
+    wall_s: float | None = None  # the batch phase on the driver
+
+
 class Usage(BaseModel):
     """What the LLM calls of a run took, per key, per model and per kind of call."""
 
@@ -93,6 +107,7 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
     budget_usd: float | None = None
     kinds: dict[str, KindStats] = Field(default_factory=dict)  # by kind of call (soulray/llm/client.py `complete`)
+    batches: BatchUsage | None = None  # rewrite.mode batch (the calls above were then paid through batches)
 
     @property
     def paid_calls(self) -> int:

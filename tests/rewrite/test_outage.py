@@ -32,6 +32,8 @@ def test_only_infrastructure_failures_count_against_the_rows_sent():
     check_failures(counts(budget_exhausted=90), max_share=0.05, paid_calls=10)  # the operator's own stop
     with pytest.raises(RewriteOutage, match=r"6 of 100 rows .*\(http_503 1, retries_exhausted 5\).* 94 calls paid"):
         check_failures(counts(retries_exhausted=5, http_503=1), max_share=0.05, paid_calls=94)
+    with pytest.raises(RewriteOutage, match=r"\(batch_expired 6\)"):  # rewrite.mode batch: no answer had
+        check_failures(counts(batch_expired=6), max_share=0.05, paid_calls=94)
 
 
 def overrides(root, url: str, **extra: object) -> list[str]:
