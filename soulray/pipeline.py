@@ -313,11 +313,24 @@ class StageClock:
 
     def wrap(self, fn: Callable[..., Any], *, stage: str, kwargs: dict[str, Any]) -> tuple[Callable[..., Any], dict]:
         """`fn` and its `fn_kwargs` for `map_batches`, timed as `stage`."""
-        return _timed_call, {"fn": fn, "stage": stage, "actor": self.actor, "kwargs": kwargs}
+        return _named_call(fn.__name__), {"fn": fn, "stage": stage, "actor": self.actor, "kwargs": kwargs}
 
     def wrap_class(self, cls: type, *, stage: str, kwargs: dict[str, Any]) -> tuple[type, dict]:
         """An async callable class and its `fn_constructor_kwargs`, timed as `stage`."""
-        return _TimedAsync, {"cls": cls, "stage": stage, "actor": self.actor, "kwargs": kwargs}
+        # a subclass named as `cls`: Ray names operators, actor processes and log lines after it
+        # ("MapWorker(MapBatches(Rewriter))"), which operators and tools that find actors by name rely on
+        named = type(cls.__name__, (_TimedAsync,), {"__qualname__": cls.__qualname__})
+        return named, {"cls": cls, "stage": stage, "actor": self.actor, "kwargs": kwargs}
+
+
+def _named_call(name: str) -> Callable[..., Any]:
+    """`_timed_call` under the wrapped function's name (Ray names the operator after it)."""
+
+    def timed(batch: Any, **kwargs: Any) -> Any:
+        return _timed_call(batch, **kwargs)
+
+    timed.__name__ = timed.__qualname__ = name
+    return timed
 
 
 def _timed_call(batch: Any, *, fn: Callable[..., Any], stage: str, actor: Any, kwargs: dict[str, Any]) -> Any:

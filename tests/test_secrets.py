@@ -73,7 +73,7 @@ def test_named_secrets_are_checked_before_anything_starts(monkeypatch, tmp_path,
     def must_not_run(*args, **kwargs):
         raise AssertionError("the job started before its secrets were checked")
 
-    monkeypatch.setattr("soulray.regenerate.init_ray", must_not_run)
+    monkeypatch.setattr("soulray.runtime.init_ray", must_not_run)  # soulray/pipeline.py imports it at run time
     monkeypatch.setattr("soulray.regenerate.plan_fragments", must_not_run)
     keys = ("[{name: a, api_key_env: SOULRAY_UNSET_KEY_A}, {name: b, api_key_file: /no/such/key.txt},"
             " {name: c, api_key_env: notAVariableButAPastedKey}]")
