@@ -464,7 +464,7 @@ def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
     sampler.stop()
     ray.shutdown()
     return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": sampler.peak / 1e6,
-            "object_store_mb": object_store_mb, "output_rows": output_rows, "marked": report.marked,
+            "peak_pss_by_group_mb": sampler.peak_groups, "peak_processes": sampler.peak_processes, "object_store_mb": object_store_mb, "output_rows": output_rows, "marked": report.marked,
             "clusters": report.clusters, "considered": report.considered_rows, "seconds": report.seconds}
 
 
@@ -551,8 +551,12 @@ def _synthetic_units(rows: int, workdir: Path, planted_share: float = 0.05) -> P
 
 
 class _MemorySampler:
+    """Peak PSS of this process's tree, sampled every 0.5 s, and what each process group held then."""
+
     def __init__(self) -> None:
         self.peak = 0
+        self.peak_groups: dict[str, float] = {}
+        self.peak_processes: list[tuple[float, str]] = []  # the largest processes at the peak (PSS MB, title)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -564,17 +568,17 @@ class _MemorySampler:
         self._thread.join()
 
     def _run(self) -> None:
-        import psutil
+        from e2e import process_group, process_tree  # bench/e2e.py, beside this script
 
-        root = psutil.Process(os.getpid())
         while not self._stop.wait(0.5):
-            total = 0
-            for process in [root, *root.children(recursive=True)]:
-                try:
-                    total += process.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            self.peak = max(self.peak, total)
+            processes = process_tree(os.getpid())
+            total = sum(process["pss"] for process in processes)
+            if total > self.peak:
+                self.peak, self.peak_groups = total, {}
+                self.peak_processes = sorted(((p["pss"] / 1e6, p["name"]) for p in processes), reverse=True)[:12]
+                for process in processes:
+                    group = process_group(process["name"])
+                    self.peak_groups[group] = self.peak_groups.get(group, 0) + process["pss"] / 1e6
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -640,6 +644,10 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['rows']:,} | {row.get('source_mb', 0):,.0f} | {row.get('object_store_mb', '-')} | "
                          f"{row['wall_s']:.1f} | {row['rows_per_s']:,.0f} | {row['peak_pss_mb']:,.0f} | "
                          f"{sum(row['marked'].values()):,} | {phases} |")
+        lines += ["", "At each size's peak, PSS MB by process group: " + "; ".join(
+            f"{row['rows']:,} rows: " + ", ".join(f"{group} {mb:,.0f}" for group, mb in
+                                                sorted(row.get("peak_pss_by_group_mb", {}).items()))
+            for row in scale.values())]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,13 @@ tells how cost grows is rows/s at each size relative to rows/s at the smallest s
 
     python bench/e2e.py                                 # 10k, 100k and 1M, what `make bench` runs (~56 min on 2 cores)
     python bench/e2e.py --sizes 10000 100000            # the first two (~7 min)
+    python bench/e2e.py --sizes 1000000 --trace DIR     # and every process's memory through the run, plotted
+
+With --trace, every 5 s each process of the job's tree is sampled (RSS, USS: pages only it holds, PSS) under
+its Ray process title (`ray::MapWorker(MapBatches(Rewriter))`, `ray::IDLE`, raylet, the driver …) into
+DIR/memory-<rows>.jsonl, the job's log is kept as DIR/job-<rows>.log (its progress lines say how many rows
+the rewrite had done when), and DIR/memory-<rows>.png plots it. RSS counts the pages of Ray's object store
+a process has mapped (shared memory); USS does not.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +42,7 @@ from soulray.store import VersionStore  # noqa: E402
 FULL_SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (2_000, 10_000)
 
 
-def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None) -> dict:
+def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None, trace: Path | None = None) -> dict:
     from run import free_port, wait_for  # bench/run.py, beside this script
 
     port = free_port()
@@ -41,7 +50,7 @@ def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None) -> dic
                                "--tpm", "10000000000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(port)
-        points = [_one_size(workdir, size, f"http://127.0.0.1:{port}/v1")
+        points = [_one_size(workdir, size, f"http://127.0.0.1:{port}/v1", trace)
                   for size in (sizes or (QUICK_SIZES if quick else FULL_SIZES))]
     finally:
         server.terminate()
@@ -54,7 +63,7 @@ def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None) -> dic
     return {"points": points}
 
 
-def _one_size(workdir: Path, rows: int, url: str) -> dict:
+def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None) -> dict:
     source = workdir / f"e2e-{rows}.parquet"
     write_synthetic(source, rows, seed=11, chunk_rows=min(rows, 50_000))
     root = workdir / f"e2e-out-{rows}"
@@ -63,15 +72,25 @@ def _one_size(workdir: Path, rows: int, url: str) -> dict:
                "--set", f"storage.root={root}", "--set", f"rewrite.base_url={url}", "--set", "storage.rows_per_shard=20000",
                "--set", "rewrite.concurrency_per_actor=32"]
     started, load = time.perf_counter(), os.getloadavg()[0]
-    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while job.poll() is None:
-        peak = max(peak, _tree_pss(job.pid))
-        time.sleep(1.0)
+    log_path = (trace or workdir) / f"job-{rows}.log"  # a file, not a pipe: a long run's log outgrows a pipe
+    samples = (trace / f"memory-{rows}.jsonl").open("w") if trace else None
+    with log_path.open("w") as log:
+        job = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak, tick = 0, 0
+        while job.poll() is None:
+            processes = process_tree(job.pid)
+            peak = max(peak, sum(process["pss"] for process in processes))
+            if samples and tick % TRACE_EVERY == 0:
+                now = time.time()
+                samples.writelines(json.dumps({"t": now, **process}) + "\n" for process in processes)
+                samples.flush()
+            tick += 1
+            time.sleep(1.0)
     wall = time.perf_counter() - started
-    output, errors = job.communicate()
+    if samples:
+        samples.close()
     if job.returncode != 0:
-        raise RuntimeError(f"e2e {rows}: the job failed:\n{errors[-3000:]}")
+        raise RuntimeError(f"e2e {rows}: the job failed:\n{log_path.read_text()[-3000:]}")
     manifest = VersionStore(str(root), "smilechat-demo").manifest("latest")
     counts = manifest.counts
     if counts.output_rows + counts.rejected_rows != rows:
@@ -85,19 +104,117 @@ def _one_size(workdir: Path, rows: int, url: str) -> dict:
             "load_after": os.getloadavg()[0]}
 
 
-def _tree_pss(pid: int) -> int:
+TRACE_EVERY = 5  # samples (seconds) between two lines per process in the trace
+
+
+def process_tree(pid: int) -> list[dict]:
+    """Every process of the job's tree now: pid, Ray's process title (or the command), RSS, USS, PSS."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    total = 0
+        return []
+    found = []
     for process in processes:
         try:
-            total += process.memory_full_info().pss
+            memory, command = process.memory_full_info(), process.cmdline()
         except psutil.Error:
             continue
-    return total
+        found.append({"pid": process.pid, "name": _title(command), "rss": memory.rss, "uss": memory.uss,
+                      "pss": memory.pss})
+    return found
+
+
+def _title(command: list[str]) -> str:
+    """Ray workers set their title to `ray::<what they run>`; daemons and the driver are named by program."""
+    if not command:
+        return "?"
+    if command[0].startswith("ray::"):
+        return command[0].split(" ")[0]
+    program = next((Path(part).name for part in command if part.endswith((".py", "raylet", "gcs_server"))),
+                   Path(command[0]).name)
+    return program
+
+
+_PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*rewrite progress: (\d+)/\d+ rows")
+
+
+def rows_timeline(log_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(times, rows the rewrite had done) from the job's progress lines (one every 10 s)."""
+    times, rows = [0.0], [0]
+    for line in log_path.read_text(errors="replace").splitlines():
+        match = _PROGRESS.match(line)
+        if match:
+            times.append(time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S")) + int(match[2]) / 1000)
+            rows.append(int(match[3]))
+    return np.array(times), np.array(rows)
+
+
+def process_group(name: str) -> str:
+    if "Rewriter" in name:
+        return "rewrite actors"
+    if name in ("raylet", "gcs_server") or "dashboard" in name or "log_monitor" in name or "runtime_env" in name:
+        return "Ray daemons"
+    if name == "ray::IDLE":
+        return "idle workers"
+    if name.startswith("ray::"):
+        return "other Ray workers (tasks, shuffle, broker …)"
+    return "driver and others"
+
+
+def trace_report(trace: Path, rows: int) -> dict:
+    """From a --trace run: each rewrite actor's RSS and USS when the rewrite had done 10% of the rows and
+    at its largest after 90% of them (the goal: flat within ±20%), the job's PSS by process group at its peak, and the
+    plot (memory-<rows>.png)."""
+    lines = [json.loads(line) for line in (trace / f"memory-{rows}.jsonl").read_text().splitlines()]
+    times, done = rows_timeline(trace / f"job-{rows}.log")
+    at_rows = lambda t: float(np.interp(t, times[1:], done[1:])) if len(times) > 1 else 0.0  # noqa: E731
+    actors: dict[int, list[dict]] = {}
+    for line in lines:
+        if "Rewriter" in line["name"]:
+            actors.setdefault(line["pid"], []).append({**line, "rows": at_rows(line["t"])})
+    per_actor = {}
+    for pid, samples in actors.items():
+        # the sample at 10% of the rows, and the largest after 90% (the very last one is the actor exiting)
+        early = next((s for s in samples if s["rows"] >= rows / 10), samples[0])
+        late = [s for s in samples[:-1] if s["rows"] >= 0.9 * rows] or samples[-1:]
+        last = max(late, key=lambda s: s["rss"])
+        per_actor[pid] = {"rows_early": early["rows"], "rss_early_mb": early["rss"] / 1e6, "uss_early_mb": early["uss"] / 1e6,
+                          "rows_last": last["rows"], "rss_last_mb": last["rss"] / 1e6, "uss_last_mb": last["uss"] / 1e6,
+                          "rss_growth": last["rss"] / early["rss"] - 1, "uss_growth": last["uss"] / early["uss"] - 1}
+    moments: dict[float, dict[str, float]] = {}
+    for line in lines:
+        groups = moments.setdefault(line["t"], {})
+        groups[process_group(line["name"])] = groups.get(process_group(line["name"]), 0) + line["pss"]
+    peak_t = max(moments, key=lambda t: sum(moments[t].values())) if moments else 0
+    _plot(trace / f"memory-{rows}.png", rows, moments, actors)
+    return {"actors": per_actor, "peak_pss_by_group_mb": {g: v / 1e6 for g, v in moments.get(peak_t, {}).items()},
+            "peak_rows_done": at_rows(peak_t)}
+
+
+def _plot(path: Path, rows: int, moments: dict[float, dict[str, float]], actors: dict[int, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8))
+    start = min(moments) if moments else 0
+    ts = sorted(moments)
+    for group in sorted({g for groups in moments.values() for g in groups}):
+        top.plot([(t - start) / 60 for t in ts], [moments[t].get(group, 0) / 1e9 for t in ts], label=group)
+    top.plot([(t - start) / 60 for t in ts], [sum(moments[t].values()) / 1e9 for t in ts], "k", label="whole job")
+    top.set(xlabel="minutes", ylabel="PSS, GB", title=f"regenerate job, {rows:,} rows: memory by process group")
+    top.legend(fontsize=7)
+    for pid, samples in actors.items():
+        x = [s["rows"] / 1e3 for s in samples]
+        bottom.plot(x, [s["rss"] / 1e6 for s in samples], label=f"rewrite actor {pid}: RSS")
+        bottom.plot(x, [s["uss"] / 1e6 for s in samples], "--", label=f"rewrite actor {pid}: USS")
+    bottom.set(xlabel="rows rewritten (thousands)", ylabel="MB", title="each rewrite actor: RSS and USS")
+    bottom.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def markdown(result: dict) -> str:
@@ -133,12 +250,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(FULL_SIZES))
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--trace", help="folder for each size's per-process memory samples, job log and plot")
     args = parser.parse_args()
+    trace = Path(args.trace) if args.trace else None
+    if trace:
+        trace.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
-        result = run(Path(workdir), False, tuple(args.sizes))
+        result = run(Path(workdir), False, tuple(args.sizes), trace)
+    if trace:
+        result["traces"] = {rows: trace_report(trace, rows) for rows in args.sizes}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print(markdown(result))
+    for rows, report in result.get("traces", {}).items():
+        print(f"\n{rows:,} rows, memory trace ({trace}/memory-{rows}.png):")
+        for pid, actor in report["actors"].items():
+            print(f"  rewrite actor {pid}: RSS {actor['rss_early_mb']:.0f} MB at {actor['rows_early']:,.0f} rows → "
+                  f"{actor['rss_last_mb']:.0f} MB at {actor['rows_last']:,.0f} ({100 * actor['rss_growth']:+.0f}%); "
+                  f"USS {actor['uss_early_mb']:.0f} → {actor['uss_last_mb']:.0f} MB ({100 * actor['uss_growth']:+.0f}%)")
+        groups = ", ".join(f"{group} {mb:,.0f}" for group, mb in sorted(report["peak_pss_by_group_mb"].items()))
+        print(f"  at the peak ({report['peak_rows_done']:,.0f} rows rewritten), PSS MB by group: {groups}")
     return 0
 
 
