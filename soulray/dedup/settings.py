@@ -48,7 +48,13 @@ class DedupConfig(StrictModel):
     keep: Literal["lowest_record_id", "longest"] = Field(
         "lowest_record_id", description="which row of a cluster stays: lowest record_id, or longest text "
                                         "(then lowest record_id)")
-    num_partitions: int | None = Field(None, ge=1, description="shuffle partitions (default: 2 x CPUs)")
+    # Memory per task is bounded by these, not by the rows (issue 22): each shuffle (band keys to buckets,
+    # candidate rows to components) is cut into partitions of about partition_mb, more partitions as the
+    # rows grow rather than bigger ones, and the per-batch functions see batch_rows rows at a time.
+    partition_mb: int = Field(128, ge=8, description="target size of one shuffle partition, MB (lowered to a "
+                                                     "quarter of the memory per CPU where that is less)")
+    batch_rows: int = Field(8192, ge=64, description="rows per call of the fingerprint and member functions")
+    num_partitions: int | None = Field(None, ge=1, description="shuffle partitions (default: from partition_mb)")
 
     @model_validator(mode="after")
     def _bands_and_rows(self) -> DedupConfig:

@@ -69,6 +69,9 @@ class DedupReport:
     largest_component: int = 0  # rows in the largest candidate component: it is resolved by one task
     clusters: int = 0  # clusters with at least one marked row
     marked: dict[str, int] = field(default_factory=dict)  # per reason
+    # per shuffle ("buckets", "resolve"): partitions, and the planned size of one in MB (what one task holds)
+    partitions: dict[str, int] = field(default_factory=dict)
+    partition_mb: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -78,9 +81,11 @@ class DedupReport:
     def summary(self) -> str:
         phases = ", ".join(f"{name} {value:.1f}s" for name, value in self.seconds.items())
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.marked.items())) or "none"
+        shuffles = ", ".join(f"{name} {count} × {self.partition_mb[name]:g} MB" for name, count in self.partitions.items())
         return (f"{self.stage}: {self.considered_rows}/{self.input_rows} rows considered"
                 + (f" against {self.published_rows} published" if self.published_rows else "")
-                + f"; {self.clusters} clusters; marked {reasons}; {phases}")
+                + f"; {self.clusters} clusters; marked {reasons}; {phases}"
+                + (f"; partitions {shuffles}" if shuffles else ""))
 
 
 @dataclass(frozen=True)
@@ -150,14 +155,15 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
             sources.append(published.materialize())
             report.published_rows = sources[1].count()
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    sizing = _Sizing.of(ray.cluster_resources(), config)
     with phases("fingerprint"):
-        keyed = [source.map_batches(_fingerprint, fn_kwargs={"settings": settings}, batch_format="pyarrow")
-                 .materialize() for source in sources]
+        keyed = [source.map_batches(_fingerprint, fn_kwargs={"settings": settings}, batch_size=config.batch_rows,
+                                    batch_format="pyarrow").materialize() for source in sources]
         keys_per_row = 1 + (settings.rules.bands if settings.method == "minhash" else 0)
         report.considered_rows = keyed[0].count() // keys_per_row
     with phases("buckets"):
-        partitions = config.num_partitions or _partitions(sum(part.count() for part in keyed), cpus, 2_000_000)
+        keys = sum(part.count() for part in keyed)
+        partitions = sizing.plan(report, "buckets", rows=keys, row_bytes=KEY_ROW_BYTES)
         edges = _collect(_union(keyed).repartition(partitions, keys=["key"]).map_batches(
             _bucket_edges, batch_size=None, batch_format="pyarrow"), ("u", "v"))
         report.candidate_edges = len(edges)
@@ -175,8 +181,10 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
     with phases("resolve"):
         lookup = ray.put((involved, component))
         members = _union([source.map_batches(_members, fn_kwargs={"settings": settings, "lookup": lookup},
-                                             batch_format="pyarrow") for source in sources])
-        partitions = config.num_partitions or _partitions(len(involved), cpus, 200_000)
+                                             batch_size=config.batch_rows, batch_format="pyarrow")
+                          for source in sources])
+        partitions = sizing.plan(report, "resolve", rows=len(involved),
+                                 row_bytes=_member_bytes(settings, sources, input_rows + report.published_rows))
         decisions = _collect(members.repartition(partitions, keys=["component"]).map_batches(
             _resolve_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
             ("row", "reason", "detail", "keeper"))
@@ -343,9 +351,53 @@ def _collect(ds: ray.data.Dataset, names: tuple[str, ...]) -> dict[str, np.ndarr
     return {name: table[name].to_numpy(zero_copy_only=False) for name in names}
 
 
-def _partitions(rows: int, cpus: int, rows_per_partition: int) -> int:
-    """Enough partitions to spread the work, no more: each one costs a task and a block."""
-    return max(1, min(2 * cpus, -(-rows // rows_per_partition)))
+KEY_ROW_BYTES = 16  # a (key, row) pair of the buckets shuffle
+MIN_PARTITION_ROWS = 200_000  # below this, one more partition costs a task and a block for no memory saved
+
+
+@dataclass(frozen=True)
+class _Sizing:
+    """How the two shuffles are cut: partitions of at most `target_bytes` each (what one reduce task
+    holds, and then sorts or resolves), so that memory per task stays flat as the rows grow; at least
+    2 per CPU while each still gets MIN_PARTITION_ROWS, to spread the work. `fixed`: dedup.num_partitions."""
+
+    cpus: int
+    target_bytes: int
+    fixed: int | None
+
+    @classmethod
+    def of(cls, resources: dict[str, float], config: DedupConfig) -> _Sizing:
+        cpus = max(1, int(resources.get("CPU", 1)))
+        per_cpu = resources.get("memory", 0) / cpus  # Ray's schedulable memory (the heap, not the object store)
+        target = config.partition_mb * 2 ** 20
+        if per_cpu:
+            target = min(target, max(8 * 2 ** 20, int(per_cpu / 4)))
+        return cls(cpus=cpus, target_bytes=target, fixed=config.num_partitions)
+
+    def partitions(self, rows: int, row_bytes: float) -> int:
+        if self.fixed:
+            return self.fixed
+        by_memory = -(-int(rows * row_bytes) // self.target_bytes)
+        by_work = min(2 * self.cpus, -(-rows // MIN_PARTITION_ROWS))
+        return max(1, by_memory, by_work)
+
+    def plan(self, report: DedupReport, shuffle: str, *, rows: int, row_bytes: float) -> int:
+        """The partitions of one shuffle, noted in the report with the size of one."""
+        partitions = self.partitions(rows, row_bytes)
+        report.partitions[shuffle] = partitions
+        report.partition_mb[shuffle] = round(rows * row_bytes / partitions / 2 ** 20, 1)
+        return partitions
+
+
+def _member_bytes(settings: _Settings, sources: list[ray.data.Dataset], rows: int) -> float:
+    """What one candidate row ships to be resolved: ids, hashes and provenance, its signature, and (to be
+    verified) its text, taken as at most the average input row (a materialised dataset knows its size)."""
+    size = 120.0
+    if settings.method == "minhash":
+        size += 4 * settings.hasher.num_perm
+    if settings.rules.verify == "jaccard":
+        size += sum(source.size_bytes() for source in sources) / max(rows, 1)
+    return size
 
 
 def _union(datasets: list[ray.data.Dataset]) -> ray.data.Dataset:

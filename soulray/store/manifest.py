@@ -138,6 +138,9 @@ class DedupFacts(BaseModel):
     rows_per_band: int = 0
     candidate_edges: int = 0
     largest_component: int = 0
+    # per shuffle ("buckets", "resolve"): partitions and the planned MB of one (dedup.partition_mb)
+    partitions: dict[str, int] = Field(default_factory=dict)
+    partition_mb: dict[str, float] = Field(default_factory=dict)
 
 
 class GateFacts(BaseModel):

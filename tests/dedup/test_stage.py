@@ -12,7 +12,7 @@ import pytest
 from soulray.dedup.cluster import Members, Rules, resolve
 from soulray.dedup.minhash import MinHasher
 from soulray.dedup.settings import DedupConfig
-from soulray.dedup.stage import ROW_ID, dedup_dataset
+from soulray.dedup.stage import KEY_ROW_BYTES, ROW_ID, DedupReport, _Sizing, dedup_dataset
 from soulray.dedup.text import content_hashes, normalise, row_texts
 from soulray.schema import WORKING_UNIT
 from soulray.store import VersionStore, open_version
@@ -90,6 +90,45 @@ def test_units_marked_as_the_pure_core_decides(ray_local, smile_qa):
     assert at["empty_1"] not in marks and at["empty_2"] not in marks
     detail = json.loads(by_row[at["copy_of_5"]]["reject_detail"])
     assert detail["similarity"] == 1.0 and detail["kept_from"] == "input"
+
+
+def test_same_marks_whatever_the_batches_and_partitions(ray_local, smile_qa):
+    # batch_rows and the partition count bound memory per task; they must not change a decision
+    table, _ = planted_units(smile_qa)
+    config = CONFIG.model_copy(update={"batch_rows": 64, "num_partitions": 5})
+    out, report = dedup_dataset(ray_local.data.from_arrow(table), config=config)
+    assert marks_of(out.take_all()) == oracle(table, CONFIG)
+    assert report.partitions == {"buckets": 5, "resolve": 5}
+
+
+GIB = 2 ** 30
+
+
+def test_partitions_grow_with_the_rows_not_their_size():
+    """Issue 22: partitions were capped at 2 per CPU, so each grew with the rows (1M units: 8 partitions of
+    37M band keys / 8; 100M: the same 8, 7 GB each). Now one holds at most partition_mb however many rows."""
+    sizing = _Sizing.of({"CPU": 4, "memory": 16 * GIB}, DedupConfig(partition_mb=128))
+    assert sizing.target_bytes == 128 * 2 ** 20
+    counts = []
+    for units in (1_000, 100_000, 1_000_000, 10_000_000, 100_000_000):
+        keys = 37 * units
+        partitions = sizing.partitions(keys, KEY_ROW_BYTES)
+        assert keys * KEY_ROW_BYTES / partitions <= sizing.target_bytes
+        counts.append(partitions)
+    assert counts[0] == 1  # a small input is not cut into tasks of nothing
+    assert counts == sorted(counts) and counts[-1] >= 400  # 100M units: 59 GB of keys → ≥ 442 partitions
+    assert sizing.partitions(1_000_000, 16) == 5  # work spread: 2 per CPU while each keeps 200k rows
+
+    # a node with little memory per CPU lowers the target (a quarter of it), an explicit count wins
+    assert _Sizing.of({"CPU": 4, "memory": 1 * GIB}, DedupConfig(partition_mb=128)).target_bytes == 64 * 2 ** 20
+    assert _Sizing.of({"CPU": 4, "memory": 16 * GIB}, DedupConfig(num_partitions=3)).partitions(10 ** 9, 16) == 3
+
+    report = DedupReport(stage="dedup_dialogue")
+    # 1M units' 37M band keys (592 MB): 8 partitions (2 per CPU) of 70.6 MB; 10M: 45 of 125.5 MB
+    assert sizing.plan(report, "buckets", rows=37_000_000, row_bytes=KEY_ROW_BYTES) == 8
+    assert sizing.plan(report, "buckets", rows=370_000_000, row_bytes=KEY_ROW_BYTES) == 45
+    assert report.partitions == {"buckets": 45} and report.partition_mb == {"buckets": 125.5}
+    assert "partitions buckets 45 × 125.5 MB" in report.summary()
 
 
 def test_dialogues_and_cross_version(ray_local, smile_dialogs, smile_qa, tmp_path):
