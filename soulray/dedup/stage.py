@@ -163,7 +163,7 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         report.considered_rows = keyed[0].count() // keys_per_row
     with phases("buckets"):
         keys = sum(part.count() for part in keyed)
-        partitions = sizing.plan(report, "buckets", rows=keys, row_bytes=KEY_ROW_BYTES)
+        partitions = sizing.plan(report, "buckets", rows=keys, row_bytes=KEY_ROW_BYTES, min_rows=MIN_KEYS_PER_PARTITION)
         edges = _collect(_union(keyed).repartition(partitions, keys=["key"]).map_batches(
             _bucket_edges, batch_size=None, batch_format="pyarrow"), ("u", "v"))
         report.candidate_edges = len(edges)
@@ -183,7 +183,7 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         members = _union([source.map_batches(_members, fn_kwargs={"settings": settings, "lookup": lookup},
                                              batch_size=config.batch_rows, batch_format="pyarrow")
                           for source in sources])
-        partitions = sizing.plan(report, "resolve", rows=len(involved),
+        partitions = sizing.plan(report, "resolve", rows=len(involved), min_rows=MIN_MEMBERS_PER_PARTITION,
                                  row_bytes=_member_bytes(settings, sources, input_rows + report.published_rows))
         decisions = _collect(members.repartition(partitions, keys=["component"]).map_batches(
             _resolve_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
@@ -352,14 +352,16 @@ def _collect(ds: ray.data.Dataset, names: tuple[str, ...]) -> dict[str, np.ndarr
 
 
 KEY_ROW_BYTES = 16  # a (key, row) pair of the buckets shuffle
-MIN_PARTITION_ROWS = 200_000  # below this, one more partition costs a task and a block for no memory saved
+# Below these, one more partition costs a task and a block for no memory saved: band keys (16 bytes, only
+# sorted) and candidate rows (signature and text, resolved pair by pair)
+MIN_KEYS_PER_PARTITION, MIN_MEMBERS_PER_PARTITION = 2_000_000, 200_000
 
 
 @dataclass(frozen=True)
 class _Sizing:
     """How the two shuffles are cut: partitions of at most `target_bytes` each (what one reduce task
     holds, and then sorts or resolves), so that memory per task stays flat as the rows grow; at least
-    2 per CPU while each still gets MIN_PARTITION_ROWS, to spread the work. `fixed`: dedup.num_partitions."""
+    2 per CPU while each still gets `min_rows`, to spread the work. `fixed`: dedup.num_partitions."""
 
     cpus: int
     target_bytes: int
@@ -374,16 +376,16 @@ class _Sizing:
             target = min(target, max(8 * 2 ** 20, int(per_cpu / 4)))
         return cls(cpus=cpus, target_bytes=target, fixed=config.num_partitions)
 
-    def partitions(self, rows: int, row_bytes: float) -> int:
+    def partitions(self, rows: int, row_bytes: float, min_rows: int) -> int:
         if self.fixed:
             return self.fixed
         by_memory = -(-int(rows * row_bytes) // self.target_bytes)
-        by_work = min(2 * self.cpus, -(-rows // MIN_PARTITION_ROWS))
+        by_work = min(2 * self.cpus, -(-rows // min_rows))
         return max(1, by_memory, by_work)
 
-    def plan(self, report: DedupReport, shuffle: str, *, rows: int, row_bytes: float) -> int:
+    def plan(self, report: DedupReport, shuffle: str, *, rows: int, row_bytes: float, min_rows: int) -> int:
         """The partitions of one shuffle, noted in the report with the size of one."""
-        partitions = self.partitions(rows, row_bytes)
+        partitions = self.partitions(rows, row_bytes, min_rows)
         report.partitions[shuffle] = partitions
         report.partition_mb[shuffle] = round(rows * row_bytes / partitions / 2 ** 20, 1)
         return partitions

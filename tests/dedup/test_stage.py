@@ -12,7 +12,14 @@ import pytest
 from soulray.dedup.cluster import Members, Rules, resolve
 from soulray.dedup.minhash import MinHasher
 from soulray.dedup.settings import DedupConfig
-from soulray.dedup.stage import KEY_ROW_BYTES, ROW_ID, DedupReport, _Sizing, dedup_dataset
+from soulray.dedup.stage import (
+    KEY_ROW_BYTES,
+    MIN_KEYS_PER_PARTITION,
+    ROW_ID,
+    DedupReport,
+    _Sizing,
+    dedup_dataset,
+)
 from soulray.dedup.text import content_hashes, normalise, row_texts
 from soulray.schema import WORKING_UNIT
 from soulray.store import VersionStore, open_version
@@ -112,21 +119,23 @@ def test_partitions_grow_with_the_rows_not_their_size():
     counts = []
     for units in (1_000, 100_000, 1_000_000, 10_000_000, 100_000_000):
         keys = 37 * units
-        partitions = sizing.partitions(keys, KEY_ROW_BYTES)
+        partitions = sizing.partitions(keys, KEY_ROW_BYTES, MIN_KEYS_PER_PARTITION)
         assert keys * KEY_ROW_BYTES / partitions <= sizing.target_bytes
         counts.append(partitions)
     assert counts[0] == 1  # a small input is not cut into tasks of nothing
     assert counts == sorted(counts) and counts[-1] >= 400  # 100M units: 59 GB of keys → ≥ 442 partitions
-    assert sizing.partitions(1_000_000, 16) == 5  # work spread: 2 per CPU while each keeps 200k rows
+    assert sizing.partitions(1_000_000, 16, 200_000) == 5  # work spread: 2 per CPU while each keeps 200k rows
 
     # a node with little memory per CPU lowers the target (a quarter of it), an explicit count wins
     assert _Sizing.of({"CPU": 4, "memory": 1 * GIB}, DedupConfig(partition_mb=128)).target_bytes == 64 * 2 ** 20
-    assert _Sizing.of({"CPU": 4, "memory": 16 * GIB}, DedupConfig(num_partitions=3)).partitions(10 ** 9, 16) == 3
+    assert _Sizing.of({"CPU": 4, "memory": 16 * GIB}, DedupConfig(num_partitions=3)).partitions(10 ** 9, 16, 1) == 3
 
     report = DedupReport(stage="dedup_dialogue")
     # 1M units' 37M band keys (592 MB): 8 partitions (2 per CPU) of 70.6 MB; 10M: 45 of 125.5 MB
-    assert sizing.plan(report, "buckets", rows=37_000_000, row_bytes=KEY_ROW_BYTES) == 8
-    assert sizing.plan(report, "buckets", rows=370_000_000, row_bytes=KEY_ROW_BYTES) == 45
+    keys = {"row_bytes": KEY_ROW_BYTES, "min_rows": MIN_KEYS_PER_PARTITION}
+    assert sizing.plan(report, "buckets", rows=1_700_000, **keys) == 1  # 100k units: one task, as before
+    assert sizing.plan(report, "buckets", rows=37_000_000, **keys) == 8
+    assert sizing.plan(report, "buckets", rows=370_000_000, **keys) == 45
     assert report.partitions == {"buckets": 45} and report.partition_mb == {"buckets": 125.5}
     assert "partitions buckets 45 × 125.5 MB" in report.summary()
 
