@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -116,6 +117,7 @@ class BatchDriver:
         self.final: dict[str, BatchFailure] = {}  # calls that will not be sent again
         self.shrink: dict[tuple[str, str], float] = {}  # (key, model) → share of the limit the provider took
         self.saved_calls = 0  # answers downloaded this run and flushed to the cache (a stop signal reports them)
+        self._collecting = threading.Lock()  # a stop signal's drain reads the counts on another thread
         self.spent_usd = 0.0  # settled this run (the manifest's cost; the budget, as online, is per run)
         self.poll_s = settings.poll_s
         self.stats: dict[str, Counter] = defaultdict(Counter, {name: Counter() for name in self.keys})
@@ -281,7 +283,22 @@ class BatchDriver:
                 answers.extend(self._collect(entry, batch))
         return answers, changed
 
+    def stopped(self, wait_s: float = 60.0) -> tuple[int, int, int]:
+        """(answers downloaded this run, of them flushed to the cache, batches not yet collected), read on a
+        stop signal's drain thread while the main thread may be halfway through a batch's download: waits
+        for that batch to be flushed and journalled, so the two counts agree."""
+        locked = self._collecting.acquire(timeout=wait_s)
+        try:
+            return self.paid_calls, self.saved_calls, self.live
+        finally:
+            if locked:
+                self._collecting.release()
+
     def _collect(self, entry: BatchEntry, batch: Any) -> list[tuple[str, dict[str, Any]]]:
+        with self._collecting:
+            return self._download(entry, batch)
+
+    def _download(self, entry: BatchEntry, batch: Any) -> list[tuple[str, dict[str, Any]]]:
         """Download an ended batch's output and error files; answers into the cache, then the entry done."""
         client, results, answers, cost, new = self.clients[entry.key], {}, [], 0.0, 0
         if batch.status == "failed":

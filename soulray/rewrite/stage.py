@@ -218,9 +218,9 @@ class RewriteSession(LLMSession):
         driver = self.batch_driver
         if driver is None:
             return note
-        return (f"{driver.paid_calls} rewrite calls were paid this run (through batches) and {driver.saved_calls} "
-                f"answers are saved in the response cache; the next run collects the {driver.live} batches not yet "
-                "collected")
+        paid, saved, live = driver.stopped()
+        return (f"{paid} rewrite calls were paid this run (through batches) and {saved} answers are saved in the "
+                f"response cache; the next run collects the {live} batches not yet collected")
 
     def usage(self) -> dict[str, Any]:
         """The broker's usage; in batch mode the calls were paid through batches, not the broker."""

@@ -289,6 +289,39 @@ def test_budget_is_reserved_at_submission_and_settled_from_the_output(llm, tmp_p
     assert 0 < len(cached_entries(tmp_path / "run")) < 30
 
 
+def test_a_stop_signal_mid_download_reads_counts_that_agree(llm, tmp_path):
+    """A stop signal's drain runs on another thread while the main thread may be halfway through a
+    batch's download: it read 150 paid and 100 saved (CI, 2026-12-02). It now waits for that batch to be
+    flushed, so it reports what is in the cache."""
+    import threading
+
+    server, url = llm(batch=BatchSettings(time_scale=FAST))
+    config, seen = rewrite_config(url, max_requests_per_file=10), []
+    cache_uri = str(tmp_path / "cache")
+    cache = ResponseCache(cache_uri, NAMESPACE, s3=S3Config(), index=build_index(cache_uri, NAMESPACE, s3=S3Config()))
+
+    class MidDownload:  # the cache, with a stop signal arriving at the fifth answer of the first batch
+        def __getattr__(self, name):
+            return getattr(cache, name)
+
+        def put(self, answer):
+            cache.put(answer)
+            if not seen and len(cache.pending) == 5:
+                drain = threading.Thread(target=lambda: seen.append(driver.stopped(wait_s=30)))
+                drain.start()
+                drain.join(0.3)  # without waiting for the batch, the drain reads its counts here
+
+    signalled = MidDownload()
+    driver = BatchDriver(keys=config.keys, base_url=config.base_url, settings=config.batch,
+                         journal=BatchJournal(cache_uri, NAMESPACE, s3=S3Config()), cache=signalled,
+                         price=batch_price(config.prices, config.batch))
+    failures = rewrite_in_batches(units(20), config=config, namespace=NAMESPACE, cache=signalled, driver=driver)
+    assert failures == {}
+    assert len(seen) == 1
+    paid, saved, _ = seen[0]
+    assert paid == saved == 10
+
+
 def test_no_secret_in_request_files_or_journals(llm, tmp_path):
     server, url = llm(batch=BatchSettings(time_scale=FAST))
     run_driver(tmp_path, rewrite_config(url), units(10))
