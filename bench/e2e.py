@@ -76,10 +76,13 @@ def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None) -> 
     samples = (trace / f"memory-{rows}.jsonl").open("w") if trace else None
     with log_path.open("w") as log:
         job = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-        peak, tick = 0, 0
+        peak = peak_heap = peak_store = tick = 0
         while job.poll() is None:
             processes = process_tree(job.pid)
             peak = max(peak, sum(process["pss"] for process in processes))
+            store = sum(process["store_pss"] for process in processes)
+            peak_store = max(peak_store, store)
+            peak_heap = max(peak_heap, sum(process["pss"] for process in processes) - store)
             if samples and tick % TRACE_EVERY == 0:
                 now = time.time()
                 samples.writelines(json.dumps({"t": now, **process}) + "\n" for process in processes)
@@ -96,6 +99,7 @@ def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None) -> 
     if counts.output_rows + counts.rejected_rows != rows:
         raise RuntimeError(f"e2e {rows}: {counts.output_rows} published + {counts.rejected_rows} rejected")
     return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": peak / 1e6,
+            "peak_heap_mb": peak_heap / 1e6, "peak_store_pages_mb": peak_store / 1e6,
             "output_rows": counts.output_rows, "rejected_rows": counts.rejected_rows,
             "by_stage": counts.by_stage,
             # dedup phase times as before (…_identify_s), from the stage reports where they now live
@@ -120,9 +124,32 @@ def process_tree(pid: int) -> list[dict]:
             memory, command = process.memory_full_info(), process.cmdline()
         except psutil.Error:
             continue
+        store_pss, store_private = object_store_pages(process.pid)
         found.append({"pid": process.pid, "name": _title(command), "rss": memory.rss, "uss": memory.uss,
-                      "pss": memory.pss})
+                      "pss": memory.pss, "store_pss": store_pss, "store_private": store_private})
     return found
+
+
+def object_store_pages(pid: int) -> tuple[int, int]:
+    """(PSS, private bytes) of the pages of Ray's object store (the /dev/shm/plasma* mapping) a process has
+    resident. smaps calls a shared-memory page 'private' while only one process maps it: a worker that
+    wrote a block nobody has read yet holds its pages in its USS, though they are the store's (counted
+    against `ray.object_store_mb`, and reused for the next objects once freed)."""
+    pss = private = 0
+    try:
+        with open(f"/proc/{pid}/smaps", "rb") as smaps:
+            inside = False
+            for line in smaps:
+                if line[:1] in b"0123456789abcdef" and b"-" in line[:20]:  # a mapping's header line
+                    inside = b"plasma" in line
+                elif inside:
+                    if line.startswith(b"Pss:"):
+                        pss += int(line.split()[1]) * 1024
+                    elif line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                        private += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return pss, private
 
 
 def _title(command: list[str]) -> str:
@@ -181,15 +208,30 @@ def trace_report(trace: Path, rows: int) -> dict:
         last = max(late, key=lambda s: s["rss"])
         per_actor[pid] = {"rows_early": early["rows"], "rss_early_mb": early["rss"] / 1e6, "uss_early_mb": early["uss"] / 1e6,
                           "rows_last": last["rows"], "rss_last_mb": last["rss"] / 1e6, "uss_last_mb": last["uss"] / 1e6,
-                          "rss_growth": last["rss"] / early["rss"] - 1, "uss_growth": last["uss"] / early["uss"] - 1}
-    moments: dict[float, dict[str, float]] = {}
+                          "rss_growth": last["rss"] / early["rss"] - 1, "uss_growth": last["uss"] / early["uss"] - 1,
+                          "heap_early_mb": _heap(early) / 1e6, "heap_last_mb": _heap(last) / 1e6,
+                          "heap_growth": _heap(last) / max(_heap(early), 1) - 1}
+    moments: dict[float, dict[str, float]] = {}  # t → PSS by group, the object store's pages as a group of their own
     for line in lines:
         groups = moments.setdefault(line["t"], {})
-        groups[process_group(line["name"])] = groups.get(process_group(line["name"]), 0) + line["pss"]
+        group = process_group(line["name"])
+        groups[group] = groups.get(group, 0) + line["pss"] - line.get("store_pss", 0)
+        groups[STORE] = groups.get(STORE, 0) + line.get("store_pss", 0)
     peak_t = max(moments, key=lambda t: sum(moments[t].values())) if moments else 0
+    heap_t = max(moments, key=lambda t: sum(moments[t].values()) - moments[t][STORE]) if moments else 0
     _plot(trace / f"memory-{rows}.png", rows, moments, actors)
     return {"actors": per_actor, "peak_pss_by_group_mb": {g: v / 1e6 for g, v in moments.get(peak_t, {}).items()},
-            "peak_rows_done": at_rows(peak_t)}
+            "peak_rows_done": at_rows(peak_t),
+            "peak_heap_by_group_mb": {g: v / 1e6 for g, v in moments.get(heap_t, {}).items() if g != STORE},
+            "peak_heap_rows_done": at_rows(heap_t)}
+
+
+STORE = "object store pages"
+
+
+def _heap(sample: dict) -> int:
+    """A process's own memory: its USS less the object store's pages only it maps (older traces: USS)."""
+    return sample["uss"] - sample.get("store_private", 0)
 
 
 def _plot(path: Path, rows: int, moments: dict[float, dict[str, float]], actors: dict[int, list[dict]]) -> None:
@@ -204,13 +246,14 @@ def _plot(path: Path, rows: int, moments: dict[float, dict[str, float]], actors:
     for group in sorted({g for groups in moments.values() for g in groups}):
         top.plot([(t - start) / 60 for t in ts], [moments[t].get(group, 0) / 1e9 for t in ts], label=group)
     top.plot([(t - start) / 60 for t in ts], [sum(moments[t].values()) / 1e9 for t in ts], "k", label="whole job")
-    top.set(xlabel="minutes", ylabel="PSS, GB", title=f"regenerate job, {rows:,} rows: memory by process group")
+    top.set(xlabel="minutes", ylabel="PSS, GB",
+            title=f"regenerate job, {rows:,} rows: memory by process group (less store pages) and the store's pages")
     top.legend(fontsize=7)
     for pid, samples in actors.items():
         x = [s["rows"] / 1e3 for s in samples]
         bottom.plot(x, [s["rss"] / 1e6 for s in samples], label=f"rewrite actor {pid}: RSS")
-        bottom.plot(x, [s["uss"] / 1e6 for s in samples], "--", label=f"rewrite actor {pid}: USS")
-    bottom.set(xlabel="rows rewritten (thousands)", ylabel="MB", title="each rewrite actor: RSS and USS")
+        bottom.plot(x, [_heap(s) / 1e6 for s in samples], "--", label=f"rewrite actor {pid}: own (USS less store pages)")
+    bottom.set(xlabel="rows rewritten (thousands)", ylabel="MB", title="each rewrite actor: RSS and its own memory")
     bottom.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -219,11 +262,13 @@ def _plot(path: Path, rows: int, moments: dict[float, dict[str, float]], actors:
 
 def markdown(result: dict) -> str:
     lines = ["| regenerate job, end to end (zero-latency local LLM) | wall | rows/s | rate vs smallest | marginal rows/s "
-             "| peak PSS (tree) | published + rejected |", "|---|---|---|---|---|---|---|"]
+             "| peak PSS (tree) | of it, less the store's pages | store pages | published + rejected |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for point in result["points"]:
         marginal = f"{point['marginal_rows_per_s']:.0f}" if point["marginal_rows_per_s"] else "–"
         lines.append(f"| {point['rows']:,} rows | {point['wall_s']:.0f} s | {point['rows_per_s']:.0f} | "
                      f"{point['rate_vs_smallest']:.2f}× | {marginal} | {point.get('peak_pss_mb', point.get('peak_rss_mb', 0)):,.0f} MB | "
+                     f"{point.get('peak_heap_mb', 0):,.0f} MB | {point.get('peak_store_pages_mb', 0):,.0f} MB | "
                      f"{point['output_rows']:,} + {point['rejected_rows']:,} |")
     if all("timings_s" in point for point in result["points"]):
         lines += ["", "Where the time went (the job's own phase timings, s). Ray Data streams, so each dedup's first "
@@ -267,9 +312,13 @@ def main() -> int:
         for pid, actor in report["actors"].items():
             print(f"  rewrite actor {pid}: RSS {actor['rss_early_mb']:.0f} MB at {actor['rows_early']:,.0f} rows → "
                   f"{actor['rss_last_mb']:.0f} MB at {actor['rows_last']:,.0f} ({100 * actor['rss_growth']:+.0f}%); "
-                  f"USS {actor['uss_early_mb']:.0f} → {actor['uss_last_mb']:.0f} MB ({100 * actor['uss_growth']:+.0f}%)")
+                  f"USS {actor['uss_early_mb']:.0f} → {actor['uss_last_mb']:.0f} MB ({100 * actor['uss_growth']:+.0f}%); "
+                  f"own (USS less store pages) {actor['heap_early_mb']:.0f} → {actor['heap_last_mb']:.0f} MB "
+                  f"({100 * actor['heap_growth']:+.0f}%)")
         groups = ", ".join(f"{group} {mb:,.0f}" for group, mb in sorted(report["peak_pss_by_group_mb"].items()))
         print(f"  at the peak ({report['peak_rows_done']:,.0f} rows rewritten), PSS MB by group: {groups}")
+        groups = ", ".join(f"{group} {mb:,.0f}" for group, mb in sorted(report["peak_heap_by_group_mb"].items()))
+        print(f"  at the peak less store pages ({report['peak_heap_rows_done']:,.0f} rows rewritten), MB by group: {groups}")
     return 0
 
 

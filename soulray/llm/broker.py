@@ -698,6 +698,8 @@ def start_broker(name: str, keys: list[KeyLimits], budget_usd: float | None, nam
                  budgeting: Budgeting = Budgeting()):
     import ray
 
+    # no task events: every reservation and settlement is an actor call, millions in a long run, and the GCS
+    # keeps up to 100k task events (~370 MB of its memory at 500k rows, issue 22) for nobody to read
     actor = ray.remote(QuotaBroker).options(name=name, namespace=namespace, num_cpus=0, max_concurrency=1000,
-                                            lifetime=None, get_if_exists=True)
+                                            lifetime=None, get_if_exists=True, enable_task_events=False)
     return actor.remote(keys, budget_usd, budgeting)

@@ -384,3 +384,41 @@ def test_completion_lengths_kept_as_they_come_match_a_summary_from_scratch():
             assert lengths.deviation() == pytest.approx(deviation, rel=1e-9)
             ordered = sorted(kept)
             assert lengths.quantile(0.99) == ordered[math.ceil(0.99 * len(ordered)) - 1]
+
+
+def test_the_broker_actor_leaves_no_task_events_in_the_gcs(ray_local):
+    """Every reservation and settlement is a call to the named broker actor, millions in a long run; the
+    GCS kept up to 100k task events of them (~370 MB of its memory at 500k rows, issue 22). The broker
+    and the stage clock run with task events off; an actor with them on is the control that the GCS
+    reports calls at all."""
+    import time
+
+    from ray._private.state import state
+
+    from soulray.llm.broker import start_broker
+    from soulray.pipeline import StageClock
+
+    ray = ray_local
+
+    @ray.remote(num_cpus=0)
+    class Control:
+        def ping(self) -> int:
+            return 1
+
+    namespace = ray.get_runtime_context().namespace
+    broker = start_broker(f"events-{time.monotonic_ns()}", [KeyLimits(name="a", rpm=10**6, tpm=10**9, max_concurrent=10)], None,
+                          namespace)
+    clock, control = StageClock.start(), Control.remote()
+    ray.get([broker.snapshot.remote() for _ in range(50)] + [control.ping.remote() for _ in range(50)]
+            + [clock.actor.add.remote("stage", 0.1) for _ in range(50)])
+    clock.totals()
+    clock.stop()
+    deadline = time.monotonic() + 30
+    while True:  # task events reach the GCS about once a second
+        names = [event.task_info.name for event in state._get_all_task_events()]  # from the GCS: no dashboard here
+        if sum("Control.ping" in name for name in names) == 50 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sum("Control.ping" in name for name in names) == 50, names[:20]
+    assert not [name for name in names if "QuotaBroker" in name or "_Totals" in name]
+    ray.kill(broker)
