@@ -182,16 +182,14 @@ def compact(root_uri: str, prompt_version: str, *, s3: S3Config, min_journals: i
         size += info.size
     groups.append(current)
     writer, entries = uuid.uuid4().hex[:12], 0
-    with ThreadPoolExecutor(max_workers=16) as pool:  # small objects: latency-bound on S3, so read many at once
+    with ThreadPoolExecutor(max_workers=READERS) as pool:  # small objects: latency-bound on S3, so read many at once
         for number, group in enumerate(groups):
-            tables = [table for table in pool.map(lambda path: _read_or_none(location, path), group) if table is not None]
-            if not tables:
+            merged = _merge(location, group, pool)
+            if merged is None:
                 continue
-            merged = pa.concat_tables(tables)
-            sink = pa.BufferOutputStream()
-            pq.write_table(merged, sink, compression="zstd", row_group_size=16_384)
-            upload(location.join(f"compact-{writer}-{number:06d}.parquet"), sink.getvalue())
-            entries += merged.num_rows
+            data, rows = merged
+            upload(location.join(f"compact-{writer}-{number:06d}.parquet"), data)
+            entries += rows
             list(pool.map(location.filesystem.delete_file, group))
     after = len(_journal_files(location))
     log.info("cache %s: compacted %d journals into %d files (%d entries)", prompt_version, len(small),
@@ -203,6 +201,34 @@ def _journal_files(location) -> list[pafs.FileInfo]:
     selector = pafs.FileSelector(location.path, allow_not_found=True)
     return sorted((info for info in location.filesystem.get_file_info(selector)
                    if info.type == pafs.FileType.File and info.path.endswith(".parquet")), key=lambda info: info.path)
+
+
+READERS = 16
+ROW_GROUP = 16_384
+
+
+def _merge(location, group: list[str], pool: ThreadPoolExecutor) -> tuple[pa.Buffer, int] | None:
+    """The journals of `group` as one Parquet file in memory, and its rows: read READERS at a time and
+    written a row group at a time, so the driver holds the compressed file and one row group, not the
+    whole group decompressed (a group of 64 MB of journals is ~300 MB of entries; issue 22)."""
+    sink, rows, pending = pa.BufferOutputStream(), 0, []
+    with pq.ParquetWriter(sink, ENTRY, compression="zstd") as out:
+        for start in range(0, len(group), READERS):
+            chunk = pool.map(lambda path: _read_or_none(location, path), group[start:start + READERS])
+            pending.extend(table for table in chunk if table is not None)
+            if sum(table.num_rows for table in pending) >= ROW_GROUP:
+                rows += _write_rows(out, pending)
+                pending = []
+        rows += _write_rows(out, pending)
+    return (sink.getvalue(), rows) if rows else None
+
+
+def _write_rows(out: pq.ParquetWriter, tables: list[pa.Table]) -> int:
+    if not tables:
+        return 0
+    table = pa.concat_tables(tables)
+    out.write_table(table, row_group_size=ROW_GROUP)
+    return table.num_rows
 
 
 def _read_or_none(location, path: str) -> pa.Table | None:

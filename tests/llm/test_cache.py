@@ -1,5 +1,7 @@
 """The response cache: journals, the key index, lookups across journals, torn journals."""
 
+import pytest
+
 from soulray.fs import S3Config
 from soulray.llm.cache import ResponseCache, build_index, call_key
 
@@ -54,8 +56,12 @@ def test_keys_ending_in_zero_bytes_are_found():
     assert index.find("ab" * 20) is None
 
 
-def test_compaction_merges_small_journals_without_losing_an_entry(tmp_path):
+@pytest.mark.parametrize("row_group", [16_384, 10])  # one row group per file, or several per chunk of journals
+def test_compaction_merges_small_journals_without_losing_an_entry(tmp_path, monkeypatch, row_group):
+    from soulray.llm import cache
     from soulray.llm.cache import compact
+
+    monkeypatch.setattr(cache, "ROW_GROUP", row_group)
 
     root = str(tmp_path / "cache")
     writer = ResponseCache(root, "v", s3=S3Config())
