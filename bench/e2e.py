@@ -10,12 +10,16 @@ tells how cost grows is rows/s at each size relative to rows/s at the smallest s
     python bench/e2e.py                                 # 10k, 100k and 1M, what `make bench` runs (~56 min on 2 cores)
     python bench/e2e.py --sizes 10000 100000            # the first two (~7 min)
     python bench/e2e.py --sizes 1000000 --trace DIR     # and every process's memory through the run, plotted
+    python bench/e2e.py --sizes 1000000 --set ray.object_store_mb=1536   # any job setting, for every size
 
 With --trace, every 5 s each process of the job's tree is sampled (RSS, USS: pages only it holds, PSS) under
 its Ray process title (`ray::MapWorker(MapBatches(Rewriter))`, `ray::IDLE`, raylet, the driver …) into
 DIR/memory-<rows>.jsonl, the job's log is kept as DIR/job-<rows>.log (its progress lines say how many rows
-the rewrite had done when), and DIR/memory-<rows>.png plots it. RSS counts the pages of Ray's object store
-a process has mapped (shared memory); USS does not.
+the rewrite had done when), and DIR/memory-<rows>.png plots it. Each sample also splits out the pages of
+Ray's object store (the /dev/shm/plasma mapping) the process has resident: they count in its RSS, in its
+PSS, and even in its USS while no other process maps them (a worker that wrote a block nobody has read
+yet), though they are the store's, bounded by `ray.object_store_mb`. The report gives each process group's
+memory less those pages, and the store's pages as a group of their own.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from soulray.store import VersionStore  # noqa: E402
 FULL_SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (2_000, 10_000)
 
 
-def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None, trace: Path | None = None) -> dict:
+def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None, trace: Path | None = None,
+        settings: tuple[str, ...] = ()) -> dict:
     from run import free_port, wait_for  # bench/run.py, beside this script
 
     port = free_port()
@@ -50,7 +55,7 @@ def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None, trace:
                                "--tpm", "10000000000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(port)
-        points = [_one_size(workdir, size, f"http://127.0.0.1:{port}/v1", trace)
+        points = [_one_size(workdir, size, f"http://127.0.0.1:{port}/v1", trace, settings)
                   for size in (sizes or (QUICK_SIZES if quick else FULL_SIZES))]
     finally:
         server.terminate()
@@ -63,14 +68,14 @@ def run(workdir: Path, quick: bool, sizes: tuple[int, ...] | None = None, trace:
     return {"points": points}
 
 
-def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None) -> dict:
+def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None, settings: tuple[str, ...] = ()) -> dict:
     source = workdir / f"e2e-{rows}.parquet"
     write_synthetic(source, rows, seed=11, chunk_rows=min(rows, 50_000))
     root = workdir / f"e2e-out-{rows}"
     command = [sys.executable, str(ROOT / "jobs" / "regenerate.py"), "--config", "soulray/configs/demo.yaml",
                "--set", f"sources=[{{path: {source}, columns: {{description: description, topic: topic}}}}]",
                "--set", f"storage.root={root}", "--set", f"rewrite.base_url={url}", "--set", "storage.rows_per_shard=20000",
-               "--set", "rewrite.concurrency_per_actor=32"]
+               "--set", "rewrite.concurrency_per_actor=32", *[part for setting in settings for part in ("--set", setting)]]
     started, load = time.perf_counter(), os.getloadavg()[0]
     log_path = (trace or workdir) / f"job-{rows}.log"  # a file, not a pipe: a long run's log outgrows a pipe
     samples = (trace / f"memory-{rows}.jsonl").open("w") if trace else None
@@ -296,12 +301,14 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(FULL_SIZES))
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--trace", help="folder for each size's per-process memory samples, job log and plot")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a job setting for every size, as the job's --set (e.g. ray.object_store_mb=1536)")
     args = parser.parse_args()
     trace = Path(args.trace) if args.trace else None
     if trace:
         trace.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
-        result = run(Path(workdir), False, tuple(args.sizes), trace)
+        result = run(Path(workdir), False, tuple(args.sizes), trace, tuple(args.set))
     if trace:
         result["traces"] = {rows: trace_report(trace, rows) for rows in args.sizes}
     if args.json:
