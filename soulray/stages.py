@@ -64,8 +64,9 @@ class DedupStage:
         facts = DedupFacts(rows_marked=report.rows_marked, **{name: getattr(report, name) for name in DedupFacts.model_fields
                                                              if name != "rows_marked"})
         context.report(StageReport(name=self.name, seconds=dict(report.seconds), dedup=facts))
-        if self.block_rows:
-            marked = marked.repartition(max(1, -(-report.input_rows // self.block_rows)))
+        if self.block_rows:  # streamed: a repartition into a number of blocks held every block's metadata on
+            # the driver at once (~37 KB a block: +290 MB at 1M rows in blocks of 128, issue 22) and waited for all
+            marked = marked.repartition(target_num_rows_per_block=self.block_rows)
         return marked
 
 
