@@ -84,10 +84,8 @@ def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None, set
         peak = peak_heap = peak_store = tick = 0
         while job.poll() is None:
             processes = process_tree(job.pid)
-            peak = max(peak, sum(process["pss"] for process in processes))
-            store = sum(process["store_pss"] for process in processes)
-            peak_store = max(peak_store, store)
-            peak_heap = max(peak_heap, sum(process["pss"] for process in processes) - store)
+            total, store = (sum(process[field] for process in processes) for field in ("pss", "store_pss"))
+            peak, peak_store, peak_heap = max(peak, total), max(peak_store, store), max(peak_heap, total - store)
             if samples and tick % TRACE_EVERY == 0:
                 now = time.time()
                 samples.writelines(json.dumps({"t": now, **process}) + "\n" for process in processes)
