@@ -2,8 +2,11 @@
 reservation takes, under many caller actors.
 
     python bench/broker.py [--quick] [--callers 1 4 16]     # or: python bench/run.py --only broker
+    python bench/broker.py --ledger-only                     # (a) alone, by calls in flight (~20 s)
 
-(a) the pure ledger in this process, no Ray: the ceiling on one core; (b) through Ray, N caller actors
+(a) the pure ledger in this process, no Ray: the ceiling on one core, with 256 calls in flight and
+again with IN_FLIGHT (4 keys: a quarter of them a lane; a 30,000 RPM account with 20 s calls keeps
+~10,000 in flight); (b) through Ray, N caller actors
 each with many concurrent requests (like the rewrite actors) against the one named broker actor, one
 actor call per reservation and per settlement; (c) the same through BrokerLink (soulray/llm/client.py),
 which coalesces a caller's requests within 5 ms and its settlements within 20 ms. Every call is a
@@ -33,6 +36,7 @@ OUTCOME = {"status": "ok", "prompt_tokens": 950, "completion_tokens": 680, "cost
            "own_completion_tokens": 700, "finish_reason": "stop", "remaining_requests": 10**9 - 1,
            "remaining_tokens": 10**12 - 2000, "reset_requests_s": 0.001, "reset_tokens_s": 0.001}
 REQUEST = ("gpt-3.5-turbo", 1600, 0.002, SHAPE)
+IN_FLIGHT = (64, 2048, 8192, 32768)
 
 
 def pure_core(seconds: float, in_flight: int = 256) -> dict:
@@ -141,10 +145,16 @@ def through_ray(callers: int, concurrency: int, seconds: float, *, batched: bool
             "load_before": load, "load_after": os.getloadavg()[0]}
 
 
+def by_in_flight(seconds: float) -> dict[int, float]:
+    """(a) with each of IN_FLIGHT calls open: reservations+settlements a second."""
+    return {count: pure_core(seconds, count)["per_s"] for count in IN_FLIGHT}
+
+
 def run(work: Path | None = None, quick: bool = False, callers: tuple[int, ...] = (1, 4, 16)) -> dict:
     import ray
 
     seconds = 3.0 if quick else 8.0
+    in_flight = by_in_flight(seconds / 2)
     own_ray = not ray.is_initialized()
     if own_ray:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -168,7 +178,7 @@ def run(work: Path | None = None, quick: bool = False, callers: tuple[int, ...] 
         if own_ray:
             ray.shutdown()
     return {"load_before": load, "load_after": os.getloadavg()[0], "cores": os.cpu_count(),
-            "pure_core": core, "pure_core_after": after, "through_ray": rows}
+            "pure_core": core, "pure_core_after": after, "through_ray": rows, "by_in_flight": in_flight}
 
 
 def markdown(result: dict) -> str:
@@ -176,6 +186,8 @@ def markdown(result: dict) -> str:
     lines = [f"Quota broker (load average {result['load_before']:.0f} → {result['load_after']:.0f} on "
              f"{result['cores']} cores). Pure ledger, no Ray: {core['per_s']:,.0f} reservations+settlements/s "
              f"({core['per_cpu_s']:,.0f} per CPU second; {result['pure_core_after']['per_s']:,.0f}/s after the Ray runs).",
+             "", "Pure ledger by calls in flight: " + ", ".join(f"{count:,}: {per_s:,.0f}/s" for count, per_s
+                                                            in result.get("by_in_flight", {}).items()) + ".",
              "", "| callers × rows | path | reservations/s | settlements/s | of the pure ledger | per broker CPU second | "
              "p50 | p99 | exact | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["through_ray"]:
@@ -192,7 +204,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--callers", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--ledger-only", action="store_true", help="(a) alone, by calls in flight")
     args = parser.parse_args()
+    if args.ledger_only:
+        for count, per_s in by_in_flight(3.0 if args.quick else 5.0).items():
+            print(f"[broker] pure ledger, {count:,} calls in flight: {per_s:,.0f} reservations+settlements/s "
+                  f"(load {os.getloadavg()[0]:.0f})")
+        return 0
     result = run(quick=args.quick, callers=tuple(args.callers))
     core = result["pure_core"]
     print(f"[broker] pure core: {core['per_s']:.0f} reservations+settlements/s wall, {core['per_cpu_s']:.0f} per CPU "

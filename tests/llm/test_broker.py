@@ -422,3 +422,44 @@ def test_the_broker_actor_leaves_no_task_events_in_the_gcs(ray_local):
     assert sum("Control.ping" in name for name in names) == 50, names[:20]
     assert not [name for name in names if "QuotaBroker" in name or "_Totals" in name]
     ray.kill(broker)
+
+
+def test_the_floor_after_a_settled_call_is_the_scan_it_replaced():
+    """_Minute.floor_after (a segment tree from _Minute.TREE_FROM calls in flight, issue 22) against
+    the linear scan it replaced, over random grants, settlements and the minute's trim, in and out of
+    the tree's range and through several layouts of it."""
+    import random
+
+    from soulray.llm.broker import _Minute
+
+    def scanned(minute: _Minute, call: list[float]) -> float:
+        floor, tokens_after = float("-inf"), 0.0
+        for entry in reversed(minute.calls):
+            if entry is call:
+                break
+            tokens_after += entry[1]
+            floor = max(floor, entry[0] + tokens_after / rate)
+        return floor
+
+    chance = random.Random(7)
+    rate, now = 1_000_000 / 60, 50_000.0
+    minute = _Minute(rate, now)
+    open_calls: list[list[float]] = []
+    checked = relayouts = scanned_only = 0
+    floors = minute.floors
+    for step in range(12_000):
+        now += chance.expovariate(60.0)  # ~60 grants a second: ~3,700 kept in the minute and its linger
+        open_calls.append(minute.add(now + chance.uniform(0, 2), chance.randint(200, 3000)))
+        relayouts += floors is not None and minute.floors is not floors
+        floors = minute.floors
+        scanned_only += floors is None
+        most_open = 1500 if (step // 3000) % 2 == 0 else 20  # in flight up past the tree's threshold, then down
+        while len(open_calls) > chance.randint(1, most_open):
+            call = open_calls.pop(chance.randrange(len(open_calls)))
+            expected = scanned(minute, call)
+            assert minute.floor_after(call) == pytest.approx(expected, abs=1e-6) or expected == float("-inf")
+            if expected == float("-inf"):
+                assert minute.floor_after(call) == float("-inf")
+            minute.settle(call, chance.randint(200, 3000), now)
+            checked += 1
+    assert checked > 10_000 and len(minute.calls) > 3000 and relayouts >= 1 and scanned_only > 1000
