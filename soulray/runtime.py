@@ -18,11 +18,20 @@ NAMESPACE = "soulray"
 log = logging.getLogger(__name__)
 
 
+# A local Ray's object store: the rows held for dedup fill whatever store there is, so with Ray's default
+# (30% of memory: ~7 GB on a 24 GB machine) a 1M-row run held 2.8 GB more than a 100k one (2.04x the
+# 100k peak); with 1 GB it spills the rest to disk and the job stays within ~1.25x (issue 22, bench/RESULTS.md).
+LOCAL_OBJECT_STORE_MB = 1024
+
+
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: start a local Ray; 'auto' or ray://… to join")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray (default: max(4, cores))")
-    object_store_mb: int | None = Field(None, ge=100, description="object store of a local Ray (default: Ray's, 30% "
-                                                                  "of memory); what does not fit spills to disk")
+    object_store_mb: int | None = Field(
+        LOCAL_OBJECT_STORE_MB, ge=100,
+        description="object store of a local Ray, MB (at most 30% of the memory available, Ray's own default); what does "
+                    "not fit spills to disk. The job holds every row for dedup: a store sized by Ray's default fills with "
+                    "them as the run grows. null: Ray's default")
 
 
 def init_ray(config: RayConfig) -> None:
@@ -43,11 +52,26 @@ def init_ray(config: RayConfig) -> None:
         _reinstall_stop_handlers()
         return
     num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
-    object_store = config.object_store_mb * 1024 * 1024 if config.object_store_mb else None
+    object_store = local_object_store_bytes(config.object_store_mb, chosen="object_store_mb" in config.model_fields_set)
     ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True,
              configure_logging=False, object_store_memory=object_store)
     log.info("started a local Ray with %d logical CPUs", num_cpus)
     _reinstall_stop_handlers()
+
+
+def local_object_store_bytes(megabytes: int | None, *, chosen: bool, available: int | None = None) -> int | None:
+    """The object store for a local Ray: `megabytes` as set (`chosen`), or the default at most Ray's own
+    (30% of the memory available: on a small machine a larger store would take from the processes);
+    None: Ray's default."""
+    if not megabytes:
+        return None
+    if chosen:
+        return megabytes * 1024 * 1024
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    return min(megabytes * 1024 * 1024, int(available * 0.3))
 
 
 def refuse_secrets_in_runtime_env(secret_env_names: list[str]) -> None:

@@ -101,3 +101,28 @@ def test_batch_mode_refuses_persona_and_the_quality_gate(tmp_path):
     for extra in ({"rewrite": {"mode": "batch", "persona": {"enabled": True}}}, {"quality_gate": {"enabled": True}}):
         with pytest.raises(ValueError, match="rewrite.mode batch does not yet run"):
             RegenerateConfig.model_validate({**base, **extra})
+
+
+def test_a_local_ray_gets_a_bounded_object_store_unless_told_otherwise(tmp_path):
+    """The rows held for dedup fill whatever store there is (issue 22): a local Ray's defaults to 1 GB,
+    less on a machine where Ray's own default (30% of the memory available) is less; a value set is used
+    as set, and null leaves it to Ray."""
+    from soulray.runtime import LOCAL_OBJECT_STORE_MB, local_object_store_bytes
+
+    default = load_config(RegenerateConfig, DEMO_CONFIG).ray
+    assert default.object_store_mb == LOCAL_OBJECT_STORE_MB == 1024
+    gib = 1024 ** 3
+    assert local_object_store_bytes(default.object_store_mb, chosen=False, available=16 * gib) == gib
+    assert local_object_store_bytes(default.object_store_mb, chosen=False, available=2 * gib) == int(0.6 * gib)
+    chosen = load_config(RegenerateConfig, DEMO_CONFIG, overrides=["ray.object_store_mb=4096"]).ray
+    assert local_object_store_bytes(chosen.object_store_mb, chosen="object_store_mb" in chosen.model_fields_set,
+                                    available=2 * gib) == 4 * gib
+    left_to_ray = load_config(RegenerateConfig, DEMO_CONFIG, overrides=["ray.object_store_mb=null"]).ray
+    assert local_object_store_bytes(left_to_ray.object_store_mb, chosen=True) is None
+
+
+def test_the_local_ray_of_the_tests_has_that_store(ray_local):
+    from soulray.runtime import local_object_store_bytes
+
+    expected = local_object_store_bytes(1024, chosen=False)
+    assert ray_local.cluster_resources()["object_store_memory"] == pytest.approx(expected, rel=0.05)
