@@ -426,28 +426,31 @@ def _pipeline_quality(changes: dict, dialogues: list[str], variants: list[str], 
 
 # ---- scale -------------------------------------------------------------------------------------------
 
-def bench_scale(workdir: Path, sizes: list[int], *, object_store_mb: int = OBJECT_STORE_MB) -> dict:
+def bench_scale(workdir: Path, sizes: list[int], *, object_store_mb: int = OBJECT_STORE_MB,
+                kind: str = "units") -> dict:
     """Each size in a fresh process with its own local Ray (so peak memory is that size's), reading
-    synthetic PsyQA-shaped units (10% near-duplicates) from Parquet as the jobs do, through
-    dedup_dataset with the default DedupConfig; wall time and peak memory (PSS summed over the driver,
-    Ray's daemons and workers, sampled every 0.5 s). The object store is capped at `object_store_mb`,
-    so what does not fit spills to disk and peak memory shows what the pipeline itself holds."""
+    synthetic PsyQA-shaped units (10% near-duplicates) from Parquet as the jobs do, or (kind="dialogues")
+    the dialogues the offline server writes from them (the regenerate job's dialogue dedup input), through
+    dedup_dataset with the default DedupConfig of that stage; wall time and peak memory (PSS summed over
+    the driver, Ray's daemons and workers, sampled every 0.5 s). The object store is capped at
+    `object_store_mb`, so what does not fit spills to disk and peak memory shows what the pipeline itself holds."""
     out = {}
     for rows in sizes:
-        source = _synthetic_units(rows, workdir)  # written here, so the measured process only reads
-        result_path = workdir / f"scale-{rows}.json"
+        # written here, so the measured process only reads
+        source = _synthetic_dialogues(rows, workdir) if kind == "dialogues" else _synthetic_units(rows, workdir)
+        result_path = workdir / f"scale-{kind}-{rows}.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--scale-one", str(rows), "--workdir", str(workdir),
-                   "--result", str(result_path), "--object-store-mb", str(object_store_mb)]
+                   "--result", str(result_path), "--object-store-mb", str(object_store_mb), "--kind", kind]
         subprocess.run(command, check=True, timeout=3600)
         out[str(rows)] = {**json.loads(result_path.read_text()), "source_mb": _size_mb(source)}
     return out
 
 
 
-def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
+def scale_one(rows: int, workdir: Path, *, object_store_mb: int, kind: str = "units") -> dict:
     import ray
 
-    from soulray.dedup.settings import DedupConfig
+    from soulray.dedup.settings import DedupConfig, DedupJobConfig
     from soulray.dedup.stage import dedup_dataset
     from soulray.runtime import RayConfig, init_ray
 
@@ -457,15 +460,17 @@ def scale_one(rows: int, workdir: Path, *, object_store_mb: int) -> dict:
     started = time.perf_counter()
     # one read task per row group (25k rows), as the jobs' readers split sources; Ray's default of 200
     # blocks at least makes hundreds of tiny tasks at the small sizes
-    ds = ray.data.read_parquet(str(workdir / f"units-{rows}"), override_num_blocks=max(1, -(-rows // 25_000)))
-    marked, report = dedup_dataset(ds, config=DedupConfig())
+    ds = ray.data.read_parquet(str(workdir / f"{kind}-{rows}"), override_num_blocks=max(1, -(-rows // 25_000)))
+    marked, report = dedup_dataset(ds, config=DedupJobConfig().dialogue if kind == "dialogues" else DedupConfig())
     output_rows = marked.count()
     wall = time.perf_counter() - started
     sampler.stop()
     ray.shutdown()
     return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": sampler.peak / 1e6,
             "peak_pss_by_group_mb": sampler.peak_groups, "peak_processes": sampler.peak_processes, "object_store_mb": object_store_mb, "output_rows": output_rows, "marked": report.marked,
-            "clusters": report.clusters, "considered": report.considered_rows, "seconds": report.seconds}
+            "clusters": report.clusters, "considered": report.considered_rows, "seconds": report.seconds,
+            "largest_component": report.largest_component, "largest_resolved": report.largest_resolved,
+            "partitions": report.partitions, "partition_mb": report.partition_mb, "kind": kind}
 
 
 def bench_settings_cost(workdir: Path, rows: int) -> dict:
@@ -546,6 +551,35 @@ def _synthetic_units(rows: int, workdir: Path, planted_share: float = 0.05) -> P
             table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
         pq.write_table(table, folder / f"part-{index:05d}.parquet", row_group_size=25_000)
     path.unlink()
+    (folder / "_done").touch()
+    return folder
+
+
+def _synthetic_dialogues(rows: int, workdir: Path) -> Path:
+    """WORKING_DIALOGUE Parquet files: each synthetic unit (above) rendered with the default prompt and
+    rewritten by the offline server's `offline_rewrite` (the e2e bench's local LLM), then parsed as the
+    rewrite stage parses; a completion that does not parse keeps its row with the parse reject mark."""
+    from soulray.offline.server import offline_rewrite
+    from soulray.rewrite.parse import parse_completion
+    from soulray.rewrite.prompts import load_template
+    from soulray.schema import WORKING_DIALOGUE
+
+    folder = workdir / f"dialogues-{rows}"
+    if (folder / "_done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    template = load_template("soulchat-v1")
+    for part in sorted(_synthetic_units(rows, workdir).glob("*.parquet")):
+        out = []
+        for unit in pq.read_table(part).to_pylist():
+            prompt = template.render(unit["question"], unit["description"], unit["answer"])[0]["content"]
+            parsed = parse_completion(offline_rewrite(prompt))
+            out.append({**{name: unit.get(name) for name in WORKING_DIALOGUE.names}, "messages": parsed.messages or [],
+                        "prompt_version": template.version, "model": "offline", "api_key_name": "", "attempts": 1,
+                        "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "id": unit["answer_id"],
+                        "source_answer": unit["answer"], "reject_stage": None if parsed.ok else "parse",
+                        "reject_reason": parsed.reason, "reject_detail": parsed.detail})
+        pq.write_table(pa.Table.from_pylist(out, schema=WORKING_DIALOGUE), folder / part.name, row_group_size=25_000)
     (folder / "_done").touch()
     return folder
 
@@ -634,16 +668,21 @@ def markdown(result: dict) -> str:
                          f"{row['total_cpu_s']:.1f} |")
     scale = result.get("scale")
     if scale:
+        dialogues = next(iter(scale.values())).get("kind") == "dialogues"
         lines += ["", "dedup_dataset on local Ray (this machine), synthetic PsyQA-shaped units read from Parquet "
-                  "(generator at 10% near-duplicate answers, plus 5% planted near-duplicate units), default "
-                  "DedupConfig, object store capped (spills to disk beyond):",
-                  "", "| rows | source MB | object store MB | wall s | rows/s | peak PSS MB | marked | phases (s) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "(generator at 10% near-duplicate answers, plus 5% planted near-duplicate units)"
+                  + (", rewritten into dialogues by the offline server (the e2e bench's LLM), the job's dialogue "
+                     "DedupConfig" if dialogues else ", default DedupConfig")
+                  + ", object store capped (spills to disk beyond):",
+                  "", "| rows | source MB | object store MB | wall s | rows/s | peak PSS MB | largest process MB | "
+                  "marked | largest candidate component → resolved whole | phases (s) |", "|---" * 10 + "|"]
         for row in scale.values():
             phases = ", ".join(f"{k} {v:.1f}" for k, v in row["seconds"].items())
+            largest = row.get("peak_processes") or [[0, ""]]
             lines.append(f"| {row['rows']:,} | {row.get('source_mb', 0):,.0f} | {row.get('object_store_mb', '-')} | "
                          f"{row['wall_s']:.1f} | {row['rows_per_s']:,.0f} | {row['peak_pss_mb']:,.0f} | "
-                         f"{sum(row['marked'].values()):,} | {phases} |")
+                         f"{largest[0][0]:,.0f} ({largest[0][1][:40]}) | {sum(row['marked'].values()):,} | "
+                         f"{row.get('largest_component', 0):,} → {row.get('largest_resolved', 0):,} | {phases} |")
         lines += ["", "At each size's peak, PSS MB by process group: " + "; ".join(
             f"{row['rows']:,} rows: " + ", ".join(f"{group} {mb:,.0f}" for group, mb in
                                                 sorted(row.get("peak_pss_by_group_mb", {}).items()))
@@ -702,9 +741,11 @@ def main() -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--object-store-mb", type=int, default=OBJECT_STORE_MB, help="object store of each scale run")
     parser.add_argument("--sizes", help="scale sizes, comma-separated (default 10k,100k,1M; --quick 10k,100k)")
+    parser.add_argument("--kind", choices=["units", "dialogues"], default="units",
+                        help="scale: dedup source units, or the dialogues the offline server writes from them")
     args = parser.parse_args()
     if args.scale_one:
-        result = scale_one(args.scale_one, Path(args.workdir), object_store_mb=args.object_store_mb)
+        result = scale_one(args.scale_one, Path(args.workdir), object_store_mb=args.object_store_mb, kind=args.kind)
         Path(args.result).write_text(json.dumps(result))
         return 0
     sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else None
@@ -721,7 +762,7 @@ def main() -> int:
         elif args.only == "scale":
             result = {"scale": bench_scale(Path(workdir), sizes or ([10_000, 100_000] if args.quick
                                                                      else [10_000, 100_000, 1_000_000]),
-                                           object_store_mb=args.object_store_mb)}
+                                           object_store_mb=args.object_store_mb, kind=args.kind)}
         else:
             result = run(Path(workdir), args.quick)
     text = markdown(result)

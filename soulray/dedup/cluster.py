@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 
 from soulray.dedup.lsh import band_keys
 from soulray.dedup.minhash import ShingleKind, ShingleSets, char_shingles, estimate_jaccard
@@ -24,6 +25,11 @@ REASON_NEAR = "near_duplicate"
 # A bucket this large (templated text) gets a chain of pairs instead of every pair: the chain keeps
 # it one component without verification, and bounds the pairs verified to O(bucket size).
 ALL_PAIRS_MAX_BUCKET = 64
+# Before true Jaccard, a candidate must reach threshold - PREFILTER_SIGMAS standard deviations of the
+# signatures' estimate (at most 0.5 / sqrt(num_perm): 0.16 below the threshold at 256 permutations). A pair at
+# the threshold falls below that once in 3.5 million; most template-made candidates (Jaccard ~0.5) do, and
+# their texts are never shingled.
+PREFILTER_SIGMAS = 5.0
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Members:
     content_hash: np.ndarray  # (N, 2) uint64
     published: np.ndarray  # bool: from a published version (always kept, never marked)
     signatures: np.ndarray | None = None
-    texts: list[str] | None = None
+    texts: list[str] | pa.Array | None = None
     provenance: list[str] | None = None  # e.g. source file and row: orders rows with equal record_ids
 
 
@@ -65,16 +71,27 @@ class Decisions:
 def resolve(members: Members, rules: Rules) -> Decisions:
     if not len(members.ordinal):
         return Decisions(ordinal=np.zeros(0, np.int64), reason=[], detail=[], keeper=np.zeros(0, np.int64))
-    pairs = exact_pairs(members.content_hash)
     similarity = _Similarity(members, rules)
-    if members.signatures is not None:
-        candidates = bucket_pairs(members.signatures, bands=rules.bands, rows=rules.rows)
-        if rules.verify != "none":
-            candidates = candidates[similarity(candidates) >= rules.threshold]
-        pairs = np.concatenate([pairs, candidates])
-    labels = connected_components(len(members.ordinal), pairs)
+    labels = connected_components(len(members.ordinal), duplicate_pairs(members, rules, similarity))
     keepers = choose_keepers(labels, members, rules.keep)
     return _decisions(members, keepers, similarity)
+
+
+def duplicate_pairs(members: Members, rules: Rules, similarity: _Similarity | None = None) -> np.ndarray:
+    """(E, 2) index pairs the rules call duplicates: equal content, and (minhash) pairs sharing a band,
+    kept only where verification finds them at or above the threshold. Their closure is the clusters."""
+    pairs = exact_pairs(members.content_hash)
+    if members.signatures is not None:
+        candidates = bucket_pairs(members.signatures, bands=rules.bands, rows=rules.rows)
+        if rules.verify == "jaccard":
+            margin = PREFILTER_SIGMAS * 0.5 / np.sqrt(members.signatures.shape[1])
+            estimate = estimate_jaccard(members.signatures[candidates[:, 0]], members.signatures[candidates[:, 1]])
+            candidates = candidates[estimate >= rules.threshold - margin]
+        if rules.verify != "none":
+            similarity = similarity or _Similarity(members, rules)
+            candidates = candidates[similarity(candidates) >= rules.threshold]
+        pairs = np.concatenate([pairs, candidates])
+    return pairs
 
 
 def exact_pairs(content_hash: np.ndarray) -> np.ndarray:
@@ -157,24 +174,24 @@ def jaccard(left: str, right: str, ngram: int) -> float:
 
 
 class _Similarity:
-    """Similarity of member pairs as the rules measure it: true Jaccard of the shingle sets (each
-    member's set built once, in a compiled kernel: a row sits in many candidate pairs) or the
-    signatures' estimate."""
+    """Similarity of member pairs as the rules measure it: true Jaccard of the shingle sets (built per
+    call for the rows of its pairs, in a compiled kernel) or the signatures' estimate."""
 
     def __init__(self, members: Members, rules: Rules) -> None:
         self.measure = "jaccard" if rules.verify == "jaccard" else "minhash_estimate"
         self._members, self._ngram, self._shingle = members, rules.ngram, rules.shingle
-        self._sets: ShingleSets | None = None
 
     def __call__(self, pairs: np.ndarray) -> np.ndarray:
+        """Only the rows in `pairs` are shingled (after the prefilter, few of a templated group's)."""
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
         if self.measure == "minhash_estimate":
             return estimate_jaccard(self._members.signatures[pairs[:, 0]], self._members.signatures[pairs[:, 1]])
-        if self._sets is None:
-            if self._members.texts is None:
-                raise ValueError("verify='jaccard' needs the members' texts")
-            self._sets = ShingleSets.of(self._members.texts, self._ngram, self._shingle)
-        return self._sets.jaccard(pairs)
+        texts = self._members.texts
+        if texts is None:
+            raise ValueError("verify='jaccard' needs the members' texts")
+        rows, local = np.unique(pairs, return_inverse=True)
+        texts = texts.take(pa.array(rows)) if isinstance(texts, pa.Array) else [texts[row] for row in rows.tolist()]
+        return ShingleSets.of(texts, self._ngram, self._shingle).jaccard(local.reshape(-1, 2))
 
 
 def _decisions(members: Members, keepers: np.ndarray, similarity: _Similarity) -> Decisions:

@@ -9,6 +9,10 @@ The phases, each timed in the report:
                  become candidate edges (a chain per bucket is enough to connect it)
     components   union-find over the edges on the driver: edges exist only for duplicate candidates,
                  so this is small even when the data is not
+    split        only where a candidate component is larger than one task should hold (component_rows;
+                 templated texts chain most rows into one): its rows are cut into pieces, every pair of
+                 pieces is verified by one task (pairs from shared bands, checked as resolve checks them),
+                 and the verified pairs' components replace it
     resolve      the rows of each candidate component, with their signatures, hash-partitioned by
                  component; per partition: pairs from shared bands, optional verification, connected
                  components, one kept row per component (cluster.resolve)
@@ -36,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soulray.dedup.cluster import Decisions, Members, Rules, connected_components, resolve
+from soulray.dedup.cluster import Decisions, Members, Rules, connected_components, duplicate_pairs, resolve
 from soulray.dedup.lsh import band_keys
 from soulray.dedup.minhash import MinHasher
 from soulray.dedup.settings import DedupConfig
@@ -66,7 +70,9 @@ class DedupReport:
     bands: int = 0
     rows_per_band: int = 0
     candidate_edges: int = 0
-    largest_component: int = 0  # rows in the largest candidate component: it is resolved by one task
+    largest_component: int = 0  # rows in the largest candidate component
+    split_components: int = 0  # candidate components larger than component_rows, verified in pieces first
+    largest_resolved: int = 0  # rows in the largest component resolved by one task (after the split)
     clusters: int = 0  # clusters with at least one marked row
     marked: dict[str, int] = field(default_factory=dict)  # per reason
     # per shuffle ("buckets", "resolve"): partitions, and the planned size of one in MB (what one task holds)
@@ -85,6 +91,8 @@ class DedupReport:
         return (f"{self.stage}: {self.considered_rows}/{self.input_rows} rows considered"
                 + (f" against {self.published_rows} published" if self.published_rows else "")
                 + f"; {self.clusters} clusters; marked {reasons}; {phases}"
+                + (f"; {self.split_components} candidate components split (largest {self.largest_component} rows,"
+                   f" then {self.largest_resolved} resolved whole)" if self.split_components else "")
                 + (f"; partitions {shuffles}" if shuffles else ""))
 
 
@@ -165,16 +173,21 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         keys = sum(part.count() for part in keyed)
         partitions = sizing.plan(report, "buckets", rows=keys, row_bytes=KEY_ROW_BYTES, min_rows=MIN_KEYS_PER_PARTITION)
         edges = _collect(_union(keyed).repartition(partitions, keys=["key"]).map_batches(
-            _bucket_edges, batch_size=None, batch_format="pyarrow"), ("u", "v"))
+            _bucket_edges, batch_size=None, batch_format="pyarrow"), ("u", "v"), sizing)
         report.candidate_edges = len(edges)
     with phases("components"):
         involved, component = _components(edges)
-        report.largest_component = int(np.bincount(component).max()) if len(component) else 0
-        if report.largest_component > max(100_000, report.considered_rows // 10):
-            log.warning("%s: %d rows form one candidate component (of %d rows); it is resolved in one task. "
-                        "Texts this alike (templates?) make most rows LSH candidates of each other: filter "
-                        "them first, or raise threshold or rows per band", stage, report.largest_component,
-                        report.considered_rows)
+        report.largest_component = report.largest_resolved = _largest(component)
+    member_bytes = _member_bytes(settings, sources, input_rows + report.published_rows)
+    most = config.component_rows or sizing.rows_per_task(member_bytes)
+    if report.largest_component > most and settings.rules.verify != "none":  # unverified, a component is a cluster
+        with phases("split"):
+            involved, component = _split(sources, involved, component, most=most, settings=settings,
+                                         config=config, sizing=sizing, report=report, member_bytes=member_bytes)
+            report.largest_resolved = _largest(component)
+        if report.largest_resolved > most:
+            log.warning("%s: %d rows verified as one cluster (more than component_rows=%d); it is resolved in "
+                        "one task", stage, report.largest_resolved, most)
     if not len(involved):
         phases.seconds.update(resolve=0.0, mark=0.0)
         return _strip(work), report
@@ -184,10 +197,10 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
                                              batch_size=config.batch_rows, batch_format="pyarrow")
                           for source in sources])
         partitions = sizing.plan(report, "resolve", rows=len(involved), min_rows=MIN_MEMBERS_PER_PARTITION,
-                                 row_bytes=_member_bytes(settings, sources, input_rows + report.published_rows))
+                                 row_bytes=member_bytes)
         decisions = _collect(members.repartition(partitions, keys=["component"]).map_batches(
             _resolve_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
-            ("row", "reason", "detail", "keeper"))
+            ("row", "reason", "detail", "keeper"), sizing)
         report.clusters = len(set(decisions["keeper"].tolist()))
         report.marked = dict(Counter(str(reason) for reason in decisions["reason"]))
     with phases("mark"):
@@ -279,19 +292,58 @@ def _provenance(batch: pa.Table, rows: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "\x1f")
 
 
-def _resolve_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
+def _piece_members(batch: pa.Table, *, settings: _Settings, lookup: Any) -> pa.Table:
+    """The rows of split components in this batch, one copy for each task that verifies their piece
+    against a piece (its own included): `component` is the task, `piece` the row's piece."""
+    rows, piece, pieces, base = _fetch(lookup)
+    members = _members(batch, settings=settings, lookup=(rows, np.arange(len(rows))))
+    position = members["component"].to_numpy()
+    count = pieces[position]
+    copy_of = np.repeat(np.arange(len(position)), count)
+    other = np.arange(len(copy_of)) - np.repeat(np.cumsum(count) - count, count)
+    own, count = piece[position][copy_of], count[copy_of]
+    low, high = np.minimum(own, other), np.maximum(own, other)
+    task = base[position][copy_of] + low * count - low * (low - 1) // 2 + (high - low)  # (low, high) in row order
+    members = members.take(pa.array(copy_of, pa.int64()))
+    members = members.set_column(members.column_names.index("component"), "component", pa.array(task, pa.int64()))
+    return members.append_column("piece", pa.array(own, pa.int64()))
+
+
+def _verify_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
+    """Verified duplicate pairs (row ids) of each task in this partition: within a task's piece, or
+    across its two pieces (pairs within a piece are the task of that piece with itself)."""
+    tasks = partition["component"].to_numpy()
+    order = np.argsort(tasks, kind="stable")
+    starts = np.flatnonzero(np.r_[True, tasks[order][1:] != tasks[order][:-1]])
+    found = [np.zeros((0, 2), np.int64)]
+    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        task = partition.take(pa.array(order[start:end], pa.int64()))
+        members = _members_of(task)
+        pairs = duplicate_pairs(members, settings.rules)
+        piece = task["piece"].to_numpy()
+        if len(pairs) and piece.min() != piece.max():
+            pairs = pairs[piece[pairs[:, 0]] != piece[pairs[:, 1]]]
+        found.append(members.ordinal[pairs])
+    pairs = np.concatenate(found)
+    return pa.table({"u": pairs[:, 0], "v": pairs[:, 1]})
+
+
+def _members_of(partition: pa.Table) -> Members:
     signatures = None
     if "signature" in partition.column_names:
         flat = partition["signature"].combine_chunks().flatten().to_numpy()
         signatures = flat.reshape(partition.num_rows, -1)
-    members = Members(
+    return Members(
         ordinal=partition["row"].to_numpy(), record_id=partition["record_id"].to_pylist(),
         text_length=partition["text_length"].to_numpy(),
         content_hash=np.stack([partition["hash_hi"].to_numpy(), partition["hash_lo"].to_numpy()], axis=1),
         published=partition["published"].to_numpy(zero_copy_only=False), signatures=signatures,
-        texts=partition["text"].to_pylist() if "text" in partition.column_names else None,
+        texts=partition["text"].combine_chunks() if "text" in partition.column_names else None,
         provenance=partition["provenance"].to_pylist())
-    decisions = resolve(members, settings.rules)
+
+
+def _resolve_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
+    decisions = resolve(_members_of(partition), settings.rules)
     return pa.table({"row": pa.array(decisions.ordinal, pa.int64()), "reason": pa.array(decisions.reason, pa.string()),
                      "detail": pa.array(decisions.detail, pa.string()), "keeper": pa.array(decisions.keeper, pa.int64())})
 
@@ -331,6 +383,52 @@ def _fetch(value: Any) -> Any:
 
 # ---- driver side --------------------------------------------------------------------------------------
 
+def _split(sources: list[ray.data.Dataset], involved: np.ndarray, component: np.ndarray, *, most: int,
+           settings: _Settings, config: DedupConfig, sizing: _Sizing, report: DedupReport,
+           member_bytes: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate components of more than `most` rows replaced by the components of their verified pairs
+    (rows with none leave). Each is cut into k pieces of at most most/2 rows (by rank of the random row
+    id: a random cut); the k(k+1)/2 pairs of pieces are the tasks, so no task holds more than `most`
+    rows and each candidate pair is checked in the one task that holds both its rows."""
+    import ray
+
+    sizes = np.bincount(component)
+    split = sizes > most
+    report.split_components = int(split.sum())
+    inside = split[component]
+    rows, labels = involved[inside], component[inside]
+    pieces_of = np.where(split, -(-sizes // max(1, most // 2)), 0)
+    tasks_of = pieces_of * (pieces_of + 1) // 2
+    base_of = np.cumsum(tasks_of) - tasks_of
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    run_starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows)) - np.repeat(run_starts, np.diff(np.r_[run_starts, len(rows)]))
+    pieces = pieces_of[labels]
+    log.info("%s: %d candidate components over component_rows=%d (largest %d rows): verifying them as %d tasks "
+             "of two pieces", report.stage, report.split_components, most, report.largest_component,
+             int(tasks_of.sum()))
+    lookup = ray.put((rows, rank % pieces, pieces, base_of[labels]))
+    members = _union([source.map_batches(_piece_members, fn_kwargs={"settings": settings, "lookup": lookup},
+                                         batch_size=config.batch_rows, batch_format="pyarrow")
+                      for source in sources])
+    partitions = sizing.plan(report, "split", rows=int(sizes[split] @ pieces_of[split]), row_bytes=member_bytes,
+                             min_rows=MIN_MEMBERS_PER_PARTITION)
+    verified = _collect(members.repartition(partitions, keys=["component"]).map_batches(
+        _verify_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
+        ("u", "v"), sizing)
+    kept, kept_labels = _components(verified)
+    involved = np.concatenate([involved[~inside], kept])
+    component = np.concatenate([component[~inside], kept_labels + len(sizes)])
+    order = np.argsort(involved)
+    return involved[order], component[order]
+
+
+def _largest(component: np.ndarray) -> int:
+    return int(np.bincount(component).max()) if len(component) else 0
+
+
 def _components(edges: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Sorted row ids that have an edge, and their candidate component labels."""
     if not len(edges["u"]):
@@ -340,11 +438,19 @@ def _components(edges: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return involved, connected_components(len(involved), pairs).astype(np.int64)
 
 
-def _collect(ds: ray.data.Dataset, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """A small result (edges, decisions) as numpy columns on the driver."""
+def _collect(ds: ray.data.Dataset, names: tuple[str, ...], sizing: _Sizing) -> dict[str, np.ndarray]:
+    """A small result (edges, decisions) of a shuffle as numpy columns on the driver. Ray's shuffle map
+    tasks gather their input blocks up to `shuffle_input_batch_bytes` (1 GiB in Ray 2.60) into one task,
+    which held 2.8 GB at 1M dialogues; here they gather at most what one partition holds."""
     import ray
 
-    tables = [table for table in ray.get(ds.to_arrow_refs()) if table.num_rows]
+    context = ds.context
+    before = context.shuffle_input_batch_bytes
+    context.shuffle_input_batch_bytes = min(before, sizing.target_bytes) if before > 0 else sizing.target_bytes
+    try:
+        tables = [table for table in ray.get(ds.to_arrow_refs()) if table.num_rows]
+    finally:
+        context.shuffle_input_batch_bytes = before
     if not tables:
         return {name: np.zeros(0, np.int64) for name in names}
     table = pa.concat_tables(tables)
@@ -382,6 +488,10 @@ class _Sizing:
         by_memory = -(-int(rows * row_bytes) // self.target_bytes)
         by_work = min(2 * self.cpus, -(-rows // min_rows))
         return max(1, by_memory, by_work)
+
+    def rows_per_task(self, row_bytes: float) -> int:
+        """Rows of `row_bytes` that one partition holds."""
+        return max(2, int(self.target_bytes // max(row_bytes, 1.0)))
 
     def plan(self, report: DedupReport, shuffle: str, *, rows: int, row_bytes: float, min_rows: int) -> int:
         """The partitions of one shuffle, noted in the report with the size of one."""

@@ -9,14 +9,17 @@ import pyarrow as pa
 
 from soulray.dedup.cluster import (
     ALL_PAIRS_MAX_BUCKET,
+    PREFILTER_SIGMAS,
     Members,
     Rules,
     bucket_pairs,
     connected_components,
+    duplicate_pairs,
+    exact_pairs,
     jaccard,
     resolve,
 )
-from soulray.dedup.minhash import MinHasher, ShingleSets
+from soulray.dedup.minhash import MinHasher, ShingleSets, estimate_jaccard
 from soulray.dedup.text import content_hashes, normalise
 
 BASE = ("我最近工作压力很大，晚上总是失眠，白天也提不起精神，不知道该怎么调整自己的状态才好。"
@@ -115,3 +118,25 @@ def test_large_bucket_is_chained_not_squared():
     assert len(np.unique(connected_components(size, pairs))) == 1
     small = bucket_pairs(signatures[:10], bands=4, rows=4)
     assert len(small) == 45  # every pair in a small bucket
+
+
+def test_the_signature_prefilter_drops_no_pair_that_true_jaccard_keeps(smile_qa):
+    """Issue 22: candidates below threshold - 5 sigma of the signatures' estimate are dropped before their
+    texts are shingled. On templated texts (a stock opening on every answer: most candidates are the
+    template's) the verified pairs must be those of checking every candidate by true Jaccard."""
+    opening = "我能感受到你现在的不容易，谢谢你愿意把这些说出来，你的感受是可以理解的。"
+    answers = [row["answer"][:80] for row in smile_qa[:150]]
+    texts = [opening + a for a in answers] + [opening + a + "加油。" for a in answers[:20]] + [opening + answers[3]] * 3
+    group = members(texts)
+    for threshold, bands, rows in ((0.5, 32, 4), (0.7, 32, 4), (0.9, 16, 8)):
+        rules = Rules(threshold=threshold, bands=bands, rows=rows, verify="jaccard")
+        candidates = bucket_pairs(group.signatures, bands=bands, rows=rows)
+        verified = candidates[ShingleSets.of(group.texts, rules.ngram).jaccard(candidates) >= threshold]
+        every = np.concatenate([exact_pairs(group.content_hash), verified])
+        found = duplicate_pairs(group, rules)
+        assert np.array_equal(np.unique(np.sort(found, axis=1), axis=0), np.unique(np.sort(every, axis=1), axis=0))
+        assert len(verified) >= 20, threshold  # the edited copies (and the exact ones) at least
+        if threshold == 0.7:  # the template makes candidates, and the prefilter is what drops most of them
+            estimate = estimate_jaccard(group.signatures[candidates[:, 0]], group.signatures[candidates[:, 1]])
+            kept = np.count_nonzero(estimate >= threshold - PREFILTER_SIGMAS * 0.5 / np.sqrt(256))
+            assert len(candidates) > 300 and kept < len(candidates) // 3, (len(candidates), kept)

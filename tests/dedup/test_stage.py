@@ -9,14 +9,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from soulray.dedup.cluster import Members, Rules, resolve
-from soulray.dedup.minhash import MinHasher
+from soulray.dedup import cluster
+from soulray.dedup.cluster import Members, resolve
 from soulray.dedup.settings import DedupConfig
 from soulray.dedup.stage import (
     KEY_ROW_BYTES,
     MIN_KEYS_PER_PARTITION,
     ROW_ID,
     DedupReport,
+    _Settings,
     _Sizing,
     dedup_dataset,
 )
@@ -48,19 +49,20 @@ def planted_units(smile_qa: list[dict]) -> tuple[pa.Table, dict[str, int]]:
 
 
 def oracle(table: pa.Table, config: DedupConfig) -> dict[int, tuple[str, str]]:
-    """The pure core over the whole table at once: source_row -> (reason, kept record_id)."""
+    """The pure core over the whole table at once, with the config's shingles, signatures and rules:
+    source_row -> (reason, kept record_id)."""
     texts = normalise(row_texts(table))
     active = [i for i, (text, mark) in enumerate(zip(texts.to_pylist(), table["reject_reason"].to_pylist(),
                                                      strict=True)) if text and mark is None]
     sub, subtexts = table.take(active), texts.take(active)
-    bands, rows = config.lsh_params()
+    settings = _Settings.of(config)
     members = Members(ordinal=np.array(sub["source_row"].to_pylist()), record_id=sub["record_id"].to_pylist(),
                       text_length=np.array([len(t) for t in subtexts.to_pylist()]),
                       content_hash=content_hashes(subtexts), published=np.zeros(len(active), bool),
-                      signatures=MinHasher().signatures(subtexts), texts=subtexts.to_pylist(),
+                      signatures=settings.hasher.signatures(subtexts), texts=subtexts.to_pylist(),
                       provenance=[f"{f}\x1f{r:020d}" for f, r in zip(sub["source_file"].to_pylist(),
                                                                 sub["source_row"].to_pylist(), strict=True)])
-    decisions = resolve(members, Rules(threshold=config.threshold, bands=bands, rows=rows, verify=config.verify))
+    decisions = resolve(members, settings.rules)
     return {int(o): (reason, json.loads(d)["kept"])
             for o, reason, d in zip(decisions.ordinal, decisions.reason, decisions.detail, strict=True)}
 
@@ -106,6 +108,35 @@ def test_same_marks_whatever_the_batches_and_partitions(ray_local, smile_qa):
     out, report = dedup_dataset(ray_local.data.from_arrow(table), config=config)
     assert marks_of(out.take_all()) == oracle(table, CONFIG)
     assert report.partitions == {"buckets": 5, "resolve": 5}
+
+
+def test_a_component_too_large_for_one_task_is_verified_in_pieces(ray_local, smile_qa, monkeypatch):
+    """Issue 22: a stock opening and closing around every answer (as the offline rewrite's dialogues have) chains
+    the rows into one candidate component, which one task resolved (291,450 dialogues, 2.7 GB, at 1M). Cut
+    into pieces of at most component_rows / 2, verified two pieces a task, the marks are the pure core's
+    when it checks every pair sharing a band (a piece pair holds at most 40 rows, so every pair is checked;
+    the whole component, with template buckets over ALL_PAIRS_MAX_BUCKET rows, checks only a chain)."""
+    opening = "我能感受到你现在的不容易，谢谢你愿意把这些说出来，你的感受是可以理解的，我在这里愿意听你慢慢说。"
+    closing = "如果你愿意的话，我们可以一起慢慢梳理这些感受，找到适合你的方式去面对它们。"
+    rows = [{"question": "心情不好怎么办", "answer": opening + r["answer"][:120] + closing} for r in smile_qa[:300]]
+    rows += [dict(rows[7]), {**rows[9], "answer": rows[9]["answer"] + "加油。"}]
+    table = units_table(rows)
+    whole = dedup_dataset(ray_local.data.from_arrow(table), config=CONFIG)[1]
+    assert whole.largest_component > 200 and not whole.split_components  # the template's one component
+
+    out, report = dedup_dataset(ray_local.data.from_arrow(table), config=CONFIG.model_copy(update={"component_rows": 40}))
+    marks = marks_of(out.take_all())
+    chained = oracle(table, CONFIG)
+    monkeypatch.setattr(cluster, "ALL_PAIRS_MAX_BUCKET", 10 ** 6)
+    assert marks == oracle(table, CONFIG) and len(marks) >= 30
+    assert set(chained) <= set(marks)  # checking every pair finds more, never less
+    assert {7, 300} & set(marks) and {9, 301} & set(marks)  # the planted copy and the edited copy
+    assert report.split_components == 1 and report.largest_component == whole.largest_component
+    # what one task resolved after the split is the largest verified cluster, not the template's component
+    assert report.largest_resolved == 1 + max(Counter(kept for _, kept in marks.values()).values())
+    assert report.largest_resolved < report.largest_component
+    assert "split" in report.seconds and report.partitions["split"] >= 1
+    assert "1 candidate components split" in report.summary()
 
 
 GIB = 2 ** 30
