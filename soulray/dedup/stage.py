@@ -147,7 +147,7 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
     settings = _Settings.of(config)
     phases = _Phases()
     with phases("identify"):
-        work = ds.map_batches(_with_row_ids, fn_kwargs={"published": False}, batch_format="pyarrow").materialize()
+        work = _hold(ds.map_batches(_with_row_ids, fn_kwargs={"published": False}, batch_format="pyarrow"))
         input_rows = work.count()
         columns = work.columns() if input_rows else list(ds.columns() or [])
         stage = stage or (DEDUP_DIALOGUE if "messages" in columns else DEDUP_SOURCE)
@@ -510,6 +510,39 @@ def _member_bytes(settings: _Settings, sources: list[ray.data.Dataset], rows: in
     if settings.rules.verify == "jaccard":
         size += sum(source.size_bytes() for source in sources) / max(rows, 1)
     return size
+
+
+def _hold(ds: ray.data.Dataset, *, in_flight: int = 4) -> ray.data.Dataset:
+    """`ds.materialize()`, except that the blocks kept are copies its execution does not own. Ray Data 2.60
+    counts every block an operator produced that is still referenced against that operator's object-store
+    budget (half the store), so holding a long pipeline's output (the whole rewrite, for the dialogue dedup)
+    spends it: past ~220k dialogues with a 1 GB store the rewrite ran one task at a time, one actor idle.
+    Each block is copied by a small task (beside the block) as it arrives and the original let go."""
+    import ray
+    from ray.data._internal.execution.interfaces.ref_bundle import BlockEntry, RefBundle
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators.input_data_operator import InputData
+    from ray.data.dataset import MaterializedDataset
+
+    copier = ray.remote(num_cpus=0.25)(_copy_block)
+    bundles: list[RefBundle] = []
+    pending: list[ray.ObjectRef] = []
+    for bundle in ds.iter_internal_ref_bundles():
+        for entry in bundle.blocks:
+            if len(pending) >= in_flight:
+                _, pending = ray.wait(pending, num_returns=len(pending) - in_flight + 1, fetch_local=False)
+            copy = copier.remote(entry.ref)
+            pending.append(copy)
+            bundles.append(RefBundle(blocks=[BlockEntry(copy, entry.metadata)], owns_blocks=True, schema=bundle.schema))
+    if pending:
+        ray.wait(pending, num_returns=len(pending), fetch_local=False)
+    held = MaterializedDataset(LogicalPlan(InputData(input_data=bundles), ds.context), ds.context, ds._raw_stats())
+    held._execute()
+    return held
+
+
+def _copy_block(block: pa.Table) -> pa.Table:
+    return block
 
 
 def _union(datasets: list[ray.data.Dataset]) -> ray.data.Dataset:
