@@ -533,7 +533,7 @@ def _hold(ds: ray.data.Dataset, *, in_flight: int = 4) -> ray.data.Dataset:
                 _, pending = ray.wait(pending, num_returns=len(pending) - in_flight + 1, fetch_local=False)
             copy = copier.remote(entry.ref)
             pending.append(copy)
-            bundles.append(RefBundle(blocks=[BlockEntry(copy, entry.metadata)], owns_blocks=True, schema=bundle.schema))
+            bundles.append(RefBundle(blocks=[BlockEntry(copy, entry.metadata)], owns_blocks=False, schema=bundle.schema))
     if pending:
         ray.wait(pending, num_returns=len(pending), fetch_local=False)
     held = MaterializedDataset(LogicalPlan(InputData(input_data=bundles), ds.context), ds.context, ds._raw_stats())
