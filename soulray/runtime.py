@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 # A local Ray's object store: the rows held for dedup fill whatever store there is, so with Ray's default
 # (30% of memory: ~7 GB on a 24 GB machine) a 1M-row run held 2.8 GB more than a 100k one (2.04x the
 # 100k peak); with 1 GB it spills the rest to disk (~2.4 GB at 1M rows, ~5 s of writes) and the rewrite phase
-# stays within 1.37x; the dialogue dedup's shuffle still peaks higher (issue 22, bench/RESULTS.md).
+# stays within 1.37x of the 100k peak (issue 22, bench/RESULTS.md). Dedup holds those rows as copies Ray Data
+# does not charge to the rewrite's budget (soulray/dedup/stage.py `_hold`), or a store this small throttles it.
 LOCAL_OBJECT_STORE_MB = 1024
 
 
