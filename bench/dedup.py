@@ -427,7 +427,7 @@ def _pipeline_quality(changes: dict, dialogues: list[str], variants: list[str], 
 # ---- scale -------------------------------------------------------------------------------------------
 
 def bench_scale(workdir: Path, sizes: list[int], *, object_store_mb: int = OBJECT_STORE_MB,
-                kind: str = "units") -> dict:
+                kind: str = "units", partition_mb: int | None = None) -> dict:
     """Each size in a fresh process with its own local Ray (so peak memory is that size's), reading
     synthetic PsyQA-shaped units (10% near-duplicates) from Parquet as the jobs do, or (kind="dialogues")
     the dialogues the offline server writes from them (the regenerate job's dialogue dedup input), through
@@ -441,13 +441,16 @@ def bench_scale(workdir: Path, sizes: list[int], *, object_store_mb: int = OBJEC
         result_path = workdir / f"scale-{kind}-{rows}.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--scale-one", str(rows), "--workdir", str(workdir),
                    "--result", str(result_path), "--object-store-mb", str(object_store_mb), "--kind", kind]
+        if partition_mb:
+            command += ["--partition-mb", str(partition_mb)]
         subprocess.run(command, check=True, timeout=3600)
         out[str(rows)] = {**json.loads(result_path.read_text()), "source_mb": _size_mb(source)}
     return out
 
 
 
-def scale_one(rows: int, workdir: Path, *, object_store_mb: int, kind: str = "units") -> dict:
+def scale_one(rows: int, workdir: Path, *, object_store_mb: int, kind: str = "units",
+              partition_mb: int | None = None) -> dict:
     import ray
 
     from soulray.dedup.settings import DedupConfig, DedupJobConfig
@@ -461,7 +464,10 @@ def scale_one(rows: int, workdir: Path, *, object_store_mb: int, kind: str = "un
     # one read task per row group (25k rows), as the jobs' readers split sources; Ray's default of 200
     # blocks at least makes hundreds of tiny tasks at the small sizes
     ds = ray.data.read_parquet(str(workdir / f"{kind}-{rows}"), override_num_blocks=max(1, -(-rows // 25_000)))
-    marked, report = dedup_dataset(ds, config=DedupJobConfig().dialogue if kind == "dialogues" else DedupConfig())
+    config = DedupJobConfig().dialogue if kind == "dialogues" else DedupConfig()
+    if partition_mb:
+        config = config.model_copy(update={"partition_mb": partition_mb})
+    marked, report = dedup_dataset(ds, config=config)
     output_rows = marked.count()
     wall = time.perf_counter() - started
     sampler.stop()
@@ -743,9 +749,11 @@ def main() -> int:
     parser.add_argument("--sizes", help="scale sizes, comma-separated (default 10k,100k,1M; --quick 10k,100k)")
     parser.add_argument("--kind", choices=["units", "dialogues"], default="units",
                         help="scale: dedup source units, or the dialogues the offline server writes from them")
+    parser.add_argument("--partition-mb", type=int, help="scale: the config's dedup partition_mb (default: its own)")
     args = parser.parse_args()
     if args.scale_one:
-        result = scale_one(args.scale_one, Path(args.workdir), object_store_mb=args.object_store_mb, kind=args.kind)
+        result = scale_one(args.scale_one, Path(args.workdir), object_store_mb=args.object_store_mb, kind=args.kind,
+                           partition_mb=args.partition_mb)
         Path(args.result).write_text(json.dumps(result))
         return 0
     sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else None
@@ -762,7 +770,8 @@ def main() -> int:
         elif args.only == "scale":
             result = {"scale": bench_scale(Path(workdir), sizes or ([10_000, 100_000] if args.quick
                                                                      else [10_000, 100_000, 1_000_000]),
-                                           object_store_mb=args.object_store_mb, kind=args.kind)}
+                                           object_store_mb=args.object_store_mb, kind=args.kind,
+                                           partition_mb=args.partition_mb)}
         else:
             result = run(Path(workdir), args.quick)
     text = markdown(result)
