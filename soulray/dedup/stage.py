@@ -294,25 +294,30 @@ def _provenance(batch: pa.Table, rows: np.ndarray) -> pa.Array:
 
 def _piece_members(batch: pa.Table, *, settings: _Settings, lookup: Any) -> pa.Table:
     """The rows of split components in this batch, one copy for each task that verifies their piece
-    against a piece (its own included): `component` is the task, `piece` the row's piece."""
-    rows, piece, pieces, base = _fetch(lookup)
+    against a piece (its own included): `task` is the task, `piece` the row's piece, `component` the
+    shuffle key of the partition the task was packed into."""
+    rows, piece, pieces, base, keys = _fetch(lookup)
     members = _members(batch, settings=settings, lookup=(rows, np.arange(len(rows))))
     position = members["component"].to_numpy()
     count = pieces[position]
     copy_of = np.repeat(np.arange(len(position)), count)
     other = np.arange(len(copy_of)) - np.repeat(np.cumsum(count) - count, count)
     own, count = piece[position][copy_of], count[copy_of]
-    low, high = np.minimum(own, other), np.maximum(own, other)
-    task = base[position][copy_of] + low * count - low * (low - 1) // 2 + (high - low)  # (low, high) in row order
+    task = base[position][copy_of] + _pair_index(np.minimum(own, other), np.maximum(own, other), count)
     members = members.take(pa.array(copy_of, pa.int64()))
-    members = members.set_column(members.column_names.index("component"), "component", pa.array(task, pa.int64()))
-    return members.append_column("piece", pa.array(own, pa.int64()))
+    members = members.set_column(members.column_names.index("component"), "component", pa.array(keys[task], pa.int64()))
+    return members.append_column("task", pa.array(task, pa.int64())).append_column("piece", pa.array(own, pa.int64()))
+
+
+def _pair_index(low: np.ndarray, high: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+    """Index of the task verifying pieces (low, high), low <= high, among a component's k(k+1)/2."""
+    return low * pieces - low * (low - 1) // 2 + (high - low)
 
 
 def _verify_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
     """Verified duplicate pairs (row ids) of each task in this partition: within a task's piece, or
     across its two pieces (pairs within a piece are the task of that piece with itself)."""
-    tasks = partition["component"].to_numpy()
+    tasks = partition["task"].to_numpy()
     order = np.argsort(tasks, kind="stable")
     starts = np.flatnonzero(np.r_[True, tasks[order][1:] != tasks[order][:-1]])
     found = [np.zeros((0, 2), np.int64)]
@@ -409,12 +414,15 @@ def _split(sources: list[ray.data.Dataset], involved: np.ndarray, component: np.
     log.info("%s: %d candidate components over component_rows=%d (largest %d rows): verifying them as %d tasks "
              "of two pieces", report.stage, report.split_components, most, report.largest_component,
              int(tasks_of.sum()))
-    lookup = ray.put((rows, rank % pieces, pieces, base_of[labels]))
+    partitions = sizing.plan(report, "split", rows=int(sizes[split] @ pieces_of[split]), row_bytes=member_bytes,
+                             min_rows=MIN_MEMBERS_PER_PARTITION)
+    task_rows = np.concatenate([_task_rows(int(size), int(k)) for size, k in zip(sizes[split], pieces_of[split],
+                                                                                 strict=True)])
+    keys = _shuffle_keys(partitions)[_pack(task_rows, partitions)]
+    lookup = ray.put((rows, rank % pieces, pieces, base_of[labels], keys))
     members = _union([source.map_batches(_piece_members, fn_kwargs={"settings": settings, "lookup": lookup},
                                          batch_size=config.batch_rows, batch_format="pyarrow")
                       for source in sources])
-    partitions = sizing.plan(report, "split", rows=int(sizes[split] @ pieces_of[split]), row_bytes=member_bytes,
-                             min_rows=MIN_MEMBERS_PER_PARTITION)
     verified = _collect(members.repartition(partitions, keys=["component"]).map_batches(
         _verify_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
         ("u", "v"), sizing)
@@ -423,6 +431,51 @@ def _split(sources: list[ray.data.Dataset], involved: np.ndarray, component: np.
     component = np.concatenate([component[~inside], kept_labels + len(sizes)])
     order = np.argsort(involved)
     return involved[order], component[order]
+
+
+def _task_rows(size: int, pieces: int) -> np.ndarray:
+    """Rows of each of a split component's tasks, in task order: its pieces are the rows of rank r with
+    r % pieces == p; task (low, high) holds both (one copy when low == high)."""
+    piece_rows = (size - np.arange(pieces) + pieces - 1) // pieces
+    low, high = np.triu_indices(pieces)  # (0, 0), (0, 1), ..., (1, 1), ...: the order of _pair_index
+    return piece_rows[low] + np.where(low == high, 0, piece_rows[high])
+
+
+def _pack(sizes: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of each item: largest first into the emptiest bin (LPT), so no bin holds much more than its
+    share. Hashing 136 equal tasks into 88 partitions put 4 in one (a 1.4 GB task at 1M dialogues)."""
+    import heapq
+
+    loads = [(0, b) for b in range(bins)]
+    chosen = np.empty(len(sizes), np.int64)
+    for item in np.argsort(-np.asarray(sizes), kind="stable"):
+        load, b = heapq.heappop(loads)
+        chosen[item] = b
+        heapq.heappush(loads, (load + int(sizes[item]), b))
+    return chosen
+
+
+def _shuffle_keys(partitions: int) -> np.ndarray:
+    """An int64 key per hash partition that Ray's keyed repartition sends to that partition, so a planned
+    assignment of tasks to partitions survives the shuffle. Where Ray's partitioner cannot be asked
+    (another Ray version), the partition numbers themselves: hashed, lumpier, still correct (a task's
+    rows share one key, so they always meet in one partition)."""
+    try:
+        from ray.data._internal.arrow_ops.transform_pyarrow import hash_partition
+    except ImportError:  # pragma: no cover - depends on Ray's internals
+        return np.arange(partitions, dtype=np.int64)
+    keys = np.full(partitions, -1, np.int64)
+    start = 0
+    while (keys < 0).any() and start < 1_000 * partitions:
+        probe = np.arange(start, start + 8 * partitions, dtype=np.int64)
+        for partition, table in hash_partition(pa.table({"component": probe}), hash_cols=["component"],
+                                               num_partitions=partitions).items():
+            if keys[partition] < 0:
+                keys[partition] = table["component"][0].as_py()
+        start += len(probe)
+    missing = keys < 0
+    keys[missing] = np.flatnonzero(missing)  # never seen: a hashed key (correct, maybe lumpy)
+    return keys
 
 
 def _largest(component: np.ndarray) -> int:

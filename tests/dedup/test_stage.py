@@ -19,8 +19,11 @@ from soulray.dedup.stage import (
     ROW_ID,
     DedupReport,
     _hold,
+    _pack,
     _Settings,
+    _shuffle_keys,
     _Sizing,
+    _task_rows,
     dedup_dataset,
 )
 from soulray.dedup.text import content_hashes, normalise, row_texts
@@ -139,6 +142,28 @@ def test_a_component_too_large_for_one_task_is_verified_in_pieces(ray_local, smi
     assert report.largest_resolved < report.largest_component
     assert "split" in report.seconds and report.partitions["split"] >= 1
     assert "1 candidate components split" in report.summary()
+
+
+def test_the_split_tasks_are_packed_into_partitions_not_hashed(ray_local):
+    """Issue 22: a split's tasks are few and equal; hashed into partitions they were lumpy (136 tasks into 88
+    partitions: 4 in one, a 1.4 GB task at 1M dialogues). Now they are packed (largest first into the
+    emptiest) and each partition gets a key Ray's keyed repartition sends to it."""
+    tasks = _task_rows(330_032, 16)  # the 1M run's giant component, 16 pieces: 136 tasks
+    assert len(tasks) == 136 and tasks.sum() == 16 * 330_032  # every row once per piece pair it is in
+    assert tasks[0] == -(-330_032 // 16) and tasks[1] == tasks[0] + 330_032 // 16  # (0, 0) one piece, (0, 1) two
+    for bins in (88, 136, 200):
+        loads = np.bincount(_pack(tasks, bins), weights=tasks, minlength=bins)
+        assert loads.max() <= tasks.sum() / bins + tasks.max()  # LPT: at most the share plus one task
+    assert np.bincount(_pack(np.full(136, 10), 136)).max() == 1  # as many bins as tasks: one each
+
+    for partitions in (2, 7, 88):
+        keys = _shuffle_keys(partitions)
+        assert len(set(keys.tolist())) == partitions
+        table = pa.table({"component": np.repeat(keys, 3), "partition": np.repeat(np.arange(partitions), 3)})
+        blocks = ray_local.data.from_arrow(table).repartition(partitions, keys=["component"]).to_arrow_refs()
+        held = [ray_local.get(block) for block in blocks]
+        # every key arrives alone in its own block: the plan survives Ray's shuffle
+        assert sorted(len(set(block["component"].to_pylist())) for block in held if block.num_rows) == [1] * partitions
 
 
 GIB = 2 ** 30
