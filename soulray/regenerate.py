@@ -54,7 +54,9 @@ def pipeline(config: RegenerateConfig) -> Pipeline:
     if rewriting:
         stages += [RewriteStage(config.rewrite),
                    FilterStage(config.filters.dialogue, name=FILTER_DIALOGUE, kind="dialogue"),
-                   DedupStage(config.dedup.dialogue, name=DEDUP_DIALOGUE, against=config.dedup.against),
+                   # dedup hands on blocks of ~8 MB (thousands of dialogues); the gate's actors need small ones
+                   DedupStage(config.dedup.dialogue, name=DEDUP_DIALOGUE, against=config.dedup.against,
+                              block_rows=block_rows if config.quality_gate.enabled else None),
                    QualityGateStage(config.quality_gate, filters=config.filters.dialogue)]
     source = QASource(config.sources, block_rows=block_rows, s3=config.s3)
     return Pipeline(job="regenerate", source=source, stages=stages, data_schema=DIALOGUE if rewriting else UNIT)

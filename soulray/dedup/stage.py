@@ -322,7 +322,8 @@ def _verify_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
     starts = np.flatnonzero(np.r_[True, tasks[order][1:] != tasks[order][:-1]])
     found = [np.zeros((0, 2), np.int64)]
     for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
-        task = partition.take(pa.array(order[start:end], pa.int64()))
+        # most partitions hold one task: then no copy of it (a copy is a partition's size more, 4 at once)
+        task = partition if len(starts) == 1 else partition.take(pa.array(order[start:end], pa.int64()))
         members = _members_of(task)
         pairs = duplicate_pairs(members, settings.rules)
         piece = task["piece"].to_numpy()
@@ -514,6 +515,7 @@ KEY_ROW_BYTES = 16  # a (key, row) pair of the buckets shuffle
 # Below these, one more partition costs a task and a block for no memory saved: band keys (16 bytes, only
 # sorted) and candidate rows (signature and text, resolved pair by pair)
 MIN_KEYS_PER_PARTITION, MIN_MEMBERS_PER_PARTITION = 2_000_000, 200_000
+HOLD_BLOCK_BYTES = 8 * 2 ** 20  # what dedup's held rows are joined into (a few hundred blocks at 1M dialogues)
 
 
 @dataclass(frozen=True)
@@ -565,37 +567,64 @@ def _member_bytes(settings: _Settings, sources: list[ray.data.Dataset], rows: in
     return size
 
 
-def _hold(ds: ray.data.Dataset, *, in_flight: int = 4) -> ray.data.Dataset:
-    """`ds.materialize()`, except that the blocks kept are copies its execution does not own. Ray Data 2.60
-    counts every block an operator produced that is still referenced against that operator's object-store
-    budget (half the store), so holding a long pipeline's output (the whole rewrite, for the dialogue dedup)
-    spends it: past ~220k dialogues with a 1 GB store the rewrite ran one task at a time, one actor idle.
-    Each block is copied by a small task (beside the block) as it arrives and the original let go."""
+def _hold(ds: ray.data.Dataset, *, in_flight: int = 4, block_bytes: int = HOLD_BLOCK_BYTES) -> ray.data.Dataset:
+    """`ds.materialize()`, except that the blocks kept are copies its execution does not own, joined into
+    blocks of about `block_bytes`. Ray Data 2.60 counts every block an operator produced that is still
+    referenced against that operator's object-store budget (half the store), so holding a long pipeline's
+    output (the whole rewrite, for the dialogue dedup) spends it: past ~220k dialogues with a 1 GB store the
+    rewrite ran one task at a time, one actor idle. Consecutive blocks are copied together by
+    a small task (beside them) as they arrive and the originals let go. Joined, because each held block is
+    a task of every phase after (1M rewritten rows come as 31,000 blocks of 32: the mark phase took 362 s).
+    Blocks that disagree on a column's type (not just null) raise DedupInputError here."""
     import ray
     from ray.data._internal.execution.interfaces.ref_bundle import BlockEntry, RefBundle
     from ray.data._internal.logical.interfaces import LogicalPlan
     from ray.data._internal.logical.operators.input_data_operator import InputData
+    from ray.data.block import BlockMetadata
     from ray.data.dataset import MaterializedDataset
 
-    copier = ray.remote(num_cpus=0.25)(_copy_block)
-    bundles: list[RefBundle] = []
+    joiner = ray.remote(num_cpus=0.25, num_returns=2)(_join_blocks)
+    joined: list[tuple[ray.ObjectRef, ray.ObjectRef, BlockMetadata]] = []
     pending: list[ray.ObjectRef] = []
+    group: list[BlockEntry] = []
+
+    def flush() -> None:
+        nonlocal pending
+        if not group:
+            return
+        if len(pending) >= in_flight:
+            _, pending = ray.wait(pending, num_returns=len(pending) - in_flight + 1, fetch_local=False)
+        block, schema = joiner.remote(*(entry.ref for entry in group))
+        pending.append(schema)
+        files = sorted({name for entry in group for name in entry.metadata.input_files or ()})
+        joined.append((block, schema, BlockMetadata(
+            num_rows=sum(entry.metadata.num_rows or 0 for entry in group),
+            size_bytes=sum(entry.metadata.size_bytes or 0 for entry in group), exec_stats=None, input_files=files)))
+        group.clear()
+
     for bundle in ds.iter_internal_ref_bundles():
         for entry in bundle.blocks:
-            if len(pending) >= in_flight:
-                _, pending = ray.wait(pending, num_returns=len(pending) - in_flight + 1, fetch_local=False)
-            copy = copier.remote(entry.ref)
-            pending.append(copy)
-            bundles.append(RefBundle(blocks=[BlockEntry(copy, entry.metadata)], owns_blocks=False, schema=bundle.schema))
-    if pending:
-        ray.wait(pending, num_returns=len(pending), fetch_local=False)
+            group.append(entry)
+            if sum(held.metadata.size_bytes or 0 for held in group) >= block_bytes:
+                flush()
+    flush()
+    schemas = ray.get([schema for _, schema, _ in joined])  # a join's error (blocks that disagree) raises here
+    bundles = [RefBundle(blocks=[BlockEntry(block, metadata)], owns_blocks=False, schema=schema)
+               for (block, _, metadata), schema in zip(joined, schemas, strict=True)]
     held = MaterializedDataset(LogicalPlan(InputData(input_data=bundles), ds.context), ds.context, ds._raw_stats())
     held._execute()
     return held
 
 
-def _copy_block(block: pa.Table) -> pa.Table:
-    return block
+def _join_blocks(*blocks: pa.Table) -> tuple[pa.Table, pa.Schema]:
+    """One block of `blocks` (a null column takes its type from the others), and its schema."""
+    try:
+        joined = blocks[0] if len(blocks) == 1 else pa.concat_tables(blocks, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        schemas = {str(block.schema) for block in blocks}
+        raise DedupInputError(f"dedup's input rows disagree on their columns ({len(schemas)} schemas: "
+                              f"{' | '.join(sorted(schemas))}): {error}") from None
+    return joined, joined.schema
 
 
 def _union(datasets: list[ray.data.Dataset]) -> ray.data.Dataset:
