@@ -602,13 +602,17 @@ def _hold(ds: ray.data.Dataset, *, in_flight: int = 4, block_bytes: int = HOLD_B
             size_bytes=sum(entry.metadata.size_bytes or 0 for entry in group), exec_stats=None, input_files=files)))
         group.clear()
 
+    blocks_in = 0
     for bundle in ds.iter_internal_ref_bundles():
         for entry in bundle.blocks:
             group.append(entry)
+            blocks_in += 1
             if sum(held.metadata.size_bytes or 0 for held in group) >= block_bytes:
                 flush()
     flush()
     schemas = ray.get([schema for _, schema, _ in joined])  # a join's error (blocks that disagree) raises here
+    log.info("dedup holds %d rows: %d blocks joined into %d", sum(meta.num_rows or 0 for _, _, meta in joined),
+             blocks_in, len(joined))
     bundles = [RefBundle(blocks=[BlockEntry(block, metadata)], owns_blocks=False, schema=schema)
                for (block, _, metadata), schema in zip(joined, schemas, strict=True)]
     held = MaterializedDataset(LogicalPlan(InputData(input_data=bundles), ds.context), ds.context, ds._raw_stats())
