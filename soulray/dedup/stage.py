@@ -137,7 +137,7 @@ def dedup_texts(texts: Sequence[str | None] | pa.Array, *, config: DedupConfig) 
 def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | None = None,
                   against: ray.data.Dataset | Version | None = None) -> tuple[ray.data.Dataset, DedupReport]:
     """Mark duplicates in `ds` (WORKING_UNIT or WORKING_DIALOGUE rows) and return the marked rows
-    (every input row exactly once, a materialised Dataset) with a report.
+    (every input row exactly once: held rows with the marks applied as they are read) with a report.
 
     `stage` names the reject stage (default "dedup_source" for units, "dedup_dialogue" for
     dialogues). `against`: a published version (or its rows as a Dataset); new rows that duplicate
@@ -179,7 +179,7 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         involved, component = _components(edges)
         report.largest_component = report.largest_resolved = _largest(component)
     member_bytes = _member_bytes(settings, sources, input_rows + report.published_rows)
-    most = config.component_rows or sizing.rows_per_task(member_bytes)
+    most = config.component_rows or sizing.rows_per_task(member_bytes, VERIFY_SHARE)
     if report.largest_component > most and settings.rules.verify != "none":  # unverified, a component is a cluster
         with phases("split"):
             involved, component = _split(sources, involved, component, most=most, settings=settings,
@@ -197,7 +197,7 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
                                              batch_size=config.batch_rows, batch_format="pyarrow")
                           for source in sources])
         partitions = sizing.plan(report, "resolve", rows=len(involved), min_rows=MIN_MEMBERS_PER_PARTITION,
-                                 row_bytes=member_bytes)
+                                 row_bytes=member_bytes, share=VERIFY_SHARE)
         decisions = _collect(members.repartition(partitions, keys=["component"]).map_batches(
             _resolve_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
             ("row", "reason", "detail", "keeper"), sizing)
@@ -205,8 +205,10 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
         report.marked = dict(Counter(str(reason) for reason in decisions["reason"]))
     with phases("mark"):
         table = pa.table({"row": decisions["row"], "reason": decisions["reason"], "detail": decisions["detail"]})
+        # lazy: the marks are applied as the next stage (or the writer) reads the held rows, so the marked
+        # rows are never all in the store at once (3 GB at 1M dialogues, a 1 GB store: spilled to disk)
         marked = work.map_batches(_apply_marks, fn_kwargs={"decisions": ray.put(table), "stage": stage},
-                                  batch_format="pyarrow").materialize()
+                                  batch_format="pyarrow")
     log.info("%s", report.summary())
     return marked, report
 
@@ -416,7 +418,7 @@ def _split(sources: list[ray.data.Dataset], involved: np.ndarray, component: np.
              "of two pieces", report.stage, report.split_components, most, report.largest_component,
              int(tasks_of.sum()))
     partitions = sizing.plan(report, "split", rows=int(sizes[split] @ pieces_of[split]), row_bytes=member_bytes,
-                             min_rows=MIN_MEMBERS_PER_PARTITION)
+                             min_rows=MIN_MEMBERS_PER_PARTITION, share=VERIFY_SHARE)
     task_rows = np.concatenate([_task_rows(int(size), int(k)) for size, k in zip(sizes[split], pieces_of[split],
                                                                                  strict=True)])
     keys = _shuffle_keys(partitions)[_pack(task_rows, partitions)]
@@ -515,6 +517,10 @@ KEY_ROW_BYTES = 16  # a (key, row) pair of the buckets shuffle
 # Below these, one more partition costs a task and a block for no memory saved: band keys (16 bytes, only
 # sorted) and candidate rows (signature and text, resolved pair by pair)
 MIN_KEYS_PER_PARTITION, MIN_MEMBERS_PER_PARTITION = 2_000_000, 200_000
+# What a verifying reduce task (split, resolve) holds at its peak, in partitions: Ray's shards, their
+# concatenation, the shingles and pairs of its candidates (~3-4x, four at once at 1M dialogues: 504-604 MB for
+# 127.5 MB partitions); the buckets' tasks only sort keys (~2x). Their partitions get this share of the target.
+VERIFY_SHARE = 0.5
 HOLD_BLOCK_BYTES = 8 * 2 ** 20  # what dedup's held rows are joined into (a few hundred blocks at 1M dialogues)
 
 
@@ -537,20 +543,22 @@ class _Sizing:
             target = min(target, max(8 * 2 ** 20, int(per_cpu / 4)))
         return cls(cpus=cpus, target_bytes=target, fixed=config.num_partitions)
 
-    def partitions(self, rows: int, row_bytes: float, min_rows: int) -> int:
+    def partitions(self, rows: int, row_bytes: float, min_rows: int, share: float = 1.0) -> int:
+        """Partitions of at most `share` of the target each (and the spread below)."""
         if self.fixed:
             return self.fixed
-        by_memory = -(-int(rows * row_bytes) // self.target_bytes)
+        by_memory = -(-int(rows * row_bytes) // int(self.target_bytes * share))
         by_work = min(2 * self.cpus, -(-rows // min_rows))
         return max(1, by_memory, by_work)
 
-    def rows_per_task(self, row_bytes: float) -> int:
-        """Rows of `row_bytes` that one partition holds."""
-        return max(2, int(self.target_bytes // max(row_bytes, 1.0)))
+    def rows_per_task(self, row_bytes: float, share: float = 1.0) -> int:
+        """Rows of `row_bytes` that one partition of `share` of the target holds."""
+        return max(2, int(self.target_bytes * share // max(row_bytes, 1.0)))
 
-    def plan(self, report: DedupReport, shuffle: str, *, rows: int, row_bytes: float, min_rows: int) -> int:
+    def plan(self, report: DedupReport, shuffle: str, *, rows: int, row_bytes: float, min_rows: int,
+             share: float = 1.0) -> int:
         """The partitions of one shuffle, noted in the report with the size of one."""
-        partitions = self.partitions(rows, row_bytes, min_rows)
+        partitions = self.partitions(rows, row_bytes, min_rows, share)
         report.partitions[shuffle] = partitions
         report.partition_mb[shuffle] = round(rows * row_bytes / partitions / 2 ** 20, 1)
         return partitions
@@ -639,8 +647,7 @@ def _strip(work: ray.data.Dataset) -> ray.data.Dataset:
     """The input rows unchanged (no duplicates): drop the row id, make sure the mark columns exist."""
     empty = pa.table({"row": pa.array([], pa.int64()), "reason": pa.array([], pa.string()),
                       "detail": pa.array([], pa.string())})
-    return work.map_batches(_apply_marks, fn_kwargs={"decisions": empty, "stage": ""},
-                            batch_format="pyarrow").materialize()
+    return work.map_batches(_apply_marks, fn_kwargs={"decisions": empty, "stage": ""}, batch_format="pyarrow")
 
 
 def _check_columns(columns: list[str]) -> None:
