@@ -45,7 +45,7 @@ class DedupStage:
     """Mark exact and near duplicates (soulray/dedup). It materialises the pipeline: duplicates are a
     global property. `against`: a published version whose rows new rows must not duplicate;
     `block_rows`: cut the output into blocks this small again (so a rewrite after it spreads over
-    every actor)."""
+    every actor), or larger in a large run (rows_per_block)."""
 
     config: DedupConfig
     name: str  # DEDUP_SOURCE or DEDUP_DIALOGUE
@@ -66,8 +66,20 @@ class DedupStage:
         context.report(StageReport(name=self.name, seconds=dict(report.seconds), dedup=facts))
         if self.block_rows:  # streamed: a repartition into a number of blocks held every block's metadata on
             # the driver at once (~37 KB a block: +290 MB at 1M rows in blocks of 128, issue 22) and waited for all
-            marked = marked.repartition(target_num_rows_per_block=self.block_rows)
+            marked = marked.repartition(target_num_rows_per_block=rows_per_block(self.block_rows, report.input_rows))
         return marked
+
+
+# Blocks after dedup: at least this many in a run (so every actor of the next stage has work to the end),
+# and no more than `block_rows` x MAX_BLOCK_GROWTH rows each. Every block is a Ray task of the next stage, and
+# each task costs the driver ~10-30 KB and the GCS and stats actor their events (issue 22): 8,100 rewrite
+# tasks of 123 rows at 1M rows, ~1,000 of 1,024 rows with these.
+MIN_BLOCKS, MAX_BLOCK_GROWTH = 256, 8
+
+
+def rows_per_block(block_rows: int, rows: int) -> int:
+    """`block_rows` for a small run; larger blocks (fewer tasks) for a large one."""
+    return max(block_rows, min(rows // MIN_BLOCKS, block_rows * MAX_BLOCK_GROWTH))
 
 
 class RewriteStage:

@@ -68,3 +68,12 @@ def test_an_imported_corpus_is_published_through_the_same_path(ray_local, tmp_pa
 @pytest.fixture
 def smilechat_sample_dialogues() -> pa.Table:
     return smilechat_dialogues(SMILECHAT_SAMPLE, limit=20)
+
+
+def test_blocks_after_dedup_grow_with_the_run_so_its_tasks_do_not():
+    from soulray.stages import MAX_BLOCK_GROWTH, MIN_BLOCKS, rows_per_block
+
+    assert rows_per_block(128, 300) == 128  # a small run keeps small blocks: every actor gets some
+    assert rows_per_block(128, 100_000) == 100_000 // MIN_BLOCKS  # still MIN_BLOCKS blocks
+    assert rows_per_block(128, 1_000_000) == 128 * MAX_BLOCK_GROWTH  # ~1,000 tasks, not 8,000
+    assert rows_per_block(128, 10_000_000) == 128 * MAX_BLOCK_GROWTH  # a task's rows stay bounded

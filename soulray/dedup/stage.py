@@ -520,7 +520,10 @@ MIN_KEYS_PER_PARTITION, MIN_MEMBERS_PER_PARTITION = 2_000_000, 200_000
 # What a verifying reduce task (split, resolve) holds at its peak, in partitions: Ray's shards, their
 # concatenation, the shingles and pairs of its candidates (~3-4x, four at once at 1M dialogues: 504-604 MB for
 # 127.5 MB partitions); the buckets' tasks only sort keys (~2x). Their partitions get this share of the target.
-VERIFY_SHARE = 0.5
+# 0.5 was tried at 1M dialogues (issue 22, eighth session): the giant component was cut into twice the pieces,
+# the split ran 406 tasks instead of 105 for 3x the time, and its shuffle maps (k copies of each row) peaked
+# higher than the halved reduce tasks saved. Kept as the knob to turn with per-bucket verification.
+VERIFY_SHARE = 1.0
 HOLD_BLOCK_BYTES = 8 * 2 ** 20  # what dedup's held rows are joined into (a few hundred blocks at 1M dialogues)
 
 
