@@ -43,7 +43,7 @@ class Members:
     content_hash: np.ndarray  # (N, 2) uint64
     published: np.ndarray  # bool: from a published version (always kept, never marked)
     signatures: np.ndarray | None = None
-    texts: list[str] | pa.Array | None = None
+    texts: list[str] | pa.Array | pa.ChunkedArray | None = None
     provenance: list[str] | None = None  # e.g. source file and row: orders rows with equal record_ids
 
 
@@ -190,7 +190,8 @@ class _Similarity:
         if texts is None:
             raise ValueError("verify='jaccard' needs the members' texts")
         rows, local = np.unique(pairs, return_inverse=True)
-        texts = texts.take(pa.array(rows)) if isinstance(texts, pa.Array) else [texts[row] for row in rows.tolist()]
+        texts = (texts.take(pa.array(rows)) if isinstance(texts, (pa.Array, pa.ChunkedArray))
+                 else [texts[row] for row in rows.tolist()])
         return ShingleSets.of(texts, self._ngram, self._shingle).jaccard(local.reshape(-1, 2))
 
 

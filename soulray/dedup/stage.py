@@ -337,17 +337,24 @@ def _verify_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
 
 
 def _members_of(partition: pa.Table) -> Members:
+    """The partition's rows as Members, without copying its texts: a shuffle's partition arrives as
+    chunks in the object store, and `combine_chunks` copied its texts and signatures into the task's heap
+    (a partition's size more in each verifying task; only the rows a pair needs are taken to shingle)."""
     signatures = None
     if "signature" in partition.column_names:
-        flat = partition["signature"].combine_chunks().flatten().to_numpy()
+        chunks = [chunk.flatten().to_numpy() for chunk in partition["signature"].chunks]
+        flat = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, np.uint32)
         signatures = flat.reshape(partition.num_rows, -1)
+    texts = None
+    if "text" in partition.column_names:
+        texts = partition["text"]
+        texts = texts.chunk(0) if texts.num_chunks == 1 else texts
     return Members(
         ordinal=partition["row"].to_numpy(), record_id=partition["record_id"].to_pylist(),
         text_length=partition["text_length"].to_numpy(),
         content_hash=np.stack([partition["hash_hi"].to_numpy(), partition["hash_lo"].to_numpy()], axis=1),
         published=partition["published"].to_numpy(zero_copy_only=False), signatures=signatures,
-        texts=partition["text"].combine_chunks() if "text" in partition.column_names else None,
-        provenance=partition["provenance"].to_pylist())
+        texts=texts, provenance=partition["provenance"].to_pylist())
 
 
 def _resolve_partition(partition: pa.Table, *, settings: _Settings) -> pa.Table:
