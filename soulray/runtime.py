@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # stays within 1.37x of the 100k peak (issue 22, bench/RESULTS.md). Dedup holds those rows as copies Ray Data
 # does not charge to the rewrite's budget (soulray/dedup/stage.py `_hold`), or a store this small throttles it.
 LOCAL_OBJECT_STORE_MB = 1024
+# The GCS keeps every task's events (for the dashboard and `ray list tasks`) up to Ray's cap of 100,000 tasks,
+# ~3.8 KB each: +76 MB per 20,000 tasks, +185 MB over a 1M-row run, ~380 MB at the cap. Kept to the last
+# 10,000 (~40 MB); a cluster's head sets the same through RAY_task_events_max_num_task_in_gcs (cluster.yaml).
+LOCAL_TASK_EVENTS = 10_000
 
 
 class RayConfig(StrictModel):
@@ -34,6 +38,10 @@ class RayConfig(StrictModel):
         description="object store of a local Ray, MB (at most 30% of the memory available, Ray's own default); what does "
                     "not fit spills to disk. The job holds every row for dedup: a store sized by Ray's default fills with "
                     "them as the run grows. null: Ray's default")
+    task_events: int | None = Field(
+        LOCAL_TASK_EVENTS, ge=100,
+        description="tasks whose events a local Ray's GCS keeps (dashboard, `ray list tasks`); ~3.8 KB each. "
+                    "null: Ray's default (100,000)")
 
 
 def init_ray(config: RayConfig) -> None:
@@ -55,8 +63,9 @@ def init_ray(config: RayConfig) -> None:
         return
     num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
     object_store = local_object_store_bytes(config.object_store_mb, chosen="object_store_mb" in config.model_fields_set)
+    system = {"task_events_max_num_task_in_gcs": config.task_events} if config.task_events else None
     ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True,
-             configure_logging=False, object_store_memory=object_store)
+             configure_logging=False, object_store_memory=object_store, _system_config=system)
     log.info("started a local Ray with %d logical CPUs", num_cpus)
     _reinstall_stop_handlers()
 

@@ -126,3 +126,13 @@ def test_the_local_ray_of_the_tests_has_that_store(ray_local):
 
     expected = local_object_store_bytes(1024, chosen=False)
     assert ray_local.cluster_resources()["object_store_memory"] == pytest.approx(expected, rel=0.05)
+
+
+def test_the_local_ray_keeps_only_the_last_tasks_events(ray_local):
+    """Ray's GCS keeps every task's events up to 100,000 tasks (~3.8 KB each: +185 MB over a 1M-row run,
+    issue 22); a local Ray started by soulray keeps the last LOCAL_TASK_EVENTS."""
+    from ray._raylet import Config
+
+    from soulray.runtime import LOCAL_TASK_EVENTS
+
+    assert Config.task_events_max_num_task_in_gcs() == LOCAL_TASK_EVENTS < 100_000
