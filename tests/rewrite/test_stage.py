@@ -55,9 +55,11 @@ def test_quotas_per_key_are_respected_and_shared(ray_local, llm, tmp_path):
         served = server.stats[TEST_API_KEYS[env]]
         requests, tokens = served.max_in_window(60.0)
         assert requests <= value.rpm and tokens <= value.tpm
-        # paced, not bursted: any 10 s holds at most a sixth of the minute's quota (+ the 1% burst, + 1)
+        # paced, not bursted: any 10 s holds at most a sixth of the minute's quota (+ the 1% burst, + 1), and
+        # one second's pace more: the server counts arrivals, and a caller starved of CPU sends a call granted
+        # at the end of one window in the next (23 of key A's 120 rpm in 10 s, twice in four runs at load 8)
         requests_10s, _ = served.max_in_window(10.0)
-        assert requests_10s <= value.rpm / 6 + max(1, value.rpm * 0.01) + 1, (env, requests_10s)
+        assert requests_10s <= value.rpm / 6 + max(1, value.rpm * 0.01) + 1 + value.rpm / 60, (env, requests_10s)
     total = sum(s["requests"] for s in stats.values())
     assert sum(s["rate_limited"] for s in stats.values()) <= max(1, 0.01 * total)
     usage = result.manifest.usage.keys
