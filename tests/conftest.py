@@ -36,9 +36,21 @@ SMILECHAT_SAMPLE = Path(__file__).parent / "data" / "smilechat-sample"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are chosen (ports taken one at a time
+    can repeat: the kernel may hand a just-released port out again, and Ray refused a head whose GCS and
+    agent had been given the same one)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def wait_for_port(port: int, timeout_s: float = 30.0) -> None:

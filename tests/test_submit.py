@@ -24,10 +24,14 @@ import pytest
 from soulray.fs import boto3_client
 from soulray.offline.server import SimulatedKey
 from soulray.store import open_version
-from tests.conftest import PLANTED_API_KEY, PLANTED_SECRET, TEST_API_KEYS, free_port
+from tests.conftest import PLANTED_API_KEY, PLANTED_SECRET, TEST_API_KEYS, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
+
+
+AGENT_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+               "runtime-env-agent-port")
 
 
 class LocalCluster:
@@ -36,7 +40,8 @@ class LocalCluster:
 
     def __init__(self) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="sr-", dir="/tmp"))  # short: Ray's socket paths are limited
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        # every port of both nodes chosen at once, so no two are the same
+        self.gcs_port, self.dashboard_port, *self.agent_ports = free_ports(2 + 2 * len(AGENT_PORTS))
         # token authentication on, as a cluster reachable by anyone else should be; every `ray` command
         # and the Jobs API client below present the token
         self.token = secrets.token_hex(32)
@@ -49,8 +54,8 @@ class LocalCluster:
     def start(self) -> None:
         self._ray("start", "--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
                   "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={self.temp}",
-                  "--disable-usage-stats", *self._agent_ports())
-        self._ray("start", f"--address=127.0.0.1:{self.gcs_port}", "--num-cpus=2", *self._agent_ports())
+                  "--disable-usage-stats", *self._agent_ports(0))
+        self._ray("start", f"--address=127.0.0.1:{self.gcs_port}", "--num-cpus=2", *self._agent_ports(1))
         deadline = time.monotonic() + 120
         while True:  # the Jobs API is served by the dashboard, which comes up after `ray start` returns
             try:
@@ -62,12 +67,11 @@ class LocalCluster:
                 assert time.monotonic() < deadline, "the dashboard never came up"
                 time.sleep(1)
 
-    @staticmethod
-    def _agent_ports() -> list[str]:
+    def _agent_ports(self, node: int) -> list[str]:
         """Each node's agents on free ports: the defaults (52365 for the agent that accepts jobs) are
         taken by any other Ray on this machine, and a head whose agent cannot bind accepts no job."""
-        return [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                         "metrics-export-port", "runtime-env-agent-port")]
+        ports = self.agent_ports[node * len(AGENT_PORTS):(node + 1) * len(AGENT_PORTS)]
+        return [f"--{name}={port}" for name, port in zip(AGENT_PORTS, ports, strict=True)]
 
     def _ray(self, *args: str) -> None:
         done = subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, timeout=300)
