@@ -55,6 +55,9 @@ class DedupConfig(StrictModel):
                                                      "quarter of the memory per CPU where that is less)")
     batch_rows: int = Field(8192, ge=64, description="rows per call of the fingerprint and member functions")
     num_partitions: int | None = Field(None, ge=1, description="shuffle partitions (default: from partition_mb)")
+    verify_tasks: int | None = Field(None, ge=1, description="verifying tasks (split, resolve) at once, cluster-wide: "
+                                                           "each holds ~4x partition_mb (default: the cluster's "
+                                                           "CPUs; a one-node Ray's, at most the machine's cores)")
     # A candidate component is resolved by one task. Templated texts (a stock phrase in every dialogue) chain
     # most rows into one component whatever their true similarity (291,450 of 973,373 synthetic dialogues at
     # 1M), so a larger one is first verified in pieces, two pieces a task, and only its verified clusters go on.

@@ -78,6 +78,7 @@ class DedupReport:
     # per shuffle ("buckets", "resolve"): partitions, and the planned size of one in MB (what one task holds)
     partitions: dict[str, int] = field(default_factory=dict)
     partition_mb: dict[str, float] = field(default_factory=dict)
+    verify_tasks: int = 0  # verifying tasks at once (0: no limit)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -93,7 +94,9 @@ class DedupReport:
                 + f"; {self.clusters} clusters; marked {reasons}; {phases}"
                 + (f"; {self.split_components} candidate components split (largest {self.largest_component} rows,"
                    f" then {self.largest_resolved} resolved whole)" if self.split_components else "")
-                + (f"; partitions {shuffles}" if shuffles else ""))
+                + (f"; partitions {shuffles}" if shuffles else "")
+                + (f"; verifying {self.verify_tasks} at once" if self.verify_tasks and "resolve" in self.partitions
+                   else ""))
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,8 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
             sources.append(published.materialize())
             report.published_rows = sources[1].count()
 
-    sizing = _Sizing.of(ray.cluster_resources(), config)
+    sizing = _Sizing.of(ray.cluster_resources(), config, cores=_cores_of_one_node())
+    report.verify_tasks = sizing.verify_tasks
     with phases("fingerprint"):
         keyed = [source.map_batches(_fingerprint, fn_kwargs={"settings": settings}, batch_size=config.batch_rows,
                                     batch_format="pyarrow").materialize() for source in sources]
@@ -200,7 +204,7 @@ def dedup_dataset(ds: ray.data.Dataset, *, config: DedupConfig, stage: str | Non
                                  row_bytes=member_bytes, share=VERIFY_SHARE)
         decisions = _collect(members.repartition(partitions, keys=["component"]).map_batches(
             _resolve_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
-            ("row", "reason", "detail", "keeper"), sizing)
+            ("row", "reason", "detail", "keeper"), sizing, verifying=True)
         report.clusters = len(set(decisions["keeper"].tolist()))
         report.marked = dict(Counter(str(reason) for reason in decisions["reason"]))
     with phases("mark"):
@@ -435,7 +439,7 @@ def _split(sources: list[ray.data.Dataset], involved: np.ndarray, component: np.
                       for source in sources])
     verified = _collect(members.repartition(partitions, keys=["component"]).map_batches(
         _verify_partition, fn_kwargs={"settings": settings}, batch_size=None, batch_format="pyarrow"),
-        ("u", "v"), sizing)
+        ("u", "v"), sizing, verifying=True)
     kept, kept_labels = _components(verified)
     involved = np.concatenate([involved[~inside], kept])
     component = np.concatenate([component[~inside], kept_labels + len(sizes)])
@@ -501,19 +505,26 @@ def _components(edges: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return involved, connected_components(len(involved), pairs).astype(np.int64)
 
 
-def _collect(ds: ray.data.Dataset, names: tuple[str, ...], sizing: _Sizing) -> dict[str, np.ndarray]:
+def _collect(ds: ray.data.Dataset, names: tuple[str, ...], sizing: _Sizing, *,
+             verifying: bool = False) -> dict[str, np.ndarray]:
     """A small result (edges, decisions) of a shuffle as numpy columns on the driver. Ray's shuffle map
     tasks gather their input blocks up to `shuffle_input_batch_bytes` (1 GiB in Ray 2.60) into one task,
-    which held 2.8 GB at 1M dialogues; here they gather at most what one partition holds."""
+    which held 2.8 GB at 1M dialogues; here they gather at most what one partition holds. A verifying
+    shuffle (split, resolve) runs at most `sizing.verify_tasks` partitions' tasks at once: Ray Data's shuffle
+    tasks ask Ray for `memory` of 2x their input, and a memory limit on the execution holds back those that
+    do not fit (four at once on a 2-core machine's four logical CPUs were ~1.8 GB, for no more speed)."""
     import ray
 
     context = ds.context
-    before = context.shuffle_input_batch_bytes
+    options = context.execution_options
+    before, limits = context.shuffle_input_batch_bytes, options.resource_limits
     context.shuffle_input_batch_bytes = min(before, sizing.target_bytes) if before > 0 else sizing.target_bytes
+    if verifying:
+        options.resource_limits = limits.copy(memory=sizing.verify_memory())
     try:
         tables = [table for table in ray.get(ds.to_arrow_refs()) if table.num_rows]
     finally:
-        context.shuffle_input_batch_bytes = before
+        context.shuffle_input_batch_bytes, options.resource_limits = before, limits
     if not tables:
         return {name: np.zeros(0, np.int64) for name in names}
     table = pa.concat_tables(tables)
@@ -531,6 +542,7 @@ MIN_KEYS_PER_PARTITION, MIN_MEMBERS_PER_PARTITION = 2_000_000, 200_000
 # the split ran 406 tasks instead of 105 for 3x the time, and its shuffle maps (k copies of each row) peaked
 # higher than the halved reduce tasks saved. Kept as the knob to turn with per-bucket verification.
 VERIFY_SHARE = 1.0
+SHUFFLE_REQUEST = 2  # Ray Data 2.60's shuffle tasks ask for `memory` of 2x their input (SHUFFLE_PEAK_MEMORY_MULTIPLIER)
 HOLD_BLOCK_BYTES = 8 * 2 ** 20  # what dedup's held rows are joined into (a few hundred blocks at 1M dialogues)
 
 
@@ -543,15 +555,27 @@ class _Sizing:
     cpus: int
     target_bytes: int
     fixed: int | None
+    verify_tasks: int = 0  # 0: no limit
 
     @classmethod
-    def of(cls, resources: dict[str, float], config: DedupConfig) -> _Sizing:
+    def of(cls, resources: dict[str, float], config: DedupConfig, cores: int | None = None) -> _Sizing:
+        """`cores`: the machine's, where Ray is one node on it (its logical CPUs may be more: a local Ray
+        declares at least 4 for the I/O-bound stages, and verifying is CPU-bound)."""
         cpus = max(1, int(resources.get("CPU", 1)))
         per_cpu = resources.get("memory", 0) / cpus  # Ray's schedulable memory (the heap, not the object store)
         target = config.partition_mb * 2 ** 20
         if per_cpu:
             target = min(target, max(8 * 2 ** 20, int(per_cpu / 4)))
-        return cls(cpus=cpus, target_bytes=target, fixed=config.num_partitions)
+        verify = config.verify_tasks or min(cpus, cores or cpus)
+        return cls(cpus=cpus, target_bytes=target, fixed=config.num_partitions, verify_tasks=verify)
+
+    def verify_memory(self) -> float:
+        """What a verifying shuffle's tasks may ask Ray for at once: `verify_tasks` full partitions' worth,
+        as Ray Data asks (2x a task's input; a map task's input is capped at a partition by `_collect`).
+        Smaller partitions run more at once; one larger than this still runs, alone."""
+        if not self.verify_tasks:
+            return float("inf")
+        return self.verify_tasks * SHUFFLE_REQUEST * self.target_bytes * VERIFY_SHARE
 
     def partitions(self, rows: int, row_bytes: float, min_rows: int, share: float = 1.0) -> int:
         """Partitions of at most `share` of the target each (and the spread below)."""
@@ -572,6 +596,15 @@ class _Sizing:
         report.partitions[shuffle] = partitions
         report.partition_mb[shuffle] = round(rows * row_bytes / partitions / 2 ** 20, 1)
         return partitions
+
+
+def _cores_of_one_node() -> int | None:
+    """This machine's cores where the Ray cluster is one node (the driver runs on it), else None."""
+    import os
+
+    import ray
+
+    return (os.cpu_count() or 1) if sum(1 for node in ray.nodes() if node.get("Alive")) == 1 else None
 
 
 def _member_bytes(settings: _Settings, sources: list[ray.data.Dataset], rows: int) -> float:
