@@ -63,7 +63,7 @@ class DedupConfig(StrictModel):
     # 1M), so a larger one is first verified in pieces, two pieces a task, and only its verified clusters go on.
     component_rows: int | None = Field(None, ge=2, description="largest candidate component resolved whole; "
                                                                "larger ones are verified in pieces first "
-                                                               "(default: the rows that fit half of partition_mb)")
+                                                               "(default: the rows that fit partition_mb)")
 
     @model_validator(mode="after")
     def _bands_and_rows(self) -> DedupConfig:

@@ -168,18 +168,18 @@ def test_the_split_tasks_are_packed_into_partitions_not_hashed(ray_local):
 
 
 def _running_at_once(ray, verify_tasks: int | None) -> int:
-    """Most reduce tasks of a 12-partition keyed shuffle that ran at once, collected as a verifying one is."""
+    """Most reduce tasks of an 8-partition keyed shuffle that ran at once, collected as a verifying one is."""
     import time
 
     def hold(batch: pa.Table) -> pa.Table:
         start = time.time()
-        time.sleep(1.5)
+        time.sleep(1.0)
         return pa.table({"start": [start], "end": [time.time()]})
 
-    # 12 partitions of ~2 MB, and a target of 2 MB: the limit is room for verify_tasks of them
+    # 8 partitions of ~2 MB, and a target of 2 MB: the limit is room for verify_tasks of them
     sizing = _Sizing(cpus=4, target_bytes=2 * 2 ** 20, fixed=None, verify_tasks=verify_tasks or 0)
-    table = pa.table({"component": np.repeat(_shuffle_keys(12), 2_000), "pad": pa.array([b"x" * 1_000] * 24_000)})
-    ds = ray.data.from_arrow(table).repartition(12, keys=["component"]).map_batches(
+    table = pa.table({"component": np.repeat(_shuffle_keys(8), 2_000), "pad": pa.array([b"x" * 1_000] * 16_000)})
+    ds = ray.data.from_arrow(table).repartition(8, keys=["component"]).map_batches(
         hold, batch_size=None, batch_format="pyarrow")
     spans = _collect(ds, ("start", "end"), sizing, verifying=verify_tasks is not None)
     events = sorted([(t, 1) for t in spans["start"]] + [(t, -1) for t in spans["end"]])
@@ -190,8 +190,10 @@ def test_verifying_tasks_run_at_most_verify_tasks_at_once(ray_local):
     """Issue 22: the 1M run's split ran four ~450 MB verify tasks at once (the local Ray's four logical CPUs,
     on 2 cores: no faster than two), and they stayed idle with their heaps through the resolve: 1.9 GB of the
     4.8 GB peak. A verifying shuffle now asks Ray Data to run at most verify_tasks partitions' tasks at once."""
-    assert _running_at_once(ray_local, None) >= 3  # unlimited, the four CPUs run four (or three, as they free)
-    assert _running_at_once(ray_local, 1) == 1
+    # unlimited, the four CPUs run several (four, when the reduce workers start in time: a loaded machine
+    # starts them seconds apart)
+    assert (unlimited := _running_at_once(ray_local, None)) >= 2, unlimited
+    assert (limited := _running_at_once(ray_local, 1)) == 1, limited
     assert ray_local.data.DataContext.get_current().execution_options.resource_limits.memory == float("inf")
 
     config = DedupConfig(partition_mb=128)
