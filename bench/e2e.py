@@ -3,7 +3,9 @@ over synthetic PsyQA-shaped sources of growing size, through `soulray serve-llm`
 
 Per size: wall time of the whole command, rows/s, and the peak memory of the job's process tree
 (driver, Ray's daemons and workers: PSS, so shared object-store pages are split between the processes
-that map them rather than counted in each; sampled every second, so a shorter spike can be missed; the sampling costs ~10% of one core). The figure that
+that map them rather than counted in each; and the peak "memory": each process's own (PSS less the store's
+pages) plus the store's pages in RAM, read from its /dev/shm file, which keeps counting the pages a worker
+wrote after that worker has ended; sampled every second, so a shorter spike can be missed; the sampling costs ~10% of one core). The figure that
 tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
 (1.00 = linear time).
 
@@ -81,11 +83,12 @@ def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None, set
     samples = (trace / f"memory-{rows}.jsonl").open("w") if trace else None
     with log_path.open("w") as log:
         job = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-        peak = peak_heap = peak_store = tick = 0
+        peak = peak_heap = peak_store = peak_memory = tick = 0
         while job.poll() is None:
             processes = process_tree(job.pid)
             total, store = (sum(process[field] for process in processes) for field in ("pss", "store_pss"))
             peak, peak_store, peak_heap = max(peak, total), max(peak_store, store), max(peak_heap, total - store)
+            peak_memory = max(peak_memory, job_memory(processes))
             if samples and tick % TRACE_EVERY == 0:
                 now = time.time()
                 samples.writelines(json.dumps({"t": now, **process}) + "\n" for process in processes)
@@ -102,6 +105,7 @@ def _one_size(workdir: Path, rows: int, url: str, trace: Path | None = None, set
     if counts.output_rows + counts.rejected_rows != rows:
         raise RuntimeError(f"e2e {rows}: {counts.output_rows} published + {counts.rejected_rows} rejected")
     return {"rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "peak_pss_mb": peak / 1e6,
+            "peak_memory_mb": peak_memory / 1e6,
             "peak_heap_mb": peak_heap / 1e6, "peak_store_pages_mb": peak_store / 1e6,
             "output_rows": counts.output_rows, "rejected_rows": counts.rejected_rows,
             "by_stage": counts.by_stage,
@@ -128,9 +132,36 @@ def process_tree(pid: int) -> list[dict]:
         except psutil.Error:
             continue
         store_pss, store_private = object_store_pages(process.pid)
-        found.append({"pid": process.pid, "name": _title(command), "rss": memory.rss, "uss": memory.uss,
-                      "pss": memory.pss, "store_pss": store_pss, "store_private": store_private})
+        name = _title(command)
+        found.append({"pid": process.pid, "name": name, "rss": memory.rss, "uss": memory.uss,
+                      "pss": memory.pss, "store_pss": store_pss, "store_private": store_private,
+                      **({"store_file": object_store_file(process.pid)} if name == "raylet" else {})})
     return found
+
+
+def job_memory(processes: list[dict]) -> int:
+    """The job's memory: every process's own (PSS less the store's pages) and the store's pages in memory.
+    PSS alone loses the store's pages of a worker that has ended (nobody maps them; they are still in RAM)."""
+    own = sum(process["pss"] - process.get("store_pss", 0) for process in processes)
+    files = [process["store_file"] for process in processes if "store_file" in process]
+    return own + (sum(files) if files else sum(process.get("store_pss", 0) for process in processes))
+
+
+def object_store_file(pid: int) -> int:
+    """Bytes of Ray's object store in memory: the pages of its /dev/shm/plasma* file (deleted once mapped;
+    the raylet holds it open), whoever wrote them. tmpfs keeps a page once written, so this is the most
+    the store has held at once, up to `ray.object_store_mb`."""
+    total = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if "/dev/shm/plasma" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    total += os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return total
 
 
 def object_store_pages(pid: int) -> tuple[int, int]:
@@ -265,14 +296,15 @@ def _plot(path: Path, rows: int, moments: dict[float, dict[str, float]], actors:
 
 def markdown(result: dict) -> str:
     lines = ["| regenerate job, end to end (zero-latency local LLM) | wall | rows/s | rate vs smallest | marginal rows/s "
-             "| peak PSS (tree) | of it, less the store's pages | store pages | published + rejected |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| peak PSS (tree) | of it, less the store's pages | store pages | peak memory (own + store file) "
+             "| published + rejected |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for point in result["points"]:
         marginal = f"{point['marginal_rows_per_s']:.0f}" if point["marginal_rows_per_s"] else "–"
         lines.append(f"| {point['rows']:,} rows | {point['wall_s']:.0f} s | {point['rows_per_s']:.0f} | "
                      f"{point['rate_vs_smallest']:.2f}× | {marginal} | {point.get('peak_pss_mb', point.get('peak_rss_mb', 0)):,.0f} MB | "
                      f"{point.get('peak_heap_mb', 0):,.0f} MB | {point.get('peak_store_pages_mb', 0):,.0f} MB | "
-                     f"{point['output_rows']:,} + {point['rejected_rows']:,} |")
+                     f"{point.get('peak_memory_mb', 0):,.0f} MB | {point['output_rows']:,} + {point['rejected_rows']:,} |")
     if all("timings_s" in point for point in result["points"]):
         lines += ["", "Where the time went (the job's own phase timings, s). Ray Data streams, so each dedup's first "
                   "phase (identify) runs everything upstream of it: source dedup's identify = read + source "

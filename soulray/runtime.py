@@ -28,6 +28,11 @@ LOCAL_OBJECT_STORE_MB = 1024
 # ~3.8 KB each: +76 MB per 20,000 tasks, +185 MB over a 1M-row run, ~380 MB at the cap. Kept to the last
 # 10,000 (~40 MB); a cluster's head sets the same through RAY_task_events_max_num_task_in_gcs (cluster.yaml).
 LOCAL_TASK_EVENTS = 10_000
+# Ray keeps up to one idle task worker per CPU, and a worker keeps the memory of the largest task it ran
+# (the pages of its heap; pyarrow's pool does not hand them back while the worker idles). At 1M rows the
+# dedup shuffles' and the writer's idle workers held 0.5-1.7 GB through every later phase (issue 22). A local
+# Ray ends task workers idle this long; the next task starts a fresh one (~1 s of a core).
+LOCAL_IDLE_WORKER_S = 10.0
 
 
 class RayConfig(StrictModel):
@@ -42,6 +47,10 @@ class RayConfig(StrictModel):
         LOCAL_TASK_EVENTS, ge=100,
         description="tasks whose events a local Ray's GCS keeps (dashboard, `ray list tasks`); ~3.8 KB each. "
                     "null: Ray's default (100,000)")
+    idle_worker_s: float | None = Field(
+        LOCAL_IDLE_WORKER_S, ge=0.2,
+        description="seconds a local Ray's task worker may idle before it ends, handing back the memory of the "
+                    "largest task it ran. null: Ray's default (up to one idle worker per CPU kept for good)")
 
 
 def init_ray(config: RayConfig) -> None:
@@ -63,9 +72,13 @@ def init_ray(config: RayConfig) -> None:
         return
     num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
     object_store = local_object_store_bytes(config.object_store_mb, chosen="object_store_mb" in config.model_fields_set)
-    system = {"task_events_max_num_task_in_gcs": config.task_events} if config.task_events else None
+    system: dict[str, int] = {}
+    if config.task_events:
+        system["task_events_max_num_task_in_gcs"] = config.task_events
+    if config.idle_worker_s is not None:  # Ray's soft limit counts idle task workers; actors are never ended
+        system.update(num_workers_soft_limit=0, idle_worker_killing_time_threshold_ms=int(config.idle_worker_s * 1000))
     ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True,
-             configure_logging=False, object_store_memory=object_store, _system_config=system)
+             configure_logging=False, object_store_memory=object_store, _system_config=system or None)
     log.info("started a local Ray with %d logical CPUs", num_cpus)
     _reinstall_stop_handlers()
 
