@@ -4,8 +4,9 @@
     python bench/trace_phases.py DIR/job-N.log DIR/memory-N.jsonl --by-rows regenerate.py,gcs_server
 
 The first prints, for each Ray Data execution of the job (a phase starts at each "Execution plan" line of
-the job's log), its largest 5-s sample of the whole tree's PSS, the object-store pages in it, and the four
-largest process groups by their own memory (PSS less store pages). The second prints the PSS of the
+the job's log), its largest 5-s sample of the job's memory (each process's own, PSS less store pages, plus
+the store's pages in RAM: `e2e.job_memory`), the store's pages in it, and the four largest process groups by
+their own memory. The second prints the PSS of the
 named processes at rewritten-row counts (from the rewrite's progress lines), to compare two runs' growth
 row for row. Both read only what the trace wrote; they start nothing.
 """
@@ -19,6 +20,8 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
+
+from e2e import job_memory  # bench/e2e.py, beside this script
 
 STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+"
 PLAN = re.compile(STAMP + r"\s+INFO streaming_executor.py:\d+ -- Execution plan of Dataset \S+: (.*)")
@@ -55,15 +58,15 @@ def phases(log: Path, memory: Path) -> None:
         window = [t for t in times if begin <= t < end]
         if not window:
             continue
-        peak = max(window, key=lambda t: sum(s["pss"] for s in by_time[t]))
+        peak = max(window, key=lambda t: job_memory(by_time[t]))
         groups: dict[str, float] = defaultdict(float)
         for sample in by_time[peak]:
             groups[sample["name"][:28]] += (sample["pss"] - sample.get("store_pss", 0)) / 1e6
         top = ", ".join(f"{group} {mb:.0f}" for group, mb in sorted(groups.items(), key=lambda kv: -kv[1])[:4])
-        total = sum(s["pss"] for s in by_time[peak]) / 1e6
-        store = sum(s.get("store_pss", 0) for s in by_time[peak]) / 1e6
+        total = job_memory(by_time[peak]) / 1e6
+        own = sum(s["pss"] - s.get("store_pss", 0) for s in by_time[peak]) / 1e6
         started = datetime.datetime.fromtimestamp(begin, datetime.UTC)
-        print(f"{started:%H:%M:%S} {end - begin:6.0f}s peak {total:5.0f} MB store {store:4.0f} | {name[:70]} | {top}")
+        print(f"{started:%H:%M:%S} {end - begin:6.0f}s peak {total:5.0f} MB store {total - own:4.0f} | {name[:70]} | {top}")
 
 
 def by_rows(log: Path, memory: Path, names: list[str]) -> None:

@@ -136,3 +136,40 @@ def test_the_local_ray_keeps_only_the_last_tasks_events(ray_local):
     from soulray.runtime import LOCAL_TASK_EVENTS
 
     assert Config.task_events_max_num_task_in_gcs() == LOCAL_TASK_EVENTS < 100_000
+
+
+IDLE_WORKER = """
+import os, sys, time
+
+import psutil
+import ray
+
+from soulray.runtime import RayConfig, init_ray
+
+init_ray(RayConfig(num_cpus=1, object_store_mb=100, idle_worker_s=None if sys.argv[1] == "null" else float(sys.argv[1])))
+@ray.remote
+def pid():
+    return os.getpid()
+
+
+worker = ray.get(pid.remote())
+time.sleep(6)
+print("alive" if psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE else "ended")
+"""
+
+
+@pytest.mark.parametrize(("idle_worker_s", "expected"), [("1", "ended"), ("null", "alive")])
+def test_a_local_ray_ends_task_workers_that_idle_longer_than_idle_worker_s(tmp_path, idle_worker_s, expected):
+    """Ray keeps an idle task worker per CPU for good, and each keeps the memory of the largest task it ran
+    (0.5-1.7 GB at 1M rows, issue 22); a local Ray started by soulray ends those idle idle_worker_s."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "idle.py"
+    script.write_text(IDLE_WORKER, encoding="utf-8")
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, str(script), idle_worker_s], capture_output=True, text=True, env=env,
+                          timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == expected
