@@ -1,11 +1,11 @@
 """End to end: the regenerate job (`python jobs/regenerate.py`, every stage on, a local Ray of its own)
 over synthetic PsyQA-shaped sources of growing size, through `soulray serve-llm` at zero latency.
 
-Per size: wall time of the whole command, rows/s, and the peak memory of the job's process tree
-(driver, Ray's daemons and workers: PSS, so shared object-store pages are split between the processes
-that map them rather than counted in each; and the peak "memory": each process's own (PSS less the store's
-pages) plus the store's pages in RAM, read from its /dev/shm file, which keeps counting the pages a worker
-wrote after that worker has ended; sampled every second, so a shorter spike can be missed; the sampling costs ~10% of one core). The figure that
+Per size: wall time of the whole command, rows/s, and the peak memory of the job's process tree, sampled
+every second (a shorter spike can be missed; the sampling costs ~10% of one core), two ways: PSS (driver,
+Ray's daemons and workers; shared object-store pages split between the processes that map them), and
+"memory": each process's own (PSS less the store's pages) plus the store's pages in RAM, read from its
+/dev/shm file, which still counts the pages of a worker that has ended (PSS loses them). The figure that
 tells how cost grows is rows/s at each size relative to rows/s at the smallest size in the same run
 (1.00 = linear time).
 
@@ -149,8 +149,8 @@ def job_memory(processes: list[dict]) -> int:
 
 def object_store_file(pid: int) -> int:
     """Bytes of Ray's object store in memory: the pages of its /dev/shm/plasma* file (deleted once mapped;
-    the raylet holds it open), whoever wrote them. tmpfs keeps a page once written, so this is the most
-    the store has held at once, up to `ray.object_store_mb`."""
+    the raylet holds it open), whoever wrote them and whether or not a live process maps them; at most
+    `ray.object_store_mb`."""
     total = 0
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):

@@ -29,7 +29,8 @@ LOCAL_OBJECT_STORE_MB = 1024
 # 10,000 (~40 MB); a cluster's head sets the same through RAY_task_events_max_num_task_in_gcs (cluster.yaml).
 LOCAL_TASK_EVENTS = 10_000
 # Ray keeps up to one idle task worker per CPU, and a worker keeps the memory of the largest task it ran
-# (the pages of its heap; pyarrow's pool does not hand them back while the worker idles). At 1M rows the
+# (object-store pages it wrote, heap its allocators keep: pyarrow's release_unused() and malloc_trim in the
+# worker gave back ~10%, bench/RESULTS.md). At 1M rows the
 # dedup shuffles' and the writer's idle workers held 0.5-1.7 GB through every later phase (issue 22). A local
 # Ray ends task workers idle this long; the next task starts a fresh one (~1 s of a core).
 LOCAL_IDLE_WORKER_S = 10.0

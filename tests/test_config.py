@@ -147,6 +147,8 @@ import ray
 from soulray.runtime import RayConfig, init_ray
 
 init_ray(RayConfig(num_cpus=1, object_store_mb=100, idle_worker_s=None if sys.argv[1] == "null" else float(sys.argv[1])))
+
+
 @ray.remote
 def pid():
     return os.getpid()
@@ -161,7 +163,7 @@ print("alive" if psutil.pid_exists(worker) and psutil.Process(worker).status() !
 @pytest.mark.parametrize(("idle_worker_s", "expected"), [("1", "ended"), ("null", "alive")])
 def test_a_local_ray_ends_task_workers_that_idle_longer_than_idle_worker_s(tmp_path, idle_worker_s, expected):
     """Ray keeps an idle task worker per CPU for good, and each keeps the memory of the largest task it ran
-    (0.5-1.7 GB at 1M rows, issue 22); a local Ray started by soulray ends those idle idle_worker_s."""
+    (0.5-1.7 GB at 1M rows, issue 22); a local Ray started by soulray ends those idle longer than idle_worker_s."""
     import os
     import subprocess
     import sys
