@@ -28,12 +28,13 @@ LOCAL_OBJECT_STORE_MB = 1024
 # ~3.8 KB each: +76 MB per 20,000 tasks, +185 MB over a 1M-row run, ~380 MB at the cap. Kept to the last
 # 10,000 (~40 MB); a cluster's head sets the same through RAY_task_events_max_num_task_in_gcs (cluster.yaml).
 LOCAL_TASK_EVENTS = 10_000
-# Ray keeps up to one idle task worker per CPU, and a worker keeps the memory of the largest task it ran
-# (object-store pages it wrote, heap its allocators keep: pyarrow's release_unused() and malloc_trim in the
-# worker gave back ~10%, bench/RESULTS.md). At 1M rows the
-# dedup shuffles' and the writer's idle workers held 0.5-1.7 GB through every later phase (issue 22). A local
-# Ray ends task workers idle this long; the next task starts a fresh one (~1 s of a core).
-LOCAL_IDLE_WORKER_S = 10.0
+# Ray keeps up to one idle task worker per CPU (those beyond it end after 1 s), and a worker keeps the memory
+# of the largest task it ran (object-store pages it wrote, heap its allocators keep: pyarrow's release_unused()
+# and malloc_trim in the worker gave back ~10%, bench/RESULTS.md). `ray.idle_worker_s` ends every idle task
+# worker after that long. Off by default: 10 s freed the long phases' idle workers but, one threshold for all,
+# kept the workers beyond the CPUs 10 s instead of 1 s, and a 1M run's shuffle start peaked at 5.3 GB with six
+# idle workers (issue 22); shorter thresholds restart workers (~1 s of a core each) and are not yet measured.
+LOCAL_IDLE_WORKER_S: float | None = None
 
 
 class RayConfig(StrictModel):
@@ -50,8 +51,9 @@ class RayConfig(StrictModel):
                     "null: Ray's default (100,000)")
     idle_worker_s: float | None = Field(
         LOCAL_IDLE_WORKER_S, ge=0.2,
-        description="seconds a local Ray's task worker may idle before it ends, handing back the memory of the "
-                    "largest task it ran. null: Ray's default (up to one idle worker per CPU kept for good)")
+        description="seconds a local Ray's task workers may idle before they end, handing back the memory of the "
+                    "largest task each ran (every idle worker; Ray's own rule ends only those beyond one per CPU, after "
+                    "1 s). null (default): Ray's rule")
 
 
 def init_ray(config: RayConfig) -> None:
