@@ -163,7 +163,7 @@ print("alive" if psutil.pid_exists(worker) and psutil.Process(worker).status() !
 @pytest.mark.parametrize(("idle_worker_s", "expected"), [("1", "ended"), ("null", "alive")])
 def test_a_local_ray_ends_task_workers_that_idle_longer_than_idle_worker_s(tmp_path, idle_worker_s, expected):
     """Ray keeps an idle task worker per CPU for good, and each keeps the memory of the largest task it ran
-    (0.5-1.7 GB at 1M rows, issue 22); a local Ray started by soulray ends those idle longer than idle_worker_s."""
+    (0.5-1.7 GB at 1M rows, issue 22); with `ray.idle_worker_s` set, a local Ray started by soulray ends those idle longer than that."""
     import os
     import subprocess
     import sys
